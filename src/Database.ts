@@ -1,0 +1,63 @@
+/**
+ * A `PgClient` (and so a `SqlClient`) whose every call is bounded: a connect timeout, a
+ * statement timeout enforced by Postgres and a query timeout enforced by the client, so one hung
+ * call cannot stall the worker (the seed's defect 8). Broken connections (Postgres restarted, a
+ * backend terminated) are dropped from the pool and replaced on the next query.
+ */
+import { PgClient } from "@effect/sql-pg"
+import { SqlError } from "@effect/sql"
+import { Config, Duration, Effect, Layer, Redacted } from "effect"
+import pg from "pg"
+
+export interface DatabaseOptions {
+  readonly url: Redacted.Redacted
+  readonly maxConnections?: number | undefined
+  readonly connectTimeout?: Duration.DurationInput | undefined
+  readonly statementTimeout?: Duration.DurationInput | undefined
+  readonly applicationName?: string | undefined
+}
+
+export const layer = (options: DatabaseOptions): Layer.Layer<PgClient.PgClient | import("@effect/sql").SqlClient.SqlClient, SqlError.SqlError> => {
+  const statementTimeout = Duration.toMillis(options.statementTimeout ?? Duration.seconds(10))
+  return PgClient.layerFromPool({
+    applicationName: options.applicationName ?? "sync-outbox",
+    acquire: Effect.acquireRelease(
+      Effect.gen(function*() {
+        const pool = new pg.Pool({
+          connectionString: Redacted.value(options.url),
+          max: options.maxConnections ?? 10,
+          connectionTimeoutMillis: Duration.toMillis(options.connectTimeout ?? Duration.seconds(5)),
+          statement_timeout: statementTimeout,
+          // The client-side bound also covers a server that stopped answering altogether.
+          query_timeout: statementTimeout + 1_000,
+          keepAlive: true,
+          application_name: options.applicationName ?? "sync-outbox"
+        })
+        // An idle client's socket dying (Postgres restarted) is reported here; the pool already
+        // dropped that client, and an unhandled "error" would crash the process.
+        pool.on("error", () => undefined)
+        yield* Effect.tryPromise({
+          try: () => pool.query("SELECT 1"),
+          catch: (cause) => {
+            void pool.end().catch(() => undefined)
+            return new SqlError.SqlError({ cause, message: `cannot connect to Postgres: ${describe(cause)}` })
+          }
+        })
+        return pool
+      }),
+      (pool) => Effect.promise(() => pool.end().catch(() => undefined)).pipe(Effect.timeoutOption(Duration.seconds(2)))
+    )
+  })
+}
+
+/** DATABASE_URL, SYNC_OUTBOX_DB_MAX_CONNECTIONS, SYNC_OUTBOX_DB_STATEMENT_TIMEOUT. */
+export const layerConfig = (
+  config: Config.Config<DatabaseOptions> = Config.all({
+    url: Config.redacted("DATABASE_URL"),
+    maxConnections: Config.integer("SYNC_OUTBOX_DB_MAX_CONNECTIONS").pipe(Config.withDefault(10)),
+    statementTimeout: Config.duration("SYNC_OUTBOX_DB_STATEMENT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
+  })
+) => Layer.unwrapEffect(Effect.map(config, layer))
+
+const describe = (cause: unknown): string =>
+  cause instanceof Error ? (cause.message || (cause as { code?: string }).code || cause.name) : String(cause)

@@ -1,0 +1,119 @@
+/**
+ * pg-listen as an Effect `Stream` of wake-ups. Notifications sent while the connection is down
+ * are lost by nature, so every (re)connect is a wake-up too: the worker then runs a catch-up
+ * claim. pg-listen never gives up reconnecting (`retryTimeout: Infinity`), payloads are passed
+ * through unparsed, and the first connect is retried on a schedule, not given up either.
+ */
+import { Config, Context, Duration, Effect, Layer, PubSub, Redacted, Schedule, Stream, SubscriptionRef } from "effect"
+import type pg from "pg"
+import * as pgListen from "pg-listen"
+import type { Options as PgListenOptions, Subscriber } from "pg-listen"
+
+// pg-listen is CommonJS with `exports.default`; under NodeNext the types see a namespace.
+const createSubscriber = ((pgListen as any).default?.default ?? (pgListen as any).default) as (
+  config: pg.ClientConfig,
+  options: PgListenOptions
+) => Subscriber
+
+export type Wakeup = "notification" | "connected"
+
+export type ListenerState = "connecting" | "listening" | "reconnecting" | "off"
+
+export interface ListenerShape {
+  /** Every notification on the channel and every (re)connect, as one signal stream. */
+  readonly wakeups: Stream.Stream<Wakeup>
+  readonly state: SubscriptionRef.SubscriptionRef<ListenerState>
+}
+
+export interface ListenerOptions {
+  readonly url: Redacted.Redacted
+  readonly channel: string
+  /** How often an idle connection is checked, so that a silently dead one is noticed. */
+  readonly paranoidChecking?: Duration.DurationInput | undefined
+}
+
+const reconnectDelay = (attempt: number) => Math.min(25 * 2 ** Math.max(0, attempt - 1), 1_000)
+
+export class Listener extends Context.Tag("sync-outbox/Listener")<Listener, ListenerShape>() {
+  static readonly layer = (options: ListenerOptions): Layer.Layer<Listener> => Layer.scoped(Listener, make(options))
+
+  static readonly layerConfig = (options: {
+    readonly url: Config.Config<Redacted.Redacted>
+    readonly channel: Config.Config<string>
+  }): Layer.Layer<Listener, import("effect/ConfigError").ConfigError> =>
+    Layer.unwrapEffect(Effect.map(Config.all(options), (resolved) => Listener.layer(resolved)))
+
+  /** No LISTEN connection (poll-only mode): no wake-ups beyond the worker's own timers. */
+  static readonly off: Layer.Layer<Listener> = Layer.effect(
+    Listener,
+    Effect.map(SubscriptionRef.make<ListenerState>("off"), (state) => ({ wakeups: Stream.never, state }))
+  )
+}
+
+const make = (options: ListenerOptions) =>
+  Effect.gen(function*() {
+    const hub = yield* PubSub.sliding<Wakeup>(1)
+    const state = yield* SubscriptionRef.make<ListenerState>("connecting")
+    const publish = (wakeup: Wakeup) => {
+      // pg-listen calls back outside any fiber; offering to a sliding hub never blocks.
+      Effect.runFork(PubSub.publish(hub, wakeup))
+    }
+    const setState = (next: ListenerState) => {
+      Effect.runFork(SubscriptionRef.set(state, next))
+    }
+
+    const connectOnce = Effect.acquireRelease(
+      Effect.tryPromise({
+        try: async (): Promise<Subscriber> => {
+          const subscriber = createSubscriber(
+            { connectionString: Redacted.value(options.url), application_name: "sync-outbox-listener" },
+            {
+              retryTimeout: Infinity,
+              retryInterval: reconnectDelay,
+              paranoidChecking: Duration.toMillis(options.paranoidChecking ?? Duration.seconds(5)),
+              parse: (payload: string) => payload,
+              serialize: (payload: unknown) => String(payload)
+            }
+          )
+          // Without a listener, an "error" event would throw; errors here are reconnects in progress.
+          subscriber.events.on("error", () => setState("reconnecting"))
+          subscriber.events.on("reconnect", () => setState("reconnecting"))
+          try {
+            await subscriber.connect()
+            await subscriber.listenTo(options.channel)
+          } catch (error) {
+            await subscriber.close().catch(() => undefined)
+            throw error
+          }
+          subscriber.events.on("notification", () => publish("notification"))
+          subscriber.events.on("connected", () => {
+            setState("listening")
+            publish("connected")
+          })
+          return subscriber
+        },
+        catch: (cause) => cause
+      }),
+      (subscriber) =>
+        Effect.promise(() => subscriber.close().catch(() => undefined)).pipe(Effect.timeoutOption(Duration.seconds(2)))
+    )
+
+    // The first connect is retried for as long as the layer lives: a worker that starts before
+    // its database does catches up once the database is there.
+    yield* Effect.forkScoped(
+      connectOnce.pipe(
+        Effect.tapError((error) =>
+          Effect.zipRight(
+            SubscriptionRef.set(state, "connecting"),
+            Effect.logWarning("sync-outbox listener: connect failed, retrying", String(error))
+          )
+        ),
+        Effect.retry(Schedule.exponential(Duration.millis(50)).pipe(Schedule.either(Schedule.spaced(Duration.seconds(2))))),
+        Effect.tap(() => SubscriptionRef.set(state, "listening")),
+        Effect.tap(() => PubSub.publish(hub, "connected")),
+        Effect.zipRight(Effect.never)
+      )
+    )
+
+    return { wakeups: Stream.fromPubSub(hub), state } satisfies ListenerShape
+  })

@@ -1,0 +1,48 @@
+/**
+ * The library's metrics, as Effect `Metric`s. Nothing is exported anywhere by the library itself:
+ * the CLI's worker serves them as Prometheus text, and an application may read them its own way.
+ */
+import { Metric, MetricBoundaries } from "effect"
+
+export const enqueued = Metric.counter("sync_outbox_enqueued_total", {
+  description: "Events written to the outbox by this process",
+  incremental: true
+})
+export const applied = Metric.counter("sync_outbox_applied_total", {
+  description: "Events applied and deleted",
+  incremental: true
+})
+export const failed = Metric.counter("sync_outbox_failed_total", {
+  description: "Failed attempts counted against an event",
+  incremental: true
+})
+export const dead = Metric.counter("sync_outbox_dead_total", {
+  description: "Events parked as dead letters",
+  incremental: true
+})
+export const superseded = Metric.counter("sync_outbox_superseded_total", {
+  description: "Pending events collapsed into a newer event of the same resource",
+  incremental: true
+})
+export const released = Metric.counter("sync_outbox_released_total", {
+  description: "Claimed events handed back without an attempt (sink unavailable, shutdown)",
+  incremental: true
+})
+export const breakerTransitions = Metric.counter("sync_outbox_breaker_transitions_total", {
+  description: "Breaker openings and closings",
+  incremental: true
+})
+/** 1 while the breaker is open (Redis unavailable), 0 while closed. */
+export const breakerOpen = Metric.gauge("sync_outbox_breaker_open", {
+  description: "1 while the sink is unavailable and claiming is paused"
+})
+export const latency = Metric.histogram(
+  "sync_outbox_apply_latency_ms",
+  MetricBoundaries.fromIterable([0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000]),
+  "Enqueue (row created) to applied, in milliseconds"
+)
+export const queueDepth = Metric.gauge("sync_outbox_pending", { description: "Pending events" })
+export const deadDepth = Metric.gauge("sync_outbox_dead", { description: "Dead letters" })
+export const oldestAge = Metric.gauge("sync_outbox_oldest_pending_age_seconds", {
+  description: "Age of the oldest pending event"
+})

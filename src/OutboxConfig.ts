@@ -1,0 +1,117 @@
+/**
+ * The worker's configuration: the seed's surface (enabled, interval, batch size, max retries)
+ * plus what the seed lacked. Read with Effect `Config` from `SYNC_OUTBOX_*` environment names; a
+ * bad value fails at startup with a message that names the variable.
+ */
+import { Config, Context, Duration, Effect, Layer } from "effect"
+import { InvalidConfig } from "./Errors.js"
+
+export interface OutboxConfigShape {
+  /** The seed's `Enabled`: when false the worker layer starts no loop. */
+  readonly enabled: boolean
+  /** The seed's `Interval`: the fallback poll interval when no notification arrives. */
+  readonly interval: Duration.Duration
+  /** The seed's `BatchSize`: events claimed per statement. */
+  readonly batchSize: number
+  /** The seed's `MaxRetries`: attempts before an event becomes a dead letter. */
+  readonly maxRetries: number
+  /** How long a claim holds an event before another worker may take it. */
+  readonly leaseDuration: Duration.Duration
+  /** Delay before the second attempt; doubles per attempt up to `backoffCap`, then jittered. */
+  readonly backoffBase: Duration.Duration
+  readonly backoffCap: Duration.Duration
+  /** Events applied at once by one worker. */
+  readonly concurrency: number
+  /** The NOTIFY channel the insert trigger signals. */
+  readonly channel: string
+  /** No LISTEN connection at all (PgBouncer in transaction mode): polling only. */
+  readonly pollOnly: boolean
+  /** Bounds every call the worker makes (claim, complete, a handler's apply). */
+  readonly callTimeout: Duration.Duration
+  /** Breaker probe schedule while the sink is unavailable: starts at `probeBase`, capped at `probeCap`. */
+  readonly probeBase: Duration.Duration
+  readonly probeCap: Duration.Duration
+}
+
+export const defaults: OutboxConfigShape = {
+  enabled: true,
+  interval: Duration.seconds(5),
+  batchSize: 200,
+  maxRetries: 10,
+  leaseDuration: Duration.seconds(30),
+  backoffBase: Duration.millis(250),
+  backoffCap: Duration.minutes(5),
+  concurrency: 64,
+  channel: "sync_outbox",
+  pollOnly: false,
+  callTimeout: Duration.seconds(10),
+  probeBase: Duration.millis(10),
+  probeCap: Duration.millis(100)
+}
+
+const channelRe = /^[a-z_][a-z0-9_]{0,62}$/
+
+/** Check a configuration; every rule says which value is wrong and why. */
+export const validate = (config: OutboxConfigShape): Effect.Effect<OutboxConfigShape, InvalidConfig> => {
+  const problems: Array<string> = []
+  const positive = (name: string, d: Duration.Duration) => {
+    if (!Duration.isFinite(d) || Duration.toMillis(d) <= 0) problems.push(`${name} must be a positive, finite duration`)
+  }
+  const integer = (name: string, n: number, min: number, max: number) => {
+    if (!Number.isInteger(n) || n < min || n > max) problems.push(`${name} must be an integer from ${min} to ${max}, got ${n}`)
+  }
+  positive("interval", config.interval)
+  positive("leaseDuration", config.leaseDuration)
+  positive("backoffBase", config.backoffBase)
+  positive("backoffCap", config.backoffCap)
+  positive("callTimeout", config.callTimeout)
+  positive("probeBase", config.probeBase)
+  positive("probeCap", config.probeCap)
+  integer("batchSize", config.batchSize, 1, 10_000)
+  integer("maxRetries", config.maxRetries, 1, 1_000)
+  integer("concurrency", config.concurrency, 1, 10_000)
+  if (Duration.lessThan(config.backoffCap, config.backoffBase)) problems.push("backoffCap must not be below backoffBase")
+  if (Duration.lessThan(config.probeCap, config.probeBase)) problems.push("probeCap must not be below probeBase")
+  if (Duration.lessThanOrEqualTo(config.leaseDuration, config.callTimeout)) {
+    problems.push("leaseDuration must exceed callTimeout, or a slow call outlives its lease")
+  }
+  if (!channelRe.test(config.channel)) problems.push(`channel must be a lower-case SQL identifier, got "${config.channel}"`)
+  return problems.length === 0
+    ? Effect.succeed(config)
+    : Effect.fail(new InvalidConfig({ message: `invalid sync-outbox configuration: ${problems.join("; ")}` }))
+}
+
+/** Environment names: SYNC_OUTBOX_ENABLED, SYNC_OUTBOX_INTERVAL, SYNC_OUTBOX_BATCH_SIZE, ... */
+export const config: Config.Config<OutboxConfigShape> = Config.all({
+  enabled: Config.boolean("ENABLED").pipe(Config.withDefault(defaults.enabled)),
+  interval: Config.duration("INTERVAL").pipe(Config.withDefault(defaults.interval)),
+  batchSize: Config.integer("BATCH_SIZE").pipe(Config.withDefault(defaults.batchSize)),
+  maxRetries: Config.integer("MAX_RETRIES").pipe(Config.withDefault(defaults.maxRetries)),
+  leaseDuration: Config.duration("LEASE").pipe(Config.withDefault(defaults.leaseDuration)),
+  backoffBase: Config.duration("BACKOFF_BASE").pipe(Config.withDefault(defaults.backoffBase)),
+  backoffCap: Config.duration("BACKOFF_CAP").pipe(Config.withDefault(defaults.backoffCap)),
+  concurrency: Config.integer("CONCURRENCY").pipe(Config.withDefault(defaults.concurrency)),
+  channel: Config.string("CHANNEL").pipe(Config.withDefault(defaults.channel)),
+  pollOnly: Config.boolean("POLL_ONLY").pipe(Config.withDefault(defaults.pollOnly)),
+  callTimeout: Config.duration("CALL_TIMEOUT").pipe(Config.withDefault(defaults.callTimeout)),
+  probeBase: Config.duration("PROBE_BASE").pipe(Config.withDefault(defaults.probeBase)),
+  probeCap: Config.duration("PROBE_CAP").pipe(Config.withDefault(defaults.probeCap))
+}).pipe(Config.nested("SYNC_OUTBOX"))
+
+export class OutboxConfig extends Context.Tag("sync-outbox/OutboxConfig")<OutboxConfig, OutboxConfigShape>() {
+  /** Defaults overridden by the given values, validated. */
+  static readonly layer = (overrides: Partial<OutboxConfigShape> = {}): Layer.Layer<OutboxConfig, InvalidConfig> =>
+    Layer.effect(OutboxConfig, validate({ ...defaults, ...overrides }))
+
+  /** Read from the environment (or the given `Config`), validated. */
+  static readonly layerConfig = (
+    from: Config.Config<OutboxConfigShape> = config
+  ): Layer.Layer<OutboxConfig, InvalidConfig> =>
+    Layer.effect(
+      OutboxConfig,
+      from.pipe(
+        Effect.mapError((error) => new InvalidConfig({ message: `invalid sync-outbox configuration: ${String(error)}` })),
+        Effect.flatMap(validate)
+      )
+    )
+}

@@ -1,0 +1,133 @@
+/**
+ * What an outbox event is. An `EventType` is shared by the code that enqueues and the code that
+ * applies: it names the (resource type, action), the payload's `Schema`, the ordering key that
+ * serialises events of one resource, and whether a newer event makes older ones redundant.
+ */
+import { Effect, ParseResult, Schema } from "effect"
+import { InvalidEvent, InvalidPayload } from "./Errors.js"
+
+export interface EventType<A, I = A> {
+  readonly resourceType: string
+  readonly action: string
+  readonly payload: Schema.Schema<A, I, never>
+  /**
+   * Events with the same ordering key are never applied concurrently nor out of order.
+   * Defaults to `<resourceType>:<resourceId>`.
+   */
+  readonly orderingKey: (event: { readonly resourceId: number | null; readonly payload: A }) => string
+  /**
+   * When true, applying this event makes every older pending event with the same ordering key
+   * redundant (the handler syncs current state rather than replaying a delta): older ones are
+   * collapsed into this one and counted as superseded.
+   */
+  readonly coalesce: boolean
+}
+
+export declare namespace EventType {
+  export type Any = EventType<any, any>
+  export type Payload<T> = T extends EventType<infer A, any> ? A : never
+}
+
+const nameRe = /^[a-z][a-z0-9_.-]*$/
+
+/** Define an event type. Names are lower-case identifiers, as the seed's vocabulary. */
+export const make = <A, I = A>(options: {
+  readonly resourceType: string
+  readonly action: string
+  readonly payload: Schema.Schema<A, I, never>
+  readonly orderingKey?: (event: { readonly resourceId: number | null; readonly payload: A }) => string
+  readonly coalesce?: boolean
+}): EventType<A, I> => {
+  if (!nameRe.test(options.resourceType) || !nameRe.test(options.action)) {
+    throw new Error(`invalid event type name ${options.resourceType}/${options.action}`)
+  }
+  const prefix = options.resourceType
+  return {
+    resourceType: options.resourceType,
+    action: options.action,
+    payload: options.payload,
+    orderingKey: options.orderingKey ?? (({ resourceId }) => `${prefix}:${resourceId ?? ""}`),
+    coalesce: options.coalesce ?? false
+  }
+}
+
+/** What a producer hands to `enqueue`. */
+export interface EventInput<A> {
+  readonly resourceId?: number | null | undefined
+  readonly payload: A
+}
+
+/** An event ready to be written: validated, payload encoded as JSON, ordering key computed. */
+export interface EncodedEvent {
+  readonly resourceType: string
+  readonly action: string
+  readonly resourceId: number | null
+  readonly orderingKey: string
+  readonly payload: unknown
+  readonly coalesce: boolean
+}
+
+const validResourceId = (id: number | null | undefined): id is number | null | undefined =>
+  id === null || id === undefined || (Number.isSafeInteger(id) && id > 0)
+
+/** Validate and encode an event with its type's schema; an invalid one fails, nothing is written. */
+export const encode = <A, I>(
+  type: EventType<A, I>,
+  input: EventInput<A>
+): Effect.Effect<EncodedEvent, InvalidPayload | InvalidEvent> =>
+  Effect.suspend((): Effect.Effect<EncodedEvent, InvalidPayload | InvalidEvent> => {
+    if (!validResourceId(input.resourceId)) {
+      return Effect.fail(new InvalidEvent({ message: `resource id must be a positive integer, got ${String(input.resourceId)}` }))
+    }
+    const resourceId = input.resourceId ?? null
+    return Schema.encode(type.payload)(input.payload).pipe(
+      Effect.mapError((error) =>
+        new InvalidPayload({
+          resourceType: type.resourceType,
+          action: type.action,
+          message: ParseResult.TreeFormatter.formatErrorSync(error)
+        })
+      ),
+      Effect.flatMap((encoded) =>
+        Effect.try({
+          try: (): EncodedEvent => ({
+            resourceType: type.resourceType,
+            action: type.action,
+            resourceId,
+            orderingKey: type.orderingKey({ resourceId, payload: input.payload }),
+            // Round-trip through JSON so that what we store is exactly what a reader decodes.
+            payload: encoded === undefined ? null : JSON.parse(JSON.stringify(encoded)),
+            coalesce: type.coalesce
+          }),
+          catch: (cause) =>
+            new InvalidPayload({
+              resourceType: type.resourceType,
+              action: type.action,
+              message: `payload is not JSON-serialisable: ${String(cause)}`
+            })
+        })
+      )
+    )
+  })
+
+/** An event as the worker holds it after a claim. */
+export interface ClaimedEvent {
+  readonly id: string
+  readonly resourceType: string
+  readonly action: string
+  readonly resourceId: number | null
+  readonly orderingKey: string
+  readonly payload: unknown
+  readonly coalesce: boolean
+  readonly retryCount: number
+  readonly createdAt: Date
+}
+
+/** An event as operators see it (status, dead letters). */
+export interface StoredEvent extends ClaimedEvent {
+  readonly status: "pending" | "dead"
+  readonly lastError: string | null
+  readonly nextRetryAt: Date | null
+  readonly leaseOwner: string | null
+  readonly leaseExpiresAt: Date | null
+}

@@ -1,0 +1,133 @@
+/**
+ * The ioredis client as a layer, single node or cluster, and the classification of its errors.
+ * The outbox row is the durable queue, so ioredis keeps none of its own: no offline queue, no
+ * per-request retries, a command timeout. A failure is either "Redis unavailable" (not the
+ * item's fault: the worker's breaker opens and no attempt is counted) or the item's own.
+ */
+import { Config, Context, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { Cluster, Redis } from "ioredis"
+import { SinkCommandError, SinkUnavailable } from "./Errors.js"
+
+export type RedisClient = Redis | Cluster
+
+const unavailablePatterns: ReadonlyArray<RegExp> = [
+  /ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|ECONNABORTED/,
+  /Connection is closed/i,
+  /Stream isn't writeable/i,
+  /Command timed out/i,
+  /max retries per request/i,
+  /^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY|READONLY)\b/,
+  /failover/i,
+  /None of startup nodes is available/i,
+  /Cluster isn't ready/i,
+  /Failed to refresh slots cache/i,
+  /socket (closed|hang up)/i,
+  /connect ETIMEDOUT|Connection timeout/i
+]
+
+/** True when the error says Redis cannot be reached or cannot serve now, whatever the command. */
+export const isUnavailable = (error: unknown): boolean => {
+  if (error instanceof SinkUnavailable) return true
+  if (error instanceof SinkCommandError) return false
+  const text = errorText(error)
+  return unavailablePatterns.some((re) => re.test(text))
+}
+
+const errorText = (error: unknown): string => {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code
+    return `${typeof code === "string" ? `${code} ` : ""}${error.message}`
+  }
+  return String(error)
+}
+
+/** Turn what ioredis threw into the typed error that says whose fault it is. */
+export const classify = (error: unknown): SinkUnavailable | SinkCommandError =>
+  error instanceof SinkUnavailable || error instanceof SinkCommandError
+    ? error
+    : isUnavailable(error)
+    ? new SinkUnavailable({ message: errorText(error), cause: error })
+    : new SinkCommandError({ message: errorText(error), cause: error })
+
+export interface RedisOptions {
+  /** A single node, e.g. `redis://127.0.0.1:6379`. Ignored when `clusterNodes` is given. */
+  readonly url?: Redacted.Redacted | undefined
+  /** Cluster seed nodes as `host:port`; the client discovers the rest. */
+  readonly clusterNodes?: ReadonlyArray<string> | undefined
+  readonly commandTimeout?: Duration.DurationInput | undefined
+  readonly connectTimeout?: Duration.DurationInput | undefined
+}
+
+export interface RedisSinkShape {
+  readonly client: RedisClient
+  /** Run commands; a failure comes back classified. */
+  readonly use: <A>(f: (client: RedisClient) => Promise<A>) => Effect.Effect<A, SinkUnavailable | SinkCommandError>
+  /** The breaker's cheap probe. */
+  readonly ping: Effect.Effect<void, SinkUnavailable | SinkCommandError>
+}
+
+// Reconnect fast and keep trying: the breaker decides when work resumes, not ioredis.
+const retryStrategy = (times: number) => Math.min(times * 10, 100)
+
+const acquire = (options: RedisOptions): RedisClient => {
+  const commandTimeout = Duration.toMillis(options.commandTimeout ?? Duration.seconds(2))
+  const connectTimeout = Duration.toMillis(options.connectTimeout ?? Duration.seconds(2))
+  const common = {
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout,
+    connectTimeout,
+    enableAutoPipelining: true,
+    retryStrategy
+  }
+  if (options.clusterNodes !== undefined && options.clusterNodes.length > 0) {
+    const nodes = options.clusterNodes.map((node) => {
+      const [host, port] = node.split(":")
+      return { host: host ?? "127.0.0.1", port: Number(port ?? 6379) }
+    })
+    return new Cluster(nodes, {
+      enableOfflineQueue: false,
+      enableAutoPipelining: true,
+      clusterRetryStrategy: retryStrategy,
+      redisOptions: common
+    })
+  }
+  const url = options.url === undefined ? "redis://127.0.0.1:6379" : Redacted.value(options.url)
+  return new Redis(url, common)
+}
+
+const make = (options: RedisOptions) =>
+  Effect.gen(function*() {
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const client = acquire(options)
+        // ioredis emits "error" on every failed reconnect; unhandled, Node would crash. The
+        // breaker sees failures through the commands themselves.
+        client.on("error", () => undefined)
+        return client
+      }),
+      (client) =>
+        // quit() waits for Redis; when Redis is down that would hang shutdown, so bound it.
+        Effect.promise(() => client.quit().catch(() => undefined)).pipe(
+          Effect.timeoutOption(Duration.millis(500)),
+          Effect.ensuring(Effect.sync(() => client.disconnect()))
+        )
+    )
+    const use = <A>(f: (client: RedisClient) => Promise<A>) =>
+      Effect.tryPromise({ try: () => f(client), catch: classify })
+    const ping = Effect.asVoid(use((c) => c.ping()))
+    return { client, use, ping } satisfies RedisSinkShape
+  })
+
+export class RedisSink extends Context.Tag("sync-outbox/RedisSink")<RedisSink, RedisSinkShape>() {
+  static readonly layer = (options: RedisOptions = {}): Layer.Layer<RedisSink> => Layer.scoped(RedisSink, make(options))
+
+  /** REDIS_URL, REDIS_CLUSTER_NODES (comma separated), SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT. */
+  static readonly layerConfig = (
+    config: Config.Config<RedisOptions> = Config.all({
+      url: Config.redacted("REDIS_URL").pipe(Config.option, Config.map(Option.getOrUndefined)),
+      clusterNodes: Config.array(Config.string(), "REDIS_CLUSTER_NODES").pipe(Config.option, Config.map(Option.getOrUndefined)),
+      commandTimeout: Config.duration("SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT").pipe(Config.withDefault(Duration.seconds(2)))
+    })
+  ) => Layer.unwrapEffect(Effect.map(config, RedisSink.layer))
+}

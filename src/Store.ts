@@ -1,0 +1,421 @@
+/**
+ * Every SQL statement on the outbox tables. The producer side (`enqueue`, `enqueueMany`,
+ * `enqueueWith`) needs only a `SqlClient`, so it joins the caller's `sql.withTransaction`.
+ * The worker side is the `Store` service. Times are parameters taken from Effect's `Clock`,
+ * never the database's `now()`, so `TestClock` drives leases and retries against a real database.
+ */
+import { SqlClient, SqlError } from "@effect/sql"
+import { Clock, Context, Effect, Layer } from "effect"
+import type pg from "pg"
+import { EventNotFound, FailureRecord, InvalidEvent, InvalidPayload } from "./Errors.js"
+import * as OutboxEvent from "./OutboxEvent.js"
+
+// ---------------------------------------------------------------------------------------------
+// Producer side
+// ---------------------------------------------------------------------------------------------
+
+const insertOne = `INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING id::text AS id`
+
+const insertMany = `INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::boolean[])
+RETURNING id::text AS id`
+
+const oneParams = (e: OutboxEvent.EncodedEvent): ReadonlyArray<unknown> => [
+  e.resourceType,
+  e.action,
+  e.resourceId,
+  e.orderingKey,
+  e.payload === null ? null : JSON.stringify(e.payload),
+  e.coalesce
+]
+
+const manyParams = (events: ReadonlyArray<OutboxEvent.EncodedEvent>): ReadonlyArray<unknown> => [
+  events.map((e) => e.resourceType),
+  events.map((e) => e.action),
+  events.map((e) => e.resourceId),
+  events.map((e) => e.orderingKey),
+  events.map((e) => (e.payload === null ? null : JSON.stringify(e.payload))),
+  events.map((e) => e.coalesce)
+]
+
+/**
+ * Write one event in the current transaction (or on its own when there is none). Returns its
+ * id. The payload is encoded with the type's schema first: an invalid one writes nothing.
+ */
+export const enqueue = <A, I>(
+  type: OutboxEvent.EventType<A, I>,
+  input: OutboxEvent.EventInput<A>
+): Effect.Effect<string, InvalidPayload | InvalidEvent | SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const encoded = yield* OutboxEvent.encode(type, input)
+    const sql = yield* SqlClient.SqlClient
+    const rows = yield* sql.unsafe<{ id: string }>(insertOne, oneParams(encoded))
+    return rows[0]!.id
+  }).pipe(Effect.withSpan("sync-outbox.enqueue", { attributes: { resourceType: type.resourceType, action: type.action } }))
+
+/** An event of any type, as `enqueueMany` takes them. */
+export interface AnyEvent {
+  readonly type: OutboxEvent.EventType.Any
+  readonly input: OutboxEvent.EventInput<any>
+}
+
+/** Pair a type with its input, keeping the payload's type checked. */
+export const event = <A, I>(type: OutboxEvent.EventType<A, I>, input: OutboxEvent.EventInput<A>): AnyEvent => ({
+  type,
+  input
+})
+
+/** Write many events in one statement (one NOTIFY). All are validated before any is written. */
+export const enqueueMany = (
+  events: ReadonlyArray<AnyEvent>
+): Effect.Effect<ReadonlyArray<string>, InvalidPayload | InvalidEvent | SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    if (events.length === 0) return []
+    const encoded = yield* Effect.forEach(events, (e) => OutboxEvent.encode(e.type, e.input))
+    const sql = yield* SqlClient.SqlClient
+    const rows = yield* sql.unsafe<{ id: string }>(insertMany, manyParams(encoded))
+    return rows.map((row) => row.id)
+  }).pipe(Effect.withSpan("sync-outbox.enqueueMany", { attributes: { count: events.length } }))
+
+/**
+ * For callers on a raw `pg` client (inside their own `BEGIN`/`COMMIT`): the same validation,
+ * the same row. Run it with `Effect.runPromise`.
+ */
+export const enqueueWith = <A, I>(
+  client: pg.ClientBase | pg.Pool,
+  type: OutboxEvent.EventType<A, I>,
+  input: OutboxEvent.EventInput<A>
+): Effect.Effect<string, InvalidPayload | InvalidEvent | SqlError.SqlError> =>
+  Effect.gen(function*() {
+    const encoded = yield* OutboxEvent.encode(type, input)
+    const result = yield* Effect.tryPromise({
+      try: () => client.query<{ id: string }>(insertOne, oneParams(encoded) as Array<unknown>),
+      catch: (cause) => new SqlError.SqlError({ cause, message: "enqueueWith: insert failed" })
+    })
+    return result.rows[0]!.id
+  })
+
+// ---------------------------------------------------------------------------------------------
+// Worker and operator side
+// ---------------------------------------------------------------------------------------------
+
+/** One failed attempt to record. `dead: true` parks the row; otherwise it is retried at `nextRetryAt`. */
+export interface Failure {
+  readonly id: string
+  readonly attempt: number
+  readonly tag: string
+  readonly message: string
+  readonly nextRetryAt: Date
+  readonly dead: boolean
+}
+
+export interface Stats {
+  readonly pending: number
+  readonly inFlight: number
+  readonly dead: number
+  readonly scheduled: number
+  readonly oldestPendingAgeMs: number | null
+  readonly byResourceType: ReadonlyArray<{
+    readonly resourceType: string
+    readonly pending: number
+    readonly inFlight: number
+    readonly dead: number
+  }>
+}
+
+/** Which dead letters an operator means. */
+export type DeadSelector =
+  | { readonly _tag: "One"; readonly id: string }
+  | { readonly _tag: "ResourceType"; readonly resourceType: string }
+  | { readonly _tag: "All" }
+
+const claimSql = `
+WITH picked AS MATERIALIZED (
+  SELECT c.id, c.ordering_key, c.coalesce
+  FROM sync_outbox c
+  WHERE c.status = 'pending'
+    AND c.next_retry_at <= $2
+    AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $2)
+    AND NOT EXISTS (
+      SELECT 1 FROM sync_outbox l
+      WHERE l.ordering_key = c.ordering_key AND l.status = 'pending' AND l.lease_expires_at > $2)
+    AND (c.coalesce OR NOT EXISTS (
+      SELECT 1 FROM sync_outbox e
+      WHERE e.ordering_key = c.ordering_key AND e.status = 'pending' AND e.id < c.id))
+  ORDER BY c.id
+  LIMIT $4
+  FOR UPDATE OF c SKIP LOCKED
+), keys AS MATERIALIZED (
+  SELECT ordering_key, max(id) AS upto, bool_or(coalesce) AS coalesce
+  FROM picked
+  GROUP BY ordering_key
+  HAVING pg_try_advisory_xact_lock(hashtextextended(ordering_key, 7351))
+)
+UPDATE sync_outbox o
+SET lease_owner = $1, lease_expires_at = $3
+FROM keys k
+WHERE o.ordering_key = k.ordering_key
+  AND o.status = 'pending'
+  AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
+  AND (o.id IN (SELECT id FROM picked) OR (k.coalesce AND o.id < k.upto))
+RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
+  o.payload, o.coalesce, o.retry_count, o.created_at`
+
+const completeSql = `DELETE FROM sync_outbox WHERE id = ANY($2::bigint[]) AND lease_owner = $1`
+
+const releaseSql = `UPDATE sync_outbox SET lease_owner = NULL, lease_expires_at = NULL
+WHERE id = ANY($2::bigint[]) AND lease_owner = $1`
+
+const failSql = `
+WITH input AS (
+  SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::boolean[], $7::integer[])
+    AS t(id, tag, message, next_retry_at, dead, attempt)
+), updated AS (
+  UPDATE sync_outbox o
+  SET retry_count = i.attempt,
+      last_error = i.tag || ': ' || i.message,
+      status = CASE WHEN i.dead THEN 'dead' ELSE 'pending' END,
+      next_retry_at = i.next_retry_at,
+      lease_owner = NULL,
+      lease_expires_at = NULL
+  FROM input i
+  WHERE o.id = i.id AND o.lease_owner = $1
+  RETURNING o.id, i.attempt, i.tag, i.message
+)
+INSERT INTO sync_outbox_failures (outbox_id, attempt, error_tag, message, failed_at)
+SELECT id, attempt, tag, message, $8 FROM updated
+ON CONFLICT (outbox_id, attempt) DO NOTHING`
+
+const nextWakeSql = `
+SELECT least(
+  (SELECT min(next_retry_at) FROM sync_outbox
+    WHERE status = 'pending' AND next_retry_at > '-infinity' AND next_retry_at > $1),
+  (SELECT min(lease_expires_at) FROM sync_outbox WHERE lease_owner IS NOT NULL AND lease_expires_at > $1)
+) AS at`
+
+interface ClaimRow {
+  readonly id: string
+  readonly resource_type: string
+  readonly action: string
+  readonly resource_id: number | null
+  readonly ordering_key: string
+  readonly payload: unknown
+  readonly coalesce: boolean
+  readonly retry_count: number
+  readonly created_at: Date
+}
+
+interface StoredRow extends ClaimRow {
+  readonly status: "pending" | "dead"
+  readonly last_error: string | null
+  readonly next_retry_at: Date | number
+  readonly lease_owner: string | null
+  readonly lease_expires_at: Date | null
+}
+
+const toClaimed = (row: ClaimRow): OutboxEvent.ClaimedEvent => ({
+  id: row.id,
+  resourceType: row.resource_type,
+  action: row.action,
+  resourceId: row.resource_id,
+  orderingKey: row.ordering_key,
+  payload: row.payload,
+  coalesce: row.coalesce,
+  retryCount: row.retry_count,
+  createdAt: row.created_at
+})
+
+// RETURNING has no order; callers get events oldest first.
+const byId = (a: { readonly id: string }, b: { readonly id: string }) =>
+  a.id.length - b.id.length || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+
+const toStored = (row: StoredRow): OutboxEvent.StoredEvent => ({
+  ...toClaimed(row),
+  status: row.status,
+  lastError: row.last_error,
+  // pg-types reads '-infinity' as the number -Infinity: "due at once".
+  nextRetryAt: row.next_retry_at instanceof Date ? row.next_retry_at : null,
+  leaseOwner: row.lease_owner,
+  leaseExpiresAt: row.lease_expires_at
+})
+
+const storedColumns = `id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key, payload,
+  coalesce, retry_count, created_at, status, last_error, next_retry_at, lease_owner, lease_expires_at`
+
+const deadWhere = (selector: DeadSelector): { readonly where: string; readonly params: ReadonlyArray<unknown> } => {
+  switch (selector._tag) {
+    case "One":
+      return { where: `status = 'dead' AND id = $1::bigint`, params: [selector.id] }
+    case "ResourceType":
+      return { where: `status = 'dead' AND resource_type = $1`, params: [selector.resourceType] }
+    case "All":
+      return { where: `status = 'dead'`, params: [] }
+  }
+}
+
+const idRe = /^[1-9][0-9]{0,18}$/
+
+const make = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
+
+  const claim = (owner: string, leaseMs: number, limit: number) =>
+    Effect.flatMap(now, (at) =>
+      sql.unsafe<ClaimRow>(claimSql, [owner, at, new Date(at.getTime() + leaseMs), limit]).withoutTransform
+    ).pipe(Effect.map((rows) => rows.map(toClaimed).sort(byId)))
+
+  const complete = (owner: string, ids: ReadonlyArray<string>) =>
+    ids.length === 0 ? Effect.succeed(0) : Effect.map(sql.unsafe(completeSql, [owner, ids]).raw, rowCount)
+
+  const release = (owner: string, ids: ReadonlyArray<string>) =>
+    ids.length === 0 ? Effect.succeed(0) : Effect.map(sql.unsafe(releaseSql, [owner, ids]).raw, rowCount)
+
+  const fail = (owner: string, failures: ReadonlyArray<Failure>) =>
+    failures.length === 0 ? Effect.void : Effect.flatMap(now, (at) =>
+      sql.unsafe(failSql, [
+        owner,
+        failures.map((f) => f.id),
+        failures.map((f) => f.tag),
+        failures.map((f) => f.message),
+        failures.map((f) => f.nextRetryAt),
+        failures.map((f) => f.dead),
+        failures.map((f) => f.attempt),
+        at
+      ]).raw).pipe(Effect.asVoid)
+
+  /** When the worker must look again even if nothing notifies it: a retry falls due or a lease expires. */
+  const nextWakeAt = Effect.flatMap(now, (at) => sql.unsafe<{ at: Date | null }>(nextWakeSql, [at]).withoutTransform).pipe(
+    Effect.map((rows) => {
+      const at = rows[0]?.at
+      return at instanceof Date ? at.getTime() : null
+    })
+  )
+
+  const stats = Effect.gen(function*() {
+    const at = yield* now
+    const rows = yield* sql.unsafe<{
+      resource_type: string
+      pending: number
+      in_flight: number
+      dead: number
+      scheduled: number
+      oldest: Date | null
+    }>(
+      `SELECT resource_type,
+         count(*) FILTER (WHERE status = 'pending')::int AS pending,
+         count(*) FILTER (WHERE status = 'pending' AND lease_expires_at > $1)::int AS in_flight,
+         count(*) FILTER (WHERE status = 'dead')::int AS dead,
+         count(*) FILTER (WHERE status = 'pending' AND next_retry_at > $1)::int AS scheduled,
+         min(created_at) FILTER (WHERE status = 'pending') AS oldest
+       FROM sync_outbox GROUP BY resource_type ORDER BY resource_type`,
+      [at]
+    ).withoutTransform
+    const oldest = rows.reduce<number | null>(
+      (acc, row) => (row.oldest === null ? acc : acc === null ? row.oldest.getTime() : Math.min(acc, row.oldest.getTime())),
+      null
+    )
+    const sum = (f: (r: (typeof rows)[number]) => number) => rows.reduce((acc, r) => acc + f(r), 0)
+    return {
+      pending: sum((r) => r.pending),
+      inFlight: sum((r) => r.in_flight),
+      dead: sum((r) => r.dead),
+      scheduled: sum((r) => r.scheduled),
+      oldestPendingAgeMs: oldest === null ? null : Math.max(0, at.getTime() - oldest),
+      byResourceType: rows.map((r) => ({
+        resourceType: r.resource_type,
+        pending: r.pending,
+        inFlight: r.in_flight,
+        dead: r.dead
+      }))
+    } satisfies Stats
+  })
+
+  const listDead = (options: { readonly resourceType?: string | undefined; readonly limit?: number | undefined } = {}) =>
+    sql.unsafe<StoredRow>(
+      `SELECT ${storedColumns} FROM sync_outbox
+       WHERE status = 'dead' AND ($1::text IS NULL OR resource_type = $1)
+       ORDER BY id LIMIT $2`,
+      [options.resourceType ?? null, options.limit ?? 100]
+    ).withoutTransform.pipe(Effect.map((rows) => rows.map(toStored)))
+
+  const checkId = (id: string) => (idRe.test(id) ? Effect.void : Effect.fail(new EventNotFound({ id })))
+
+  /** One event with its whole failure history. */
+  const show = (id: string) =>
+    Effect.gen(function*() {
+      yield* checkId(id)
+      const rows = yield* sql.unsafe<StoredRow>(`SELECT ${storedColumns} FROM sync_outbox WHERE id = $1::bigint`, [id])
+        .withoutTransform
+      const row = rows[0]
+      if (row === undefined) return yield* new EventNotFound({ id })
+      const failures = yield* sql.unsafe<{ attempt: number; error_tag: string; message: string; failed_at: Date }>(
+        `SELECT attempt, error_tag, message, failed_at FROM sync_outbox_failures WHERE outbox_id = $1::bigint ORDER BY attempt`,
+        [id]
+      ).withoutTransform
+      return {
+        event: toStored(row),
+        failures: failures.map((f) =>
+          new FailureRecord({ attempt: f.attempt, errorTag: f.error_tag, message: f.message, failedAt: f.failed_at })
+        )
+      }
+    })
+
+  /**
+   * Dead letters back to pending, due at once, with a fresh attempt budget. Their failure
+   * history stays (attempt numbers keep growing), so the whole story of an event is kept.
+   */
+  const requeue = (selector: DeadSelector) =>
+    Effect.gen(function*() {
+      if (selector._tag === "One") yield* checkId(selector.id)
+      const { params, where } = deadWhere(selector)
+      const result = yield* sql.unsafe(
+        `UPDATE sync_outbox SET status = 'pending', retry_count = 0, next_retry_at = '-infinity',
+           lease_owner = NULL, lease_expires_at = NULL
+         WHERE ${where}`,
+        params
+      ).raw
+      const count = rowCount(result)
+      if (selector._tag === "One" && count === 0) return yield* new EventNotFound({ id: selector.id })
+      // Requeued rows are due now: wake the workers as an insert would.
+      if (count > 0) {
+        yield* sql.unsafe(
+          `SELECT pg_notify(coalesce(nullif(current_setting('sync_outbox.channel', true), ''), 'sync_outbox'), '')`
+        )
+      }
+      return count
+    })
+
+  const purge = (selector: DeadSelector) =>
+    Effect.gen(function*() {
+      if (selector._tag === "One") yield* checkId(selector.id)
+      const { params, where } = deadWhere(selector)
+      const count = rowCount(yield* sql.unsafe(`DELETE FROM sync_outbox WHERE ${where}`, params).raw)
+      if (selector._tag === "One" && count === 0) return yield* new EventNotFound({ id: selector.id })
+      return count
+    })
+
+  return {
+    claim,
+    complete,
+    release,
+    fail,
+    nextWakeAt,
+    stats,
+    listDead,
+    show,
+    requeue,
+    purge
+  } as const
+})
+
+const rowCount = (result: unknown): number => {
+  if (typeof result === "object" && result !== null && "rowCount" in result) {
+    return Number((result as { rowCount: number | null }).rowCount ?? 0)
+  }
+  return 0
+}
+
+export class Store extends Context.Tag("sync-outbox/Store")<Store, Effect.Effect.Success<typeof make>>() {
+  static readonly layer: Layer.Layer<Store, never, SqlClient.SqlClient> = Layer.effect(Store, make)
+}

@@ -1,0 +1,29 @@
+/**
+ * The worker, assembled from the environment: `DATABASE_URL`, `REDIS_URL` (or
+ * `REDIS_CLUSTER_NODES`) and the `SYNC_OUTBOX_*` settings. Give it your handlers.
+ */
+import { Config, Effect, Layer } from "effect"
+import * as Database from "./Database.js"
+import type { Handlers } from "./Handlers.js"
+import { Listener } from "./Listener.js"
+import { OutboxConfig } from "./OutboxConfig.js"
+import { RedisSink } from "./RedisSink.js"
+import { Store } from "./Store.js"
+import { Worker } from "./Worker.js"
+
+/**
+ * Everything a worker process needs, with its dependencies wired: the handlers layer may
+ * itself need the `SqlClient` and `RedisSink` (the `sync/` handlers do), and gets them here.
+ */
+export const layerWorker = <E, R>(handlers: Layer.Layer<Handlers, E, R>) =>
+  Layer.unwrapEffect(
+    Effect.gen(function*() {
+      const outbox = yield* OutboxConfig
+      const url = yield* Config.redacted("DATABASE_URL")
+      const listener = outbox.pollOnly ? Listener.off : Listener.layer({ url, channel: outbox.channel })
+      return Worker.layer.pipe(
+        Layer.provide(Layer.mergeAll(Store.layer, listener, handlers)),
+        Layer.provideMerge(Layer.succeed(OutboxConfig, outbox))
+      )
+    }).pipe(Effect.provide(OutboxConfig.layerConfig()))
+  ).pipe(Layer.provideMerge(Layer.merge(Database.layerConfig(), RedisSink.layerConfig())))

@@ -1,0 +1,302 @@
+/**
+ * The loop: wake on NOTIFY, on a (re)connect, at the earliest due retry or lease expiry, or on
+ * the poll interval; claim a batch; apply it with bounded concurrency; record every outcome in
+ * at most three statements. A scoped layer: it cannot be started twice, and closing its scope
+ * finishes what is in flight and hands unstarted claims back without counting an attempt.
+ */
+import { Cause, Clock, Context, Deferred, Duration, Effect, Layer, Metric, Option, Queue, Random, Schedule, Stream, SubscriptionRef } from "effect"
+import { hostname } from "node:os"
+import { describeFailure, HandlerTimeout, MalformedPayload } from "./Errors.js"
+import { Handlers } from "./Handlers.js"
+import { Listener } from "./Listener.js"
+import * as Metrics from "./Metrics.js"
+import { OutboxConfig } from "./OutboxConfig.js"
+import type { ClaimedEvent } from "./OutboxEvent.js"
+import { isUnavailable, RedisSink } from "./RedisSink.js"
+import * as Retry from "./Retry.js"
+import { type Failure, Store } from "./Store.js"
+
+export type BreakerState = "closed" | "open"
+
+export interface WorkerShape {
+  /** Who this worker is in `lease_owner`. */
+  readonly owner: string
+  readonly breaker: SubscriptionRef.SubscriptionRef<BreakerState>
+  /** Ask for a claim now (as a notification would). */
+  readonly wake: Effect.Effect<void>
+}
+
+type Outcome =
+  | { readonly _tag: "Applied"; readonly event: ClaimedEvent; readonly superseded: ReadonlyArray<string> }
+  | { readonly _tag: "Failed"; readonly event: ClaimedEvent; readonly superseded: ReadonlyArray<string>; readonly error: unknown }
+  | { readonly _tag: "Released"; readonly ids: ReadonlyArray<string>; readonly unavailable: boolean }
+
+/** Events of one ordering key in one claim: the newest is applied, older coalescing ones collapse into it. */
+interface Group {
+  readonly target: ClaimedEvent
+  readonly superseded: ReadonlyArray<string>
+  /** Non-coalescing events of one key, in order (only when the claim returned several). */
+  readonly sequence: ReadonlyArray<ClaimedEvent>
+}
+
+export const groupByKey = (events: ReadonlyArray<ClaimedEvent>): ReadonlyArray<Group> => {
+  const byKey = new Map<string, Array<ClaimedEvent>>()
+  for (const event of events) {
+    const list = byKey.get(event.orderingKey)
+    if (list === undefined) byKey.set(event.orderingKey, [event])
+    else list.push(event)
+  }
+  const groups: Array<Group> = []
+  for (const list of byKey.values()) {
+    if (list.length === 1) {
+      groups.push({ target: list[0]!, superseded: [], sequence: [] })
+      continue
+    }
+    list.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1))
+    const newest = list[list.length - 1]!
+    if (newest.coalesce) {
+      groups.push({ target: newest, superseded: list.slice(0, -1).map((e) => e.id), sequence: [] })
+    } else {
+      groups.push({ target: list[0]!, superseded: [], sequence: list })
+    }
+  }
+  return groups
+}
+
+const make = Effect.gen(function*() {
+  const config = yield* OutboxConfig
+  const store = yield* Store
+  const handlers = yield* Handlers
+  const listener = yield* Listener
+  const redis = yield* RedisSink
+
+  const owner = `${hostname()}:${process.pid}:${(yield* Random.nextInt).toString(36)}`
+  const breaker = yield* SubscriptionRef.make<BreakerState>("closed")
+  const wakeups = yield* Queue.sliding<void>(1)
+  const stopping = yield* Deferred.make<void>()
+  const wake = Effect.asVoid(Queue.offer(wakeups, undefined))
+  const leaseMs = Duration.toMillis(config.leaseDuration)
+  const policy: Retry.Policy = { base: config.backoffBase, cap: config.backoffCap }
+
+  const isStopping = Deferred.isDone(stopping)
+  const isOpen = Effect.map(SubscriptionRef.get(breaker), (state) => state === "open")
+
+  const openBreaker = (reason: string) =>
+    SubscriptionRef.modify(breaker, (state) => [state === "closed", "open" as const]).pipe(
+      Effect.flatMap((opened) =>
+        opened
+          ? Effect.logWarning(`sync-outbox: Redis unavailable, pausing claims (${reason})`).pipe(
+            Effect.zipRight(Metric.increment(Metrics.breakerTransitions)),
+            Effect.zipRight(Metric.set(Metrics.breakerOpen, 1))
+          )
+          : Effect.void
+      )
+    )
+
+  const closeBreaker = SubscriptionRef.set(breaker, "closed").pipe(
+    Effect.zipRight(Effect.logInfo("sync-outbox: Redis is back, draining")),
+    Effect.zipRight(Metric.increment(Metrics.breakerTransitions)),
+    Effect.zipRight(Metric.set(Metrics.breakerOpen, 0))
+  )
+
+  // A cheap PING on a short, capped, jittered schedule; no row is touched meanwhile.
+  const probeSchedule = Schedule.exponential(config.probeBase).pipe(
+    Schedule.either(Schedule.spaced(config.probeCap)),
+    Schedule.jittered
+  )
+  const awaitSink = redis.ping.pipe(
+    Effect.timeout(config.callTimeout),
+    Effect.retry(probeSchedule),
+    Effect.zipRight(closeBreaker)
+  )
+
+  const applyOne = (event: ClaimedEvent) =>
+    handlers.apply(event).pipe(
+      Effect.timeoutFail({
+        duration: config.callTimeout,
+        onTimeout: () => new HandlerTimeout({ message: `handler did not finish within ${Duration.format(config.callTimeout)}` })
+      })
+    )
+
+  const runGroup = (group: Group): Effect.Effect<ReadonlyArray<Outcome>> =>
+    Effect.gen(function*() {
+      const all = group.sequence.length > 0 ? group.sequence : [group.target]
+      // Checked before each start: what has not begun when the sink fails or we stop goes back.
+      if ((yield* isStopping) || (yield* isOpen)) {
+        return [{ _tag: "Released", ids: [...all.map((e) => e.id), ...group.superseded], unavailable: false }]
+      }
+      if (group.sequence.length === 0) {
+        const exit = yield* Effect.exit(applyOne(group.target))
+        return [outcomeOf(group.target, group.superseded, exit)]
+      }
+      // Several non-coalescing events of one key: strictly in order, stop at the first failure.
+      const outcomes: Array<Outcome> = []
+      for (let i = 0; i < group.sequence.length; i++) {
+        const event = group.sequence[i]!
+        const outcome = outcomeOf(event, [], yield* Effect.exit(applyOne(event)))
+        outcomes.push(outcome)
+        if (outcome._tag !== "Applied") {
+          const rest = group.sequence.slice(i + 1).map((e) => e.id)
+          if (rest.length > 0) outcomes.push({ _tag: "Released", ids: rest, unavailable: false })
+          break
+        }
+      }
+      return outcomes
+    })
+
+  const outcomeOf = (
+    event: ClaimedEvent,
+    superseded: ReadonlyArray<string>,
+    exit: import("effect/Exit").Exit<void, unknown>
+  ): Outcome => {
+    if (exit._tag === "Success") return { _tag: "Applied", event, superseded }
+    const failure = Cause.failureOption(exit.cause)
+    const error = Option.isSome(failure) ? failure.value : Cause.squash(exit.cause)
+    if (isUnavailable(error)) return { _tag: "Released", ids: [event.id, ...superseded], unavailable: true }
+    return { _tag: "Failed", event, superseded, error }
+  }
+
+  const record = (outcomes: ReadonlyArray<Outcome>) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      const completed: Array<string> = []
+      const released: Array<string> = []
+      const failures: Array<Failure> = []
+      let appliedCount = 0
+      let supersededCount = 0
+      let deadCount = 0
+      let unavailable = false
+      for (const outcome of outcomes) {
+        switch (outcome._tag) {
+          case "Applied": {
+            completed.push(outcome.event.id, ...outcome.superseded)
+            appliedCount++
+            supersededCount += outcome.superseded.length
+            yield* Metric.update(Metrics.latency, Math.max(0, now - outcome.event.createdAt.getTime()))
+            break
+          }
+          case "Failed": {
+            // Older events it superseded are redundant whatever happens to the newest one.
+            completed.push(...outcome.superseded)
+            supersededCount += outcome.superseded.length
+            const attempt = outcome.event.retryCount + 1
+            const permanent = outcome.error instanceof MalformedPayload
+            const dead = permanent || attempt >= config.maxRetries
+            const wait = yield* Retry.delay(policy, attempt)
+            const { message, tag } = describeFailure(outcome.error)
+            failures.push({ id: outcome.event.id, attempt, tag, message, nextRetryAt: new Date(now + Duration.toMillis(wait)), dead })
+            if (dead) {
+              deadCount++
+              yield* Effect.logError(
+                `sync-outbox: event ${outcome.event.id} (${outcome.event.resourceType}/${outcome.event.action}) is dead after ${attempt} attempt(s): ${tag}: ${message}`
+              )
+            }
+            break
+          }
+          case "Released": {
+            released.push(...outcome.ids)
+            unavailable ||= outcome.unavailable
+            break
+          }
+        }
+      }
+      yield* Effect.all(
+        [store.complete(owner, completed), store.fail(owner, failures), store.release(owner, released)],
+        { concurrency: "unbounded", discard: true }
+      )
+      yield* Metric.incrementBy(Metrics.applied, appliedCount)
+      yield* Metric.incrementBy(Metrics.superseded, supersededCount)
+      yield* Metric.incrementBy(Metrics.failed, failures.length)
+      yield* Metric.incrementBy(Metrics.dead, deadCount)
+      yield* Metric.incrementBy(Metrics.released, released.length)
+      return { unavailable }
+    })
+
+  const processBatch = (events: ReadonlyArray<ClaimedEvent>) =>
+    Effect.gen(function*() {
+      const groups = groupByKey(events)
+      const outcomes = yield* Effect.forEach(
+        groups,
+        (group) =>
+          runGroup(group).pipe(
+            Effect.tap((outs) =>
+              outs.some((o) => o._tag === "Released" && o.unavailable) ? openBreaker("a command failed") : Effect.void
+            )
+          ),
+        { concurrency: config.concurrency }
+      )
+      return yield* record(outcomes.flat())
+    }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length } }))
+
+  /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
+  const drain = Effect.gen(function*() {
+    for (;;) {
+      if (yield* isStopping) return
+      if (yield* isOpen) {
+        yield* Effect.raceFirst(awaitSink, Deferred.await(stopping))
+        continue
+      }
+      yield* Queue.takeAll(wakeups)
+      const events = yield* store.claim(owner, leaseMs, config.batchSize).pipe(Effect.timeout(config.callTimeout))
+      if (events.length === 0) return
+      yield* processBatch(events)
+    }
+  })
+
+  /** Sleep until a wake-up, the earliest due retry or lease expiry, or the poll interval. */
+  const idle = Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    const dueAt = yield* store.nextWakeAt.pipe(Effect.timeout(config.callTimeout))
+    const poll = Duration.toMillis(config.interval)
+    const waitMs = dueAt === null ? poll : Math.max(0, Math.min(poll, dueAt - now))
+    yield* Effect.raceFirst(
+      Queue.take(wakeups),
+      Effect.raceFirst(Effect.sleep(Duration.millis(waitMs)), Deferred.await(stopping))
+    )
+  })
+
+  // Postgres down, a statement timed out: log once per failure, back off, carry on.
+  const recoverSchedule = Schedule.exponential(Duration.millis(50)).pipe(
+    Schedule.either(Schedule.spaced(Duration.seconds(2))),
+    Schedule.jittered
+  )
+  const loop = Effect.gen(function*() {
+    while (!(yield* isStopping)) {
+      yield* drain
+      if (yield* isStopping) return
+      yield* idle
+    }
+  }).pipe(
+    Effect.tapErrorCause((cause) => Effect.logWarning("sync-outbox: worker loop failed, retrying", cause)),
+    Effect.retry(recoverSchedule)
+  )
+
+  if (!config.enabled) {
+    yield* Effect.logInfo("sync-outbox: worker disabled (SYNC_OUTBOX_ENABLED=false)")
+    return { owner, breaker, wake } satisfies WorkerShape
+  }
+
+  yield* Effect.forkScoped(Stream.runForEach(listener.wakeups, () => wake))
+  const fiber = yield* Effect.forkScoped(Effect.interruptible(loop))
+  yield* Effect.addFinalizer(() =>
+    Deferred.succeed(stopping, undefined).pipe(
+      Effect.zipRight(wake),
+      // In-flight handlers finish (they are bounded by callTimeout); then the loop ends by itself.
+      Effect.zipRight(
+        fiber.await.pipe(
+          Effect.timeout(Duration.sum(config.callTimeout, Duration.seconds(1))),
+          Effect.ignore
+        )
+      )
+    )
+  )
+  return { owner, breaker, wake } satisfies WorkerShape
+})
+
+export class Worker extends Context.Tag("sync-outbox/Worker")<Worker, WorkerShape>() {
+  static readonly layer: Layer.Layer<
+    Worker,
+    never,
+    OutboxConfig | Store | Handlers | Listener | RedisSink
+  > = Layer.scoped(Worker, make)
+}

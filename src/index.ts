@@ -1,0 +1,27 @@
+/**
+ * sync-outbox: keep Redis in step with a Postgres control plane through a transactional outbox.
+ *
+ * Producers: define `EventType`s, call `enqueue` inside their own `sql.withTransaction`.
+ * Workers: provide `Handlers`, a `SqlClient`, `RedisSink`, `OutboxConfig`, a `Listener`, and
+ * build `Worker.layer` (or `SyncOutbox.layerWorker`, which reads all of it from the environment).
+ */
+export * as Database from "./Database.js"
+export * from "./Errors.js"
+export { Handlers, handle } from "./Handlers.js"
+export type { Applying, Handler, HandlersShape } from "./Handlers.js"
+export { Listener } from "./Listener.js"
+export type { ListenerOptions, ListenerShape, ListenerState, Wakeup } from "./Listener.js"
+export * as Metrics from "./Metrics.js"
+export * as Migrations from "./Migrations.js"
+export { OutboxConfig } from "./OutboxConfig.js"
+export type { OutboxConfigShape } from "./OutboxConfig.js"
+export * as OutboxEvent from "./OutboxEvent.js"
+export type { ClaimedEvent, EventInput, EventType, StoredEvent } from "./OutboxEvent.js"
+export { classify, isUnavailable, RedisSink } from "./RedisSink.js"
+export type { RedisClient, RedisOptions, RedisSinkShape } from "./RedisSink.js"
+export * as Retry from "./Retry.js"
+export { enqueue, enqueueMany, enqueueWith, event, Store } from "./Store.js"
+export type { AnyEvent, DeadSelector, Failure, Stats } from "./Store.js"
+export * as SyncOutbox from "./SyncOutbox.js"
+export { Worker } from "./Worker.js"
+export type { BreakerState, WorkerShape } from "./Worker.js"

@@ -1,0 +1,187 @@
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer, Schema, TestClock } from "effect"
+import pg from "pg"
+import { beforeAll } from "vitest"
+import { enqueue, enqueueMany, enqueueWith, event, OutboxEvent, Store } from "../src/index.js"
+import { countRows, freshDatabase, SetValue, sqlLayer } from "./support/harness.js"
+
+let url: string
+beforeAll(async () => {
+  url = await freshDatabase("store")
+})
+const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | Store>) =>
+  effect.pipe(Effect.provide(Store.layer.pipe(Layer.provideMerge(sqlLayer(url)))))
+
+const clear = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox CASCADE`)
+
+/** Collect the notifications a raw LISTEN connection sees while `body` runs. */
+const notificationsDuring = <A, E, R>(body: Effect.Effect<A, E, R>) =>
+  Effect.acquireUseRelease(
+    Effect.promise(async () => {
+      const client = new pg.Client({ connectionString: url })
+      await client.connect()
+      const seen: Array<string> = []
+      client.on("notification", (n) => seen.push(n.channel))
+      await client.query("LISTEN sync_outbox")
+      return { client, seen }
+    }),
+    ({ seen }) =>
+      Effect.gen(function*() {
+        const result = yield* body
+        yield* Effect.promise(() => new Promise((r) => setTimeout(r, 100)))
+        return { result, seen: [...seen] }
+      }),
+    ({ client }) => Effect.promise(() => client.end())
+  )
+
+describe("Store: enqueue", () => {
+  it.live("joins the caller's transaction: a rollback leaves no row and sends no notification", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const sql = yield* SqlClient.SqlClient
+      const { seen } = yield* notificationsDuring(
+        sql.withTransaction(
+          Effect.zipRight(enqueue(SetValue, { payload: { key: "k", value: "v" } }), Effect.fail("business rule says no"))
+        ).pipe(Effect.flip)
+      )
+      expect(yield* countRows()).toBe(0)
+      expect(seen).toEqual([])
+    })))
+
+  it.live("a committed transaction leaves the row and one notification per statement", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const sql = yield* SqlClient.SqlClient
+      const { result, seen } = yield* notificationsDuring(
+        sql.withTransaction(
+          Effect.gen(function*() {
+            const one = yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+            const many = yield* enqueueMany(
+              Array.from({ length: 1000 }, (_, i) => event(SetValue, { payload: { key: `b${i}`, value: "2" } }))
+            )
+            return [one, ...many]
+          })
+        )
+      )
+      expect(result).toHaveLength(1001)
+      expect(yield* countRows("pending")).toBe(1001)
+      // Two statements, one identical payload: Postgres folds them into one notification.
+      expect(seen).toEqual(["sync_outbox"])
+      const rows = yield* sql<{ ordering_key: string; payload: unknown; next_retry_at: number }>`
+        SELECT ordering_key, payload, next_retry_at FROM sync_outbox WHERE id = ${result[0]!}::bigint`
+      expect(rows[0]!.ordering_key).toBe("thing:a")
+      expect(rows[0]!.payload).toEqual({ key: "a", value: "1" })
+      expect(rows[0]!.next_retry_at).toBe(-Infinity)
+    })))
+
+  it.live("an invalid payload fails with InvalidPayload and writes nothing, even in a batch", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const bad = yield* enqueue(SetValue, { payload: { key: "k", value: 42 as unknown as string } }).pipe(Effect.flip)
+      expect(bad._tag).toBe("InvalidPayload")
+      expect(bad.message).toContain("value")
+      const batch = yield* enqueueMany([
+        event(SetValue, { payload: { key: "ok", value: "fine" } }),
+        event(SetValue, { payload: { key: "bad" } as unknown as { key: string; value: string } })
+      ]).pipe(Effect.flip)
+      expect(batch._tag).toBe("InvalidPayload")
+      expect(yield* countRows()).toBe(0)
+    })))
+
+  it.live("a resource id that is not a positive integer is an InvalidEvent", () =>
+    withDb(Effect.gen(function*() {
+      for (const resourceId of [0, -1, 1.5, Number.NaN]) {
+        const error = yield* enqueue(SetValue, { resourceId, payload: { key: "k", value: "v" } }).pipe(Effect.flip)
+        expect(error._tag).toBe("InvalidEvent")
+      }
+    })))
+
+  it.live("a payload that cannot become JSON is refused", () =>
+    withDb(Effect.gen(function*() {
+      const Big = OutboxEvent.make({ resourceType: "big", action: "set", payload: Schema.Unknown })
+      const error = yield* enqueue(Big, { payload: { n: 10n } }).pipe(Effect.flip)
+      expect(error._tag).toBe("InvalidPayload")
+    })))
+
+  it.live("enqueueWith writes through a raw pg client inside its own transaction", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const client = new pg.Client({ connectionString: url })
+      yield* Effect.promise(() => client.connect())
+      yield* Effect.promise(() => client.query("BEGIN"))
+      const id = yield* enqueueWith(client, SetValue, { resourceId: 7, payload: { key: "raw", value: "pg" } })
+      yield* Effect.promise(() => client.query("ROLLBACK"))
+      expect(yield* countRows()).toBe(0)
+      yield* Effect.promise(() => client.query("BEGIN"))
+      yield* enqueueWith(client, SetValue, { resourceId: 7, payload: { key: "raw", value: "pg" } })
+      yield* Effect.promise(() => client.query("COMMIT"))
+      yield* Effect.promise(() => client.end())
+      expect(id).toMatch(/^\d+$/)
+      expect(yield* countRows()).toBe(1)
+    })))
+
+  it.live("sync_outbox_enqueue lets any SQL client enqueue, and refuses a blank type", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const sql = yield* SqlClient.SqlClient
+      const rows = yield* sql<{ id: string }>`SELECT sync_outbox_enqueue('master', 'update', 3, '{"a":1}'::jsonb)::text AS id`
+      expect(rows[0]!.id).toMatch(/^\d+$/)
+      const stored = yield* sql<{ ordering_key: string }>`SELECT ordering_key FROM sync_outbox`
+      expect(stored[0]!.ordering_key).toBe("master:3")
+      const error = yield* sql`SELECT sync_outbox_enqueue(' ', 'update')`.pipe(Effect.flip)
+      expect(error._tag).toBe("SqlError")
+      expect(yield* countRows()).toBe(1)
+    })))
+})
+
+describe("Store: claim", () => {
+  it.effect("a claim leases rows; another owner cannot take them until the lease expires", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      yield* TestClock.setTime(Date.now())
+      const store = yield* Store
+      yield* enqueueMany(Array.from({ length: 5 }, (_, i) => event(SetValue, { payload: { key: `c${i}`, value: "v" } })))
+      const first = yield* store.claim("a", 1_000, 3)
+      expect(first.map((e) => e.orderingKey)).toEqual(["thing:c0", "thing:c1", "thing:c2"])
+      const second = yield* store.claim("b", 1_000, 10)
+      expect(second.map((e) => e.orderingKey)).toEqual(["thing:c3", "thing:c4"])
+      expect(yield* store.claim("b", 1_000, 10)).toEqual([])
+      // Completion is fenced on the owner: "b" cannot delete "a"'s rows.
+      expect(yield* store.complete("b", first.map((e) => e.id))).toBe(0)
+      yield* TestClock.adjust("1001 millis")
+      const retaken = yield* store.claim("b", 1_000, 10)
+      expect(retaken.map((e) => e.id).sort()).toEqual([...first, ...second].map((e) => e.id).sort())
+      // "a" lost its lease: its late completion deletes nothing.
+      expect(yield* store.complete("a", first.map((e) => e.id))).toBe(0)
+      expect(yield* store.complete("b", retaken.map((e) => e.id))).toBe(5)
+    })))
+
+  it.effect("events of one key are claimed one at a time, in order, unless they coalesce", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      yield* TestClock.setTime(Date.now())
+      const store = yield* Store
+      const Ordered = OutboxEvent.make({ resourceType: "ordered", action: "op", payload: Schema.Number })
+      const Latest = OutboxEvent.make({ resourceType: "latest", action: "sync", payload: Schema.Number, coalesce: true })
+      yield* enqueueMany([
+        event(Ordered, { resourceId: 1, payload: 1 }),
+        event(Ordered, { resourceId: 1, payload: 2 }),
+        event(Latest, { resourceId: 1, payload: 1 }),
+        event(Latest, { resourceId: 1, payload: 2 }),
+        event(Latest, { resourceId: 1, payload: 3 })
+      ])
+      const a = yield* store.claim("a", 10_000, 10)
+      expect(a.map((e) => [e.orderingKey, e.payload])).toEqual([
+        ["ordered:1", 1],
+        ["latest:1", 1],
+        ["latest:1", 2],
+        ["latest:1", 3]
+      ])
+      // While "a" holds ordered:1, nobody may take its next event.
+      expect(yield* store.claim("b", 10_000, 10)).toEqual([])
+      yield* store.complete("a", a.map((e) => e.id))
+      const b = yield* store.claim("b", 10_000, 10)
+      expect(b.map((e) => e.payload)).toEqual([2])
+    })))
+})
