@@ -1,0 +1,45 @@
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { createDatabase } from "../scripts/services.js"
+import { Migrations } from "../src/index.js"
+import { postgresUrl, sqlLayer } from "./support/harness.js"
+
+const emptyDatabase = (label: string) =>
+  Effect.promise(() => createDatabase(postgresUrl(), `so_mig_${label}_${Math.random().toString(36).slice(2, 8)}`))
+
+describe("Migrations", () => {
+  it.live("applies each file once, in order, and records it in sync_outbox_migrations", () =>
+    Effect.gen(function*() {
+      const url = yield* emptyDatabase("once")
+      const first = yield* Migrations.run(["outbox"]).pipe(Effect.provide(sqlLayer(url)))
+      expect(first).toEqual(Migrations.load("outbox").map((m) => m.name))
+      expect(first[0]).toBe("outbox/0001_outbox.sql")
+      const second = yield* Migrations.run(["outbox"]).pipe(Effect.provide(sqlLayer(url)))
+      expect(second).toEqual([])
+      const rows = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql<{ name: string }>`SELECT name FROM sync_outbox_migrations ORDER BY name`)
+        .pipe(Effect.provide(sqlLayer(url)))
+      expect(rows.map((r) => r.name)).toEqual(first)
+    }))
+
+  it.live("two processes migrating at once serialise on the advisory lock: each file applied exactly once", () =>
+    Effect.gen(function*() {
+      const url = yield* emptyDatabase("race")
+      const results = yield* Effect.all(
+        Array.from({ length: 4 }, () => Migrations.run(["outbox"]).pipe(Effect.provide(sqlLayer(url)))),
+        { concurrency: "unbounded" }
+      )
+      const applied = results.flat()
+      expect(applied.sort()).toEqual(Migrations.load("outbox").map((m) => m.name).sort())
+    }))
+
+  it.live("a database that cannot be reached is a typed SqlError, not a crash", () =>
+    Effect.gen(function*() {
+      const error = yield* Migrations.run().pipe(
+        Effect.provide(sqlLayer("postgres://postgres@127.0.0.1:1/nowhere")),
+        Effect.flip
+      )
+      expect(error._tag).toBe("SqlError")
+      expect(error.message).toContain("cannot connect to Postgres")
+    }))
+})

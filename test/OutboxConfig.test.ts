@@ -1,0 +1,64 @@
+import { describe, expect, it } from "@effect/vitest"
+import { ConfigProvider, Duration, Effect, Layer } from "effect"
+import { OutboxConfig } from "../src/index.js"
+
+const fromEnv = (env: Record<string, string>) =>
+  OutboxConfig.pipe(
+    Effect.provide(OutboxConfig.layerConfig().pipe(Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)), { pathDelim: "_" })))))
+  )
+
+describe("OutboxConfig", () => {
+  it.effect("defaults to the seed's values where the seed had them", () =>
+    Effect.gen(function*() {
+      const config = yield* fromEnv({})
+      expect(config.enabled).toBe(true)
+      expect(Duration.toMillis(config.interval)).toBe(5_000)
+      expect(config.batchSize).toBe(200)
+      expect(config.maxRetries).toBe(10)
+      expect(config.channel).toBe("sync_outbox")
+      expect(config.pollOnly).toBe(false)
+    }))
+
+  it.effect("reads every SYNC_OUTBOX_* name", () =>
+    Effect.gen(function*() {
+      const config = yield* fromEnv({
+        SYNC_OUTBOX_ENABLED: "false",
+        SYNC_OUTBOX_INTERVAL: "2 seconds",
+        SYNC_OUTBOX_BATCH_SIZE: "500",
+        SYNC_OUTBOX_MAX_RETRIES: "4",
+        SYNC_OUTBOX_LEASE: "1 minute",
+        SYNC_OUTBOX_BACKOFF_BASE: "50 millis",
+        SYNC_OUTBOX_BACKOFF_CAP: "10 seconds",
+        SYNC_OUTBOX_CONCURRENCY: "8",
+        SYNC_OUTBOX_CHANNEL: "cp_sync",
+        SYNC_OUTBOX_POLL_ONLY: "true"
+      })
+      expect(config).toMatchObject({ enabled: false, batchSize: 500, maxRetries: 4, concurrency: 8, channel: "cp_sync", pollOnly: true })
+      expect(Duration.toMillis(config.interval)).toBe(2_000)
+      expect(Duration.toMillis(config.leaseDuration)).toBe(60_000)
+      expect(Duration.toMillis(config.backoffBase)).toBe(50)
+      expect(Duration.toMillis(config.backoffCap)).toBe(10_000)
+    }))
+
+  it.effect.each([
+    [{ SYNC_OUTBOX_BATCH_SIZE: "many" }, "BATCH_SIZE"],
+    [{ SYNC_OUTBOX_BATCH_SIZE: "0" }, "batchSize must be an integer from 1"],
+    [{ SYNC_OUTBOX_MAX_RETRIES: "-3" }, "maxRetries"],
+    [{ SYNC_OUTBOX_INTERVAL: "soon" }, "INTERVAL"],
+    [{ SYNC_OUTBOX_BACKOFF_BASE: "10 seconds", SYNC_OUTBOX_BACKOFF_CAP: "1 second" }, "backoffCap must not be below backoffBase"],
+    [{ SYNC_OUTBOX_LEASE: "1 second" }, "leaseDuration must exceed callTimeout"],
+    [{ SYNC_OUTBOX_CHANNEL: "Robert'); DROP TABLE" }, "channel must be a lower-case SQL identifier"],
+    [{ SYNC_OUTBOX_ENABLED: "maybe" }, "ENABLED"]
+  ] as const)("a bad value fails at startup with InvalidConfig naming it: %o", ([env, fragment]) =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(fromEnv(env))
+      expect(error._tag).toBe("InvalidConfig")
+      expect(error.message).toContain(fragment)
+    }))
+
+  it.effect("layer() validates overrides too", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(OutboxConfig.pipe(Effect.provide(OutboxConfig.layer({ concurrency: 0 }))))
+      expect(error.message).toContain("concurrency")
+    }))
+})

@@ -1,0 +1,292 @@
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Data, Deferred, Duration, Effect, Exit, Layer, Ref, Schema, Scope, TestClock } from "effect"
+import { beforeAll } from "vitest"
+import {
+  enqueue,
+  enqueueMany,
+  event,
+  handle,
+  Handlers,
+  OutboxEvent,
+  RedisSink,
+  Store,
+  Worker
+} from "../src/index.js"
+import {
+  countRows,
+  eventually,
+  freshDatabase,
+  prefix,
+  realSleep,
+  SetValue,
+  setValueHandler,
+  sqlLayer,
+  workerLayer
+} from "./support/harness.js"
+
+let url: string
+beforeAll(async () => {
+  url = await freshDatabase("worker")
+})
+
+const clear = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox CASCADE`)
+const get = (key: string) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.get(key)))
+const stored = (id: string) => Effect.flatMap(Store, (s) => s.show(id))
+
+class Boom extends Data.TaggedError("Boom")<{ readonly message: string }> {}
+
+describe("Worker", () => {
+  it.live("applies a committed event within milliseconds, woken by NOTIFY rather than the poll", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      // The poll interval is a minute: only the notification can explain a fast apply.
+      yield* realSleep(200)
+      const start = Date.now()
+      const sql = yield* SqlClient.SqlClient
+      yield* sql.withTransaction(enqueue(SetValue, { payload: { key: `${p}fast`, value: "yes" } }))
+      yield* eventually(get(`${p}fast`), (v) => v === "yes", { interval: 1 })
+      expect(Date.now() - start).toBeLessThan(1_000)
+      yield* eventually(countRows(), (n) => n === 0)
+    }).pipe(Effect.provide(workerLayer({ url, handlers: Handlers.layer(setValueHandler) }))))
+
+  it.live("two workers racing drain 10,000 events, each applied exactly once, none left", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const Counted = OutboxEvent.make({
+        resourceType: "counted",
+        action: "incr",
+        payload: Schema.Struct({ n: Schema.Number })
+      })
+      const counting = Handlers.layer(
+        handle(Counted, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.incr(`${p}${payload.n}`))))
+      )
+      const worker = () => workerLayer({ url, handlers: counting, config: { batchSize: 100, concurrency: 50 } })
+      yield* Effect.provide(clear, sqlLayer(url))
+      yield* Effect.provide(
+        enqueueMany(Array.from({ length: 10_000 }, (_, n) => event(Counted, { resourceId: n + 1, payload: { n } }))),
+        sqlLayer(url)
+      )
+      yield* Effect.gen(function*() {
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 60_000, interval: 50 })
+      }).pipe(Effect.provide(Layer.merge(worker(), worker())))
+      const counts = yield* Effect.gen(function*() {
+        const redis = yield* RedisSink
+        return yield* redis.use((c) => c.mget(Array.from({ length: 10_000 }, (_, n) => `${p}${n}`)))
+      }).pipe(Effect.provide(workerLayer({ url, handlers: counting, config: { enabled: false } })))
+      expect(counts.filter((v) => v === "1")).toHaveLength(10_000)
+    }), { timeout: 120_000 })
+
+  it.live("a worker that dies holding leases loses nothing: its rows are applied once the lease expires", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      const store = yield* Store
+      yield* enqueueMany(Array.from({ length: 20 }, (_, i) => event(SetValue, { payload: { key: `${p}${i}`, value: "v" } })))
+      // A worker claims everything, then vanishes without completing or releasing.
+      const claimed = yield* store.claim("crashed-worker", 1_500, 100)
+      expect(claimed).toHaveLength(20)
+      const started = Date.now()
+      yield* Effect.gen(function*() {
+        const worker = yield* Worker
+        yield* worker.wake
+        yield* realSleep(500)
+        expect(yield* get(`${p}0`)).toBeNull()
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 10_000 })
+        expect(Date.now() - started).toBeGreaterThanOrEqual(1_400)
+        for (let i = 0; i < 20; i++) expect(yield* get(`${p}${i}`)).toBe("v")
+      }).pipe(Effect.provide(workerLayer({ url, handlers: Handlers.layer(setValueHandler) })))
+    }).pipe(Effect.provide(Store.layer.pipe(Layer.provideMerge(sqlLayer(url))))))
+
+  it.live("after the LISTEN backend is killed, new events are applied without waiting for a poll", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      const sql = yield* SqlClient.SqlClient
+      const listeners = () =>
+        sql<{ pid: number }>`SELECT pid FROM pg_stat_activity
+          WHERE application_name = 'sync-outbox-listener' AND datname = current_database()`
+      const [victim] = yield* eventually(listeners(), (rows) => rows.length === 1)
+      yield* sql`SELECT pg_terminate_backend(${victim!.pid})`
+      // Events enqueued right away may find the listener still reconnecting: the catch-up
+      // claim on reconnect applies them; events after that arrive by NOTIFY.
+      const start = Date.now()
+      yield* enqueue(SetValue, { payload: { key: `${p}during`, value: "1" } })
+      yield* eventually(listeners(), (rows) => rows.length === 1 && rows[0]!.pid !== victim!.pid)
+      yield* enqueue(SetValue, { payload: { key: `${p}after`, value: "2" } })
+      yield* eventually(get(`${p}during`), (v) => v === "1", { timeout: 5_000 })
+      yield* eventually(get(`${p}after`), (v) => v === "2", { timeout: 5_000 })
+      expect(Date.now() - start).toBeLessThan(5_000)
+    }).pipe(Effect.provide(workerLayer({ url, handlers: Handlers.layer(setValueHandler) }))))
+
+  it.live("poll-only mode (no trigger, no LISTEN) still applies everything on the interval", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      const sql = yield* SqlClient.SqlClient
+      yield* sql.withTransaction(
+        Effect.zipRight(
+          sql`SET LOCAL sync_outbox.notify = 'off'`,
+          enqueue(SetValue, { payload: { key: `${p}polled`, value: "ok" } })
+        )
+      )
+      yield* eventually(get(`${p}polled`), (v) => v === "ok", { timeout: 5_000 })
+    }).pipe(
+      Effect.provide(
+        workerLayer({
+          url,
+          handlers: Handlers.layer(setValueHandler),
+          config: { pollOnly: true, interval: Duration.millis(200) }
+        })
+      )
+    ))
+
+  it.live("ten coalescing events of one resource become one apply, nine counted as superseded", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      const calls = yield* Ref.make<Array<number>>([])
+      const Sync = OutboxEvent.make({ resourceType: "res", action: "sync", payload: Schema.Number, coalesce: true })
+      const handlers = Handlers.layer(handle(Sync, ({ payload }) => Ref.update(calls, (c) => [...c, payload])))
+      yield* Effect.provide(
+        enqueueMany(Array.from({ length: 10 }, (_, i) => event(Sync, { resourceId: 1, payload: i }))),
+        sqlLayer(url)
+      )
+      yield* Effect.gen(function*() {
+        yield* eventually(countRows(), (n) => n === 0)
+      }).pipe(Effect.provide(workerLayer({ url, handlers })))
+      expect(yield* Ref.get(calls)).toEqual([9])
+      void p
+    }).pipe(Effect.provide(sqlLayer(url))))
+
+  it.effect("walks the retry schedule with TestClock: attempt 1, 2, 3, dead; requeue brings it back", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(Date.parse("2026-01-01T00:00:00Z"))
+      const p = prefix()
+      const healthy = yield* Ref.make(false)
+      const Flaky = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
+      const handlers = Handlers.layer(
+        handle(Flaky, ({ payload }) =>
+          Effect.gen(function*() {
+            if (!(yield* Ref.get(healthy))) return yield* new Boom({ message: "downstream rejected it" })
+            const redis = yield* RedisSink
+            yield* redis.use((c) => c.set(payload, "applied"))
+          }))
+      )
+      const scope = yield* Scope.make()
+      const ctx = yield* Layer.buildWithScope(
+        workerLayer({
+          url,
+          handlers,
+          config: { maxRetries: 3, backoffBase: Duration.seconds(1), backoffCap: Duration.minutes(1) }
+        }),
+        scope
+      )
+      yield* Effect.gen(function*() {
+        yield* clear
+        const id = yield* enqueue(Flaky, { payload: `${p}flaky` })
+        const t0 = Date.parse("2026-01-01T00:00:00Z")
+        const attempt = (n: number) => eventually(stored(id), (s) => s.event.retryCount === n)
+
+        const first = yield* attempt(1)
+        // Attempt 1 failed: the next is due in [base/2, base] = [0.5 s, 1 s].
+        const due1 = first.event.nextRetryAt!.getTime() - t0
+        expect(due1).toBeGreaterThanOrEqual(500)
+        expect(due1).toBeLessThanOrEqual(1_000)
+        expect(first.failures.map((f) => [f.attempt, f.errorTag, f.message])).toEqual([[1, "Boom", "downstream rejected it"]])
+
+        // The worker sleeps exactly until that time; nothing happens one millisecond before.
+        yield* eventually(Effect.map(TestClock.sleeps(), Chunk.toReadonlyArray), (s) => s.some((at) => at === t0 + due1))
+        yield* TestClock.adjust(Duration.millis(due1 - 1))
+        yield* realSleep(100)
+        expect((yield* stored(id)).event.retryCount).toBe(1)
+        yield* TestClock.adjust(Duration.millis(1))
+        const second = yield* attempt(2)
+        // Attempt 2 failed: [base, 2 base] after it.
+        const due2 = second.event.nextRetryAt!.getTime() - (t0 + due1)
+        expect(due2).toBeGreaterThanOrEqual(1_000)
+        expect(due2).toBeLessThanOrEqual(2_000)
+
+        yield* eventually(Effect.map(TestClock.sleeps(), Chunk.toReadonlyArray), (s) => s.some((at) => at === t0 + due1 + due2))
+        yield* TestClock.adjust(Duration.millis(due2))
+        const dead = yield* eventually(stored(id), (s) => s.event.status === "dead")
+        expect(dead.event.retryCount).toBe(3)
+        expect(dead.failures.map((f) => f.attempt)).toEqual([1, 2, 3])
+        expect(dead.event.lastError).toBe("Boom: downstream rejected it")
+
+        // Requeued and healthy again: applied, history and all gone with the row.
+        yield* Ref.set(healthy, true)
+        expect(yield* Effect.flatMap(Store, (s) => s.requeue({ _tag: "One", id }))).toBe(1)
+        yield* eventually(get(`${p}flaky`), (v) => v === "applied")
+        yield* eventually(countRows(), (n) => n === 0)
+      }).pipe(Effect.provide(ctx), Effect.ensuring(Scope.close(scope, Exit.void)))
+    }), { timeout: 30_000 })
+
+  it.live("an unknown resource type or action is a typed failure recorded on the row, never a success", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const sql = yield* SqlClient.SqlClient
+      const [unknownType] = yield* sql<{ id: string }>`SELECT sync_outbox_enqueue('nope', 'set')::text AS id`
+      const [unknownAction] = yield* sql<{ id: string }>`SELECT sync_outbox_enqueue('thing', 'explode')::text AS id`
+      for (const row of [unknownType!, unknownAction!]) {
+        const s = yield* eventually(stored(row.id), (s) => s.event.retryCount === 1)
+        expect(s.event.status).toBe("pending")
+        expect(s.failures[0]!.errorTag).toBe("UnknownEventType")
+      }
+      expect((yield* stored(unknownAction!.id)).failures[0]!.message).toContain(`action "explode"`)
+    }).pipe(Effect.provide(workerLayer({ url, handlers: Handlers.layer(setValueHandler) }))))
+
+  it.live("a stored payload its schema cannot decode goes dead at once with MalformedPayload", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const sql = yield* SqlClient.SqlClient
+      const [row] = yield* sql<{ id: string }>`SELECT sync_outbox_enqueue('thing', 'set', NULL, '{"key": 1}'::jsonb)::text AS id`
+      const s = yield* eventually(stored(row!.id), (s) => s.event.status === "dead")
+      expect(s.failures.map((f) => f.errorTag)).toEqual(["MalformedPayload"])
+      expect(s.failures[0]!.errorTag).toBe("MalformedPayload")
+    }).pipe(Effect.provide(workerLayer({ url, handlers: Handlers.layer(setValueHandler) }))))
+
+  it.live("shutdown finishes the in-flight event and hands unstarted claims back without an attempt", () =>
+    Effect.gen(function*() {
+      yield* Effect.provide(clear, sqlLayer(url))
+      const p = prefix()
+      const started = yield* Deferred.make<void>()
+      const Slow = OutboxEvent.make({ resourceType: "slow", action: "apply", payload: Schema.Number })
+      const handlers = Handlers.layer(
+        handle(Slow, ({ payload }) =>
+          Effect.gen(function*() {
+            yield* Deferred.succeed(started, undefined)
+            yield* realSleep(300)
+            const redis = yield* RedisSink
+            yield* redis.use((c) => c.set(`${p}${payload}`, "done"))
+          }))
+      )
+      yield* Effect.provide(
+        enqueueMany(Array.from({ length: 10 }, (_, i) => event(Slow, { resourceId: i + 1, payload: i }))),
+        sqlLayer(url)
+      )
+      const scope = yield* Scope.make()
+      yield* Layer.buildWithScope(workerLayer({ url, handlers, config: { concurrency: 1, batchSize: 10 } }), scope)
+      yield* Deferred.await(started).pipe(Effect.ensuring(Scope.close(scope, Exit.void)))
+      const remaining = yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        return yield* sql<{ retry_count: number; lease_owner: string | null }>`
+          SELECT retry_count, lease_owner FROM sync_outbox ORDER BY id`
+      }).pipe(Effect.provide(sqlLayer(url)))
+      // One finished (deleted), nine handed back untouched.
+      expect(remaining).toHaveLength(9)
+      expect(remaining).toEqual(Array.from({ length: 9 }, () => ({ retry_count: 0, lease_owner: null })))
+    }))
+})
+
+describe.each([
+  ["the shared worker layer", () => workerLayer({ url, handlers: Handlers.layer(setValueHandler) })]
+])("Worker (%s)", (_, layer) => {
+  it.live("is one per scope: its owner is unique and stable", () =>
+    Effect.gen(function*() {
+      const worker = yield* Worker
+      expect(worker.owner).toMatch(/^.+:\d+:[0-9a-z-]+$/)
+      expect(yield* Worker).toBe(worker)
+    }).pipe(Effect.provide(layer())))
+})
