@@ -46,7 +46,7 @@ export const defaults: OutboxConfigShape = {
   pollOnly: false,
   callTimeout: Duration.seconds(10),
   probeBase: Duration.millis(10),
-  probeCap: Duration.millis(100)
+  probeCap: Duration.millis(50)
 }
 
 const channelRe = /^[a-z_][a-z0-9_]{0,62}$/

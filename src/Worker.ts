@@ -4,7 +4,7 @@
  * at most three statements. A scoped layer: it cannot be started twice, and closing its scope
  * finishes what is in flight and hands unstarted claims back without counting an attempt.
  */
-import { Cause, Clock, Context, Deferred, Duration, Effect, Layer, Metric, Option, Queue, Random, Schedule, Stream, SubscriptionRef } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Layer, Metric, Option, Queue, Random, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import { hostname } from "node:os"
 import { describeFailure, HandlerTimeout, MalformedPayload } from "./Errors.js"
 import { Handlers } from "./Handlers.js"
@@ -79,13 +79,17 @@ const make = Effect.gen(function*() {
   const policy: Retry.Policy = { base: config.backoffBase, cap: config.backoffCap }
 
   const isStopping = Deferred.isDone(stopping)
-  const isOpen = Effect.map(SubscriptionRef.get(breaker), (state) => state === "open")
 
+  // Transitions are decided on a plain Ref so that only a real change is published and logged:
+  // fifty items failing together open the breaker once.
+  const breakerState = yield* Ref.make<BreakerState>("closed")
+  const isOpen = Effect.map(Ref.get(breakerState), (state) => state === "open")
   const openBreaker = (reason: string) =>
-    SubscriptionRef.modify(breaker, (state) => [state === "closed", "open" as const]).pipe(
+    Ref.modify(breakerState, (state) => [state === "closed", "open" as const]).pipe(
       Effect.flatMap((opened) =>
         opened
-          ? Effect.logWarning(`sync-outbox: Redis unavailable, pausing claims (${reason})`).pipe(
+          ? SubscriptionRef.set(breaker, "open").pipe(
+            Effect.zipRight(Effect.logWarning(`sync-outbox: Redis unavailable, pausing claims (${reason})`)),
             Effect.zipRight(Metric.increment(Metrics.breakerTransitions)),
             Effect.zipRight(Metric.set(Metrics.breakerOpen, 1))
           )
@@ -93,7 +97,8 @@ const make = Effect.gen(function*() {
       )
     )
 
-  const closeBreaker = SubscriptionRef.set(breaker, "closed").pipe(
+  const closeBreaker = Ref.set(breakerState, "closed").pipe(
+    Effect.zipRight(SubscriptionRef.set(breaker, "closed")),
     Effect.zipRight(Effect.logInfo("sync-outbox: Redis is back, draining")),
     Effect.zipRight(Metric.increment(Metrics.breakerTransitions)),
     Effect.zipRight(Metric.set(Metrics.breakerOpen, 0))
@@ -156,6 +161,12 @@ const make = Effect.gen(function*() {
     return { _tag: "Failed", event, superseded, error }
   }
 
+  const recordSchedule = Schedule.exponential(Duration.millis(20)).pipe(
+    Schedule.either(Schedule.spaced(Duration.millis(500))),
+    Schedule.jittered,
+    Schedule.upTo(Duration.divide(config.leaseDuration, 2).pipe(Option.getOrElse(() => config.leaseDuration)))
+  )
+
   const record = (outcomes: ReadonlyArray<Outcome>) =>
     Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
@@ -200,9 +211,15 @@ const make = Effect.gen(function*() {
           }
         }
       }
+      // The outcomes are known; only writing them down can fail (Postgres restarting). The three
+      // statements are idempotent, so retry them rather than leave rows leased until expiry.
       yield* Effect.all(
         [store.complete(owner, completed), store.fail(owner, failures), store.release(owner, released)],
         { concurrency: "unbounded", discard: true }
+      ).pipe(
+        Effect.timeout(config.callTimeout),
+        Effect.tapError((error) => Effect.logWarning("sync-outbox: recording outcomes failed, retrying", String(error))),
+        Effect.retry(recordSchedule)
       )
       yield* Metric.incrementBy(Metrics.applied, appliedCount)
       yield* Metric.incrementBy(Metrics.superseded, supersededCount)
