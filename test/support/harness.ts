@@ -60,7 +60,7 @@ export const setValueHandler = handle(SetValue, ({ payload }) =>
  */
 export const workerLayer = (options: {
   readonly url: string
-  readonly redis?: string
+  readonly redis?: string | Layer.Layer<RedisSink>
   readonly handlers: Layer.Layer<Handlers, never, RedisSink | SqlClient.SqlClient>
   readonly config?: Partial<OutboxConfigShape>
 }) => {
@@ -70,7 +70,11 @@ export const workerLayer = (options: {
     : Listener.layer({ url: Redacted.make(options.url), channel: options.config?.channel ?? "sync_outbox" })
   return Worker.layer.pipe(
     Layer.provideMerge(Layer.mergeAll(Store.layer, listener, options.handlers)),
-    Layer.provideMerge(Layer.mergeAll(config, sqlLayer(options.url), redisLayer(options.redis))),
+    Layer.provideMerge(Layer.mergeAll(
+      config,
+      sqlLayer(options.url),
+      typeof options.redis === "object" ? options.redis : redisLayer(options.redis)
+    )),
     Layer.orDie
   )
 }
