@@ -16,11 +16,14 @@ export interface EventType<A, I = A> {
    */
   readonly orderingKey: (event: { readonly resourceId: number | null; readonly payload: A }) => string
   /**
-   * When true, applying this event makes every older pending event with the same ordering key
-   * redundant (the handler syncs current state rather than replaying a delta): older ones are
-   * collapsed into this one and counted as superseded.
+   * When true, applying this event makes every other pending coalescing event with the same
+   * ordering key redundant (the handler syncs current state rather than replaying a delta): they
+   * are collapsed into one apply and counted as superseded. Types that share an ordering key
+   * should agree on this flag.
    */
   readonly coalesce: boolean
+  /** Whether events of this type must name a resource id (a master, a key) or may not (a snapshot). */
+  readonly requiresResourceId: boolean
 }
 
 export declare namespace EventType {
@@ -37,6 +40,7 @@ export const make = <A, I = A>(options: {
   readonly payload: Schema.Schema<A, I, never>
   readonly orderingKey?: (event: { readonly resourceId: number | null; readonly payload: A }) => string
   readonly coalesce?: boolean
+  readonly requiresResourceId?: boolean
 }): EventType<A, I> => {
   if (!nameRe.test(options.resourceType) || !nameRe.test(options.action)) {
     throw new Error(`invalid event type name ${options.resourceType}/${options.action}`)
@@ -47,7 +51,8 @@ export const make = <A, I = A>(options: {
     action: options.action,
     payload: options.payload,
     orderingKey: options.orderingKey ?? (({ resourceId }) => `${prefix}:${resourceId ?? ""}`),
-    coalesce: options.coalesce ?? false
+    coalesce: options.coalesce ?? false,
+    requiresResourceId: options.requiresResourceId ?? false
   }
 }
 
@@ -80,6 +85,9 @@ export const encode = <A, I>(
       return Effect.fail(new InvalidEvent({ message: `resource id must be a positive integer, got ${String(input.resourceId)}` }))
     }
     const resourceId = input.resourceId ?? null
+    if (resourceId === null && type.requiresResourceId) {
+      return Effect.fail(new InvalidEvent({ message: `${type.resourceType}/${type.action} needs a resource id` }))
+    }
     return Schema.encode(type.payload)(input.payload).pipe(
       Effect.mapError((error) =>
         new InvalidPayload({

@@ -147,7 +147,7 @@ WITH picked AS MATERIALIZED (
   LIMIT $4
   FOR UPDATE OF c SKIP LOCKED
 ), keys AS MATERIALIZED (
-  SELECT ordering_key, max(id) AS upto, bool_or(coalesce) AS coalesce
+  SELECT ordering_key, bool_or(coalesce) AS coalesce
   FROM picked
   GROUP BY ordering_key
   HAVING pg_try_advisory_xact_lock(hashtextextended(ordering_key, 7351))
@@ -158,7 +158,9 @@ FROM keys k
 WHERE o.ordering_key = k.ordering_key
   AND o.status = 'pending'
   AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
-  AND (o.id IN (SELECT id FROM picked) OR (k.coalesce AND o.id < k.upto))
+  -- A coalescing handler reads current state after this claim, so it covers every coalescing
+  -- event of the key committed before now: lease them all, however far past the batch limit.
+  AND (o.id IN (SELECT id FROM picked) OR (k.coalesce AND o.coalesce))
 RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
   o.payload, o.coalesce, o.retry_count, o.created_at`
 

@@ -1,0 +1,90 @@
+/**
+ * The control plane's entities, as the data plane needs them. Rows are decoded with these
+ * schemas, so a row that breaks the contract is a typed failure, not a bad Redis write.
+ */
+import { Schema } from "effect"
+
+const Id = Schema.Number.pipe(Schema.int(), Schema.positive())
+const Version = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
+const Strings = Schema.Array(Schema.String)
+
+export class Master extends Schema.Class<Master>("Master")({
+  id: Id,
+  name: Schema.String,
+  group: Schema.String,
+  status: Schema.Literal("active", "suspended"),
+  epoch: Schema.Number,
+  globalQps: Schema.Number,
+  defaultNamespace: Schema.String,
+  namespaces: Strings,
+  version: Version
+}) {}
+
+export class Key extends Schema.Class<Key>("Key")({
+  id: Id,
+  masterId: Id,
+  tokenHash: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)),
+  group: Schema.String,
+  status: Schema.Literal("active", "suspended"),
+  scopes: Strings,
+  modelLimits: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
+  allowIps: Strings,
+  denyIps: Strings,
+  expiresAt: Schema.NullOr(Schema.DateFromSelf),
+  quotaLimit: Schema.NullOr(Schema.Number),
+  quotaUsed: Schema.Number,
+  quotaResetAt: Schema.NullOr(Schema.DateFromSelf),
+  /** The owning master's epoch and status, read with the key. */
+  masterEpoch: Schema.Number,
+  masterStatus: Schema.Literal("active", "suspended"),
+  version: Version
+}) {}
+
+export class Model extends Schema.Class<Model>("Model")({
+  id: Id,
+  name: Schema.String,
+  kind: Schema.Literal("chat", "embedding", "rerank", "other"),
+  contextWindow: Schema.Number,
+  costPerToken: Schema.Number,
+  maxOutputTokens: Schema.Number,
+  supportsStreaming: Schema.Boolean,
+  supportsTools: Schema.Boolean,
+  supportsVision: Schema.Boolean,
+  supportsJson: Schema.Boolean,
+  version: Version
+}) {}
+
+export class ProviderGroup extends Schema.Class<ProviderGroup>("ProviderGroup")({
+  id: Id,
+  name: Schema.String,
+  type: Schema.String,
+  baseUrl: Schema.String,
+  googleProject: Schema.NullOr(Schema.String),
+  googleLocation: Schema.NullOr(Schema.String),
+  models: Strings,
+  status: Schema.Literal("active", "suspended"),
+  version: Version
+}) {}
+
+export class ApiKey extends Schema.Class<ApiKey>("ApiKey")({
+  id: Id,
+  groupId: Id,
+  apiKey: Schema.String,
+  weight: Schema.Number,
+  status: Schema.Literal("active", "auto_disabled", "manual_disabled"),
+  autoBan: Schema.Boolean,
+  banUntil: Schema.NullOr(Schema.DateFromSelf),
+  version: Version
+}) {}
+
+export class Binding extends Schema.Class<Binding>("Binding")({
+  id: Id,
+  namespace: Schema.String,
+  publicModel: Schema.String,
+  groupId: Id,
+  weight: Schema.Number,
+  selectorType: Schema.Literal("exact", "regex", "normalize_exact"),
+  selectorValue: Schema.String,
+  status: Schema.Literal("active", "suspended"),
+  version: Version
+}) {}

@@ -1,0 +1,39 @@
+/**
+ * The seed's `applyItem` as handler registrations: (resource type, action) to a `SyncService`
+ * call. A pair not listed here is an `UnknownEventType`, recorded on the row.
+ */
+import { Effect, Layer } from "effect"
+import { handle, type Handler, Handlers } from "../Handlers.js"
+import * as Events from "./Events.js"
+import { SyncService } from "./SyncService.js"
+
+const needId = (id: number | null) => id ?? 0
+
+export const handlers: ReadonlyArray<Handler<SyncService>> = [
+  ...[Events.MasterCreate, Events.MasterUpdate, Events.MasterDelete, Events.MasterSync].map((type) =>
+    handle(type, ({ resourceId }) => Effect.flatMap(SyncService, (s) => s.syncMaster(needId(resourceId))))
+  ),
+  ...[Events.KeyCreate, Events.KeyUpdate, Events.KeyDelete, Events.KeySync].map((type) =>
+    handle(type, ({ payload, resourceId }) => Effect.flatMap(SyncService, (s) => s.syncKey(needId(resourceId), payload?.tokenHash)))
+  ),
+  ...[Events.ModelCreate, Events.ModelUpdate, Events.ModelSync].map((type) =>
+    handle(type, ({ payload, resourceId }) => Effect.flatMap(SyncService, (s) => s.syncModel(needId(resourceId), payload?.name)))
+  ),
+  handle(Events.ModelDelete, ({ payload }) => Effect.flatMap(SyncService, (s) => s.deleteModel(payload.name))),
+  ...[Events.ProviderGroupSyncProviders, Events.ApiKeySyncProviders, Events.SnapshotSyncProviders].map((type) =>
+    handle(type, () => Effect.flatMap(SyncService, (s) => s.syncProviders))
+  ),
+  ...[
+    Events.ProviderGroupSyncBindings,
+    Events.ApiKeySyncBindings,
+    Events.BindingCreate,
+    Events.BindingUpdate,
+    Events.BindingDelete,
+    Events.BindingSyncBindings,
+    Events.SnapshotSyncBindings
+  ].map((type) => handle(type, () => Effect.flatMap(SyncService, (s) => s.syncBindings))),
+  handle(Events.SnapshotSyncAll, () => Effect.flatMap(SyncService, (s) => s.syncAll))
+]
+
+/** The sync handlers as a registry, for a worker that runs only the seed's domain. */
+export const layer: Layer.Layer<Handlers, never, SyncService> = Handlers.layer(...handlers)
