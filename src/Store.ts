@@ -124,6 +124,14 @@ export interface Stats {
   }>
 }
 
+export interface WorkerRow {
+  readonly owner: string
+  readonly hostname: string
+  readonly pid: number
+  readonly breaker: string
+  readonly listener: string
+}
+
 /** Which dead letters an operator means. */
 export type DeadSelector =
   | { readonly _tag: "One"; readonly id: string }
@@ -397,7 +405,40 @@ const make = Effect.gen(function*() {
       return count
     })
 
+  /** Register or refresh this worker's row (the database's clock: it is for display). */
+  const heartbeat = (worker: WorkerRow) =>
+    sql.unsafe(
+      `INSERT INTO sync_outbox_workers (owner, hostname, pid, breaker, listener) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.breaker, listener = EXCLUDED.listener`,
+      [worker.owner, worker.hostname, worker.pid, worker.breaker, worker.listener]
+    ).raw.pipe(Effect.asVoid)
+
+  const unregister = (owner: string) =>
+    sql.unsafe(`DELETE FROM sync_outbox_workers WHERE owner = $1`, [owner]).raw.pipe(Effect.asVoid)
+
+  /** Workers whose heartbeat is younger than `staleAfterMs`. */
+  const workers = (staleAfterMs: number) =>
+    sql.unsafe<{
+      owner: string
+      hostname: string
+      pid: number
+      breaker: string
+      listener: string
+      started_at: Date
+      heartbeat_age_ms: number
+    }>(
+      `SELECT owner, hostname, pid, breaker, listener, started_at,
+         (extract(epoch FROM now() - heartbeat_at) * 1000)::float8 AS heartbeat_age_ms
+       FROM sync_outbox_workers
+       WHERE heartbeat_at > now() - make_interval(secs => $1::float8 / 1000)
+       ORDER BY started_at`,
+      [staleAfterMs]
+    ).withoutTransform
+
   return {
+    heartbeat,
+    unregister,
+    workers,
     claim,
     complete,
     release,

@@ -293,7 +293,28 @@ const make = Effect.gen(function*() {
     return { owner, breaker, wake } satisfies WorkerShape
   }
 
+  yield* Metric.set(Metrics.breakerOpen, 0)
   yield* Effect.forkScoped(Stream.runForEach(listener.wakeups, () => wake))
+
+  // Visible to `status` in other processes: registered now, refreshed on the poll interval and
+  // on every breaker or listener change, removed on a clean shutdown.
+  const beat = Effect.gen(function*() {
+    yield* store.heartbeat({
+      owner,
+      hostname: hostname(),
+      pid: process.pid,
+      breaker: yield* SubscriptionRef.get(breaker),
+      listener: yield* SubscriptionRef.get(listener.state)
+    }).pipe(Effect.timeout(config.callTimeout))
+  }).pipe(Effect.catchAllCause((cause) => Effect.logDebug("sync-outbox: heartbeat failed", cause)))
+  yield* beat
+  yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(config.interval)))
+  yield* Effect.forkScoped(
+    Stream.merge(Stream.drop(breaker.changes, 1), Stream.drop(listener.state.changes, 1)).pipe(Stream.runForEach(() => beat))
+  )
+  yield* Effect.addFinalizer(() =>
+    store.unregister(owner).pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore)
+  )
   const fiber = yield* Effect.forkScoped(Effect.interruptible(loop))
   yield* Effect.addFinalizer(() =>
     Deferred.succeed(stopping, undefined).pipe(
