@@ -5,8 +5,8 @@
  * backend terminated) are dropped from the pool and replaced on the next query.
  */
 import { PgClient } from "@effect/sql-pg"
-import { SqlError } from "@effect/sql"
-import { Config, Duration, Effect, Layer, Redacted } from "effect"
+import { type SqlClient, SqlError } from "@effect/sql"
+import { Config, Context, Duration, Effect, Layer, Redacted } from "effect"
 import pg from "pg"
 
 export interface DatabaseOptions {
@@ -17,38 +17,53 @@ export interface DatabaseOptions {
   readonly applicationName?: string | undefined
 }
 
-export const layer = (options: DatabaseOptions): Layer.Layer<PgClient.PgClient | import("@effect/sql").SqlClient.SqlClient, SqlError.SqlError> => {
-  const statementTimeout = Duration.toMillis(options.statementTimeout ?? Duration.seconds(10))
-  return PgClient.layerFromPool({
-    applicationName: options.applicationName ?? "sync-outbox",
-    acquire: Effect.acquireRelease(
-      Effect.gen(function*() {
-        const pool = new pg.Pool({
-          connectionString: Redacted.value(options.url),
-          max: options.maxConnections ?? 10,
-          connectionTimeoutMillis: Duration.toMillis(options.connectTimeout ?? Duration.seconds(5)),
-          statement_timeout: statementTimeout,
-          // The client-side bound also covers a server that stopped answering altogether.
-          query_timeout: statementTimeout + 1_000,
-          keepAlive: true,
-          application_name: options.applicationName ?? "sync-outbox"
-        })
-        // An idle client's socket dying (Postgres restarted) is reported here; the pool already
-        // dropped that client, and an unhandled "error" would crash the process.
-        pool.on("error", () => undefined)
-        yield* Effect.tryPromise({
-          try: () => pool.query("SELECT 1"),
-          catch: (cause) => {
-            void pool.end().catch(() => undefined)
-            return new SqlError.SqlError({ cause, message: `cannot connect to Postgres: ${describe(cause)}` })
-          }
-        })
-        return pool
-      }),
-      (pool) => Effect.promise(() => pool.end().catch(() => undefined)).pipe(Effect.timeoutOption(Duration.seconds(2)))
-    )
-  })
-}
+/**
+ * The raw `pg` pool behind `layer`'s `PgClient`. The worker's hot statements use it for named
+ * prepared statements (planned once per connection instead of on every call); `enqueue` keeps
+ * using `SqlClient`, so that it joins the caller's transaction.
+ */
+export class PgPool extends Context.Tag("sync-outbox/PgPool")<PgPool, pg.Pool>() {}
+
+const makePool = (options: DatabaseOptions) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const statementTimeout = Duration.toMillis(options.statementTimeout ?? Duration.seconds(10))
+      const pool = new pg.Pool({
+        connectionString: Redacted.value(options.url),
+        max: options.maxConnections ?? 10,
+        connectionTimeoutMillis: Duration.toMillis(options.connectTimeout ?? Duration.seconds(5)),
+        statement_timeout: statementTimeout,
+        // The client-side bound also covers a server that stopped answering altogether.
+        query_timeout: statementTimeout + 1_000,
+        keepAlive: true,
+        application_name: options.applicationName ?? "sync-outbox"
+      })
+      // An idle client's socket dying (Postgres restarted) is reported here; the pool already
+      // dropped that client, and an unhandled "error" would crash the process.
+      pool.on("error", () => undefined)
+      yield* Effect.tryPromise({
+        try: () => pool.query("SELECT 1"),
+        catch: (cause) => {
+          void pool.end().catch(() => undefined)
+          return new SqlError.SqlError({ cause, message: `cannot connect to Postgres: ${describe(cause)}` })
+        }
+      })
+      return pool
+    }),
+    (pool) => Effect.promise(() => pool.end().catch(() => undefined)).pipe(Effect.timeoutOption(Duration.seconds(2)))
+  )
+
+export const layer = (
+  options: DatabaseOptions
+): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | PgPool, SqlError.SqlError> =>
+  Layer.unwrapScoped(
+    Effect.map(makePool(options), (pool) =>
+      PgClient.layerFromPool({
+        applicationName: options.applicationName ?? "sync-outbox",
+        // The pool's lifetime is this layer's; the client only borrows it.
+        acquire: Effect.succeed(pool)
+      }).pipe(Layer.merge(Layer.succeed(PgPool, pool))))
+  )
 
 /** DATABASE_URL, SYNC_OUTBOX_DB_MAX_CONNECTIONS, SYNC_OUTBOX_DB_STATEMENT_TIMEOUT. */
 export const layerConfig = (

@@ -5,7 +5,8 @@
  * never the database's `now()`, so `TestClock` drives leases and retries against a real database.
  */
 import { SqlClient, SqlError } from "@effect/sql"
-import { Clock, Context, Effect, Layer } from "effect"
+import { Clock, Context, Effect, Layer, Option } from "effect"
+import { PgPool } from "./Database.js"
 import type pg from "pg"
 import { EventNotFound, FailureRecord, InvalidEvent, InvalidPayload } from "./Errors.js"
 import * as OutboxEvent from "./OutboxEvent.js"
@@ -145,9 +146,12 @@ WITH picked AS MATERIALIZED (
   WHERE c.status = 'pending'
     AND c.next_retry_at <= $2
     AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $2)
+    -- "lease_owner IS NOT NULL" matches the partial lease index: the planner then reads only the
+    -- leased rows, not every pending one (a seq scan that grew with the backlog).
     AND NOT EXISTS (
       SELECT 1 FROM sync_outbox l
-      WHERE l.ordering_key = c.ordering_key AND l.status = 'pending' AND l.lease_expires_at > $2)
+      WHERE l.lease_owner IS NOT NULL AND l.lease_expires_at > $2
+        AND l.ordering_key = c.ordering_key AND l.status = 'pending')
     AND (c.coalesce OR NOT EXISTS (
       SELECT 1 FROM sync_outbox e
       WHERE e.ordering_key = c.ordering_key AND e.status = 'pending' AND e.id < c.id))
@@ -197,10 +201,11 @@ INSERT INTO sync_outbox_failures (outbox_id, attempt, error_tag, message, failed
 SELECT id, attempt, tag, message, $8 FROM updated
 ON CONFLICT (outbox_id, attempt) DO NOTHING`
 
+// A retry already due counts too: it may have fallen due while the worker was busy.
 const nextWakeSql = `
 SELECT least(
   (SELECT min(next_retry_at) FROM sync_outbox
-    WHERE status = 'pending' AND next_retry_at > '-infinity' AND next_retry_at > $1),
+    WHERE status = 'pending' AND next_retry_at > '-infinity' AND lease_owner IS NULL),
   (SELECT min(lease_expires_at) FROM sync_outbox WHERE lease_owner IS NOT NULL AND lease_expires_at > $1)
 ) AS at`
 
@@ -268,22 +273,41 @@ const idRe = /^[1-9][0-9]{0,18}$/
 
 const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
+  const pool = yield* Effect.serviceOption(PgPool)
   const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
 
+  /**
+   * The worker's hot statements: named prepared statements on the raw pool when there is one
+   * (planned once per connection: a claim costs a third), else through the `SqlClient`.
+   */
+  const hot = <A extends object>(name: string, text: string, params: ReadonlyArray<unknown>) =>
+    Option.match(pool, {
+      onNone: () =>
+        Effect.map(sql.unsafe<A>(text, params).raw, (result) => {
+          const r = result as { rows?: ReadonlyArray<A>; rowCount?: number | null }
+          return { rows: r.rows ?? [], rowCount: Number(r.rowCount ?? 0) }
+        }),
+      onSome: (p) =>
+        Effect.tryPromise({
+          try: () => p.query<A>({ name: `sync_outbox_${name}`, text, values: params as Array<unknown> }),
+          catch: (cause) => new SqlError.SqlError({ cause, message: `sync-outbox ${name} failed` })
+        }).pipe(Effect.map((r) => ({ rows: r.rows as ReadonlyArray<A>, rowCount: Number(r.rowCount ?? 0) })))
+    })
+
   const claim = (owner: string, leaseMs: number, limit: number) =>
-    Effect.flatMap(now, (at) =>
-      sql.unsafe<ClaimRow>(claimSql, [owner, at, new Date(at.getTime() + leaseMs), limit]).withoutTransform
-    ).pipe(Effect.map((rows) => rows.map(toClaimed).sort(byId)))
+    Effect.flatMap(now, (at) => hot<ClaimRow>("claim", claimSql, [owner, at, new Date(at.getTime() + leaseMs), limit])).pipe(
+      Effect.map(({ rows }) => rows.map(toClaimed).sort(byId))
+    )
 
   const complete = (owner: string, ids: ReadonlyArray<string>) =>
-    ids.length === 0 ? Effect.succeed(0) : Effect.map(sql.unsafe(completeSql, [owner, ids]).raw, rowCount)
+    ids.length === 0 ? Effect.succeed(0) : Effect.map(hot("complete", completeSql, [owner, ids]), (r) => r.rowCount)
 
   const release = (owner: string, ids: ReadonlyArray<string>) =>
-    ids.length === 0 ? Effect.succeed(0) : Effect.map(sql.unsafe(releaseSql, [owner, ids]).raw, rowCount)
+    ids.length === 0 ? Effect.succeed(0) : Effect.map(hot("release", releaseSql, [owner, ids]), (r) => r.rowCount)
 
   const fail = (owner: string, failures: ReadonlyArray<Failure>) =>
     failures.length === 0 ? Effect.void : Effect.flatMap(now, (at) =>
-      sql.unsafe(failSql, [
+      hot("fail", failSql, [
         owner,
         failures.map((f) => f.id),
         failures.map((f) => f.tag),
@@ -292,11 +316,11 @@ const make = Effect.gen(function*() {
         failures.map((f) => f.dead),
         failures.map((f) => f.attempt),
         at
-      ]).raw).pipe(Effect.asVoid)
+      ])).pipe(Effect.asVoid)
 
   /** When the worker must look again even if nothing notifies it: a retry falls due or a lease expires. */
-  const nextWakeAt = Effect.flatMap(now, (at) => sql.unsafe<{ at: Date | null }>(nextWakeSql, [at]).withoutTransform).pipe(
-    Effect.map((rows) => {
+  const nextWakeAt = Effect.flatMap(now, (at) => hot<{ at: Date | null }>("next_wake", nextWakeSql, [at])).pipe(
+    Effect.map(({ rows }) => {
       const at = rows[0]?.at
       return at instanceof Date ? at.getTime() : null
     })
@@ -407,11 +431,12 @@ const make = Effect.gen(function*() {
 
   /** Register or refresh this worker's row (the database's clock: it is for display). */
   const heartbeat = (worker: WorkerRow) =>
-    sql.unsafe(
+    hot(
+      "heartbeat",
       `INSERT INTO sync_outbox_workers (owner, hostname, pid, breaker, listener) VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.breaker, listener = EXCLUDED.listener`,
       [worker.owner, worker.hostname, worker.pid, worker.breaker, worker.listener]
-    ).raw.pipe(Effect.asVoid)
+    ).pipe(Effect.asVoid)
 
   const unregister = (owner: string) =>
     sql.unsafe(`DELETE FROM sync_outbox_workers WHERE owner = $1`, [owner]).raw.pipe(Effect.asVoid)

@@ -4,10 +4,10 @@
  * at most three statements. A scoped layer: it cannot be started twice, and closing its scope
  * finishes what is in flight and hands unstarted claims back without counting an attempt.
  */
-import { Cause, Clock, Context, Deferred, Duration, Effect, Layer, Metric, Option, Queue, Random, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Layer, Metric, Option, Queue, Random, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import { hostname } from "node:os"
-import { describeFailure, HandlerTimeout, MalformedPayload } from "./Errors.js"
-import { Handlers } from "./Handlers.js"
+import { describeFailure, MalformedPayload } from "./Errors.js"
+import { Handlers, NotStarted } from "./Handlers.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { OutboxConfig } from "./OutboxConfig.js"
@@ -17,6 +17,8 @@ import * as Retry from "./Retry.js"
 import { type Failure, Store } from "./Store.js"
 
 export type BreakerState = "closed" | "open"
+
+const blockedRetryFloorMs = 25
 
 export interface WorkerShape {
   /** Who this worker is in `lease_owner`. */
@@ -115,33 +117,21 @@ const make = Effect.gen(function*() {
     Effect.zipRight(closeBreaker)
   )
 
-  const applyOne = (event: ClaimedEvent) =>
-    handlers.apply(event).pipe(
-      Effect.timeoutFail({
-        duration: config.callTimeout,
-        onTimeout: () => new HandlerTimeout({ message: `handler did not finish within ${Duration.format(config.callTimeout)}` })
-      })
-    )
+  // Checked before each piece of work starts: once we stop or the sink is known down, nothing new begins.
+  const admit = Effect.map(Effect.all([isStopping, isOpen]), ([stopping, open]) => !stopping && !open)
 
-  const runGroup = (group: Group): Effect.Effect<ReadonlyArray<Outcome>> =>
+  // Several non-coalescing events of one key (rare): strictly in order, one at a time, stopping
+  // at the first that does not apply; the rest go back untouched.
+  const runSequence = (sequence: ReadonlyArray<ClaimedEvent>) =>
     Effect.gen(function*() {
-      const all = group.sequence.length > 0 ? group.sequence : [group.target]
-      // Checked before each start: what has not begun when the sink fails or we stop goes back.
-      if ((yield* isStopping) || (yield* isOpen)) {
-        return [{ _tag: "Released", ids: [...all.map((e) => e.id), ...group.superseded], unavailable: false }]
-      }
-      if (group.sequence.length === 0) {
-        const exit = yield* Effect.exit(applyOne(group.target))
-        return [outcomeOf(group.target, group.superseded, exit)]
-      }
-      // Several non-coalescing events of one key: strictly in order, stop at the first failure.
       const outcomes: Array<Outcome> = []
-      for (let i = 0; i < group.sequence.length; i++) {
-        const event = group.sequence[i]!
-        const outcome = outcomeOf(event, [], yield* Effect.exit(applyOne(event)))
+      for (let i = 0; i < sequence.length; i++) {
+        const event = sequence[i]!
+        const [error] = yield* handlers.applyAll([event], { concurrency: 1, timeout: config.callTimeout, admit })
+        const outcome = outcomeOf(event, [], error)
         outcomes.push(outcome)
         if (outcome._tag !== "Applied") {
-          const rest = group.sequence.slice(i + 1).map((e) => e.id)
+          const rest = sequence.slice(i + 1).map((e) => e.id)
           if (rest.length > 0) outcomes.push({ _tag: "Released", ids: rest, unavailable: false })
           break
         }
@@ -149,14 +139,9 @@ const make = Effect.gen(function*() {
       return outcomes
     })
 
-  const outcomeOf = (
-    event: ClaimedEvent,
-    superseded: ReadonlyArray<string>,
-    exit: import("effect/Exit").Exit<void, unknown>
-  ): Outcome => {
-    if (exit._tag === "Success") return { _tag: "Applied", event, superseded }
-    const failure = Cause.failureOption(exit.cause)
-    const error = Option.isSome(failure) ? failure.value : Cause.squash(exit.cause)
+  const outcomeOf = (event: ClaimedEvent, superseded: ReadonlyArray<string>, error: unknown): Outcome => {
+    if (error === undefined) return { _tag: "Applied", event, superseded }
+    if (error === NotStarted) return { _tag: "Released", ids: [event.id, ...superseded], unavailable: false }
     if (isUnavailable(error)) return { _tag: "Released", ids: [event.id, ...superseded], unavailable: true }
     return { _tag: "Failed", event, superseded, error }
   }
@@ -232,40 +217,53 @@ const make = Effect.gen(function*() {
   const processBatch = (events: ReadonlyArray<ClaimedEvent>) =>
     Effect.gen(function*() {
       const groups = groupByKey(events)
-      const outcomes = yield* Effect.forEach(
-        groups,
-        (group) =>
-          runGroup(group).pipe(
-            Effect.tap((outs) =>
-              outs.some((o) => o._tag === "Released" && o.unavailable) ? openBreaker("a command failed") : Effect.void
-            )
-          ),
-        { concurrency: config.concurrency }
-      )
-      return yield* record(outcomes.flat())
+      // What has not begun when we stop or the sink is known down goes back without an attempt.
+      if ((yield* isStopping) || (yield* isOpen)) {
+        return yield* record([{ _tag: "Released", ids: events.map((e) => e.id), unavailable: false }])
+      }
+      const single = groups.filter((g) => g.sequence.length === 0)
+      const sequences = groups.filter((g) => g.sequence.length > 0)
+      const [errors, sequenced] = yield* Effect.all([
+        handlers.applyAll(single.map((g) => g.target), { concurrency: config.concurrency, timeout: config.callTimeout, admit }),
+        Effect.forEach(sequences, (g) => runSequence(g.sequence), { concurrency: config.concurrency })
+      ], { concurrency: sequences.length === 0 ? 1 : 2 })
+      const outcomes = [...single.map((g, i) => outcomeOf(g.target, g.superseded, errors[i])), ...sequenced.flat()]
+      const unavailable = outcomes.find((o) => o._tag === "Released" && o.unavailable)
+      if (unavailable !== undefined) yield* openBreaker("a command failed")
+      return yield* record(outcomes)
     }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length } }))
 
   /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
   const drain = Effect.gen(function*() {
+    let claimed = false
     for (;;) {
-      if (yield* isStopping) return
+      if (yield* isStopping) return claimed
       if (yield* isOpen) {
         yield* Effect.raceFirst(awaitSink, Deferred.await(stopping))
         continue
       }
       yield* Queue.takeAll(wakeups)
       const events = yield* store.claim(owner, leaseMs, config.batchSize).pipe(Effect.timeout(config.callTimeout))
-      if (events.length === 0) return
+      if (events.length === 0) return claimed
+      claimed = true
       yield* processBatch(events)
+      // A short batch took everything there was. Anything committed since has notified, and
+      // the sliding wake-up queue kept that: idle will return at once instead of costing a claim.
+      // (Unless that batch opened the breaker: then the probe loop above must run.)
+      if (events.length < config.batchSize && !(yield* isOpen)) return claimed
     }
+    return claimed
   })
 
   /** Sleep until a wake-up, the earliest due retry or lease expiry, or the poll interval. */
-  const idle = Effect.gen(function*() {
+  const idle = (claimedLastTime: boolean) => Effect.gen(function*() {
+    if ((yield* Queue.size(wakeups)) > 0) return
     const now = yield* Clock.currentTimeMillis
     const dueAt = yield* store.nextWakeAt.pipe(Effect.timeout(config.callTimeout))
     const poll = Duration.toMillis(config.interval)
-    const waitMs = dueAt === null ? poll : Math.max(0, Math.min(poll, dueAt - now))
+    // A retry that is due but was not claimable (its key is leased elsewhere) must not spin us.
+    const floor = claimedLastTime ? 0 : blockedRetryFloorMs
+    const waitMs = dueAt === null ? poll : Math.max(floor, Math.min(poll, dueAt - now))
     yield* Effect.raceFirst(
       Queue.take(wakeups),
       Effect.raceFirst(Effect.sleep(Duration.millis(waitMs)), Deferred.await(stopping))
@@ -279,9 +277,9 @@ const make = Effect.gen(function*() {
   )
   const loop = Effect.gen(function*() {
     while (!(yield* isStopping)) {
-      yield* drain
+      const claimed = yield* drain
       if (yield* isStopping) return
-      yield* idle
+      yield* idle(claimed)
     }
   }).pipe(
     Effect.tapErrorCause((cause) => Effect.logWarning("sync-outbox: worker loop failed, retrying", cause)),

@@ -7,8 +7,8 @@
  */
 export * as Database from "./Database.js"
 export * from "./Errors.js"
-export { Handlers, handle } from "./Handlers.js"
-export type { Applying, Handler, HandlersShape } from "./Handlers.js"
+export { handle, handleBatch, Handlers, NotStarted } from "./Handlers.js"
+export type { ApplyAllOptions, Applying, BatchResult, Handler, HandlersShape } from "./Handlers.js"
 export { Listener } from "./Listener.js"
 export type { ListenerOptions, ListenerShape, ListenerState, Wakeup } from "./Listener.js"
 export * as Metrics from "./Metrics.js"

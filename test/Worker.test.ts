@@ -7,6 +7,7 @@ import {
   enqueueMany,
   event,
   handle,
+  handleBatch,
   Handlers,
   OutboxEvent,
   RedisSink,
@@ -289,4 +290,40 @@ describe.each([
       expect(worker.owner).toMatch(/^.+:\d+:[0-9a-z-]+$/)
       expect(yield* Worker).toBe(worker)
     }).pipe(Effect.provide(layer())))
+})
+
+describe("Worker: batch handlers", () => {
+  it.live("a batch handler gets many events in one call; a per-event error fails only that event", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      const calls = yield* Ref.make<Array<number>>([])
+      const Batched = OutboxEvent.make({ resourceType: "batched", action: "set", payload: Schema.Number })
+      const handlers = Handlers.layer(
+        handleBatch(Batched, (events) =>
+          Effect.gen(function*() {
+            yield* Ref.update(calls, (c) => [...c, events.length])
+            const redis = yield* RedisSink
+            yield* redis.use((c) => {
+              const pipeline = c.pipeline()
+              for (const e of events) if (e.payload !== 7) pipeline.set(`${p}${e.payload}`, "ok")
+              return pipeline.exec()
+            })
+            return events.map((e) => (e.payload === 7 ? new Boom({ message: "seven" }) : undefined))
+          }))
+      )
+      yield* Effect.gen(function*() {
+        yield* enqueueMany(Array.from({ length: 100 }, (_, i) => event(Batched, { resourceId: i + 1, payload: i })))
+        const store = yield* Store
+        yield* eventually(countRows(), (n) => n === 1)
+        const [left] = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql<{ id: string }>`SELECT id::text AS id FROM sync_outbox`)
+        const shown = yield* store.show(left!.id)
+        expect(shown.event.payload).toBe(7)
+        expect(shown.failures[0]!.errorTag).toBe("Boom")
+      }).pipe(Effect.provide(workerLayer({ url, handlers, config: { batchSize: 200, backoffBase: Duration.minutes(1) } })))
+      // Far fewer calls than events: they came in batches.
+      const sizes = yield* Ref.get(calls)
+      expect(sizes.reduce((a, b) => a + b, 0)).toBe(100)
+      expect(sizes.length).toBeLessThan(10)
+    }).pipe(Effect.provide(Store.layer.pipe(Layer.provideMerge(sqlLayer(url))))))
 })

@@ -1,0 +1,533 @@
+/**
+ * `npm run bench`: sync-outbox against a bare SQL+Redis loop (the ceiling), on the same Postgres
+ * and Redis, in one run. Every item is applied to Redis by a handler (a SET). Prints a table.
+ *
+ *   (a) open-loop latency at 200 events/s, enqueue call to applied in Redis: p50/p95/p99
+ *   (b) drain a backlog of 20,000: items/s
+ *   (c) a 3 s Redis outage with 1,000 events arriving: time from Redis back to last applied,
+ *       and failed apply attempts during the outage
+ *   (d) enqueue inside a caller's transaction: added p50; the NOTIFY trigger at 16 writers
+ *   (e) claim time and worker memory with 10,000 vs 1,000,000 pending
+ *
+ * DATABASE_URL / REDIS_URL select existing servers; otherwise private ones are started.
+ * BENCH_QUICK=1 shortens every phase (for a smoke run); BENCH_ONLY=latency,drain,outage,enqueue,claim
+ * runs only the phases named.
+ */
+import { SqlClient } from "@effect/sql"
+import { Duration, Effect, Layer, Redacted, Schema } from "effect"
+import { Redis } from "ioredis"
+import { cpus, totalmem } from "node:os"
+import { performance } from "node:perf_hooks"
+import pg from "pg"
+import { Database, enqueue, enqueueMany, event, handleBatch, Handlers, Listener, Migrations, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
+import { startProxy, type Proxy } from "../scripts/proxy.js"
+import { createDatabase, type RunningService, startPostgres, startRedis } from "../scripts/services.js"
+
+const quick = process.env["BENCH_QUICK"] === "1"
+const log = (line: string) => process.stderr.write(`bench: ${line}\n`)
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+const pct = (xs: ReadonlyArray<number>, p: number) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!
+}
+const f = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : "-")
+
+// ---------------------------------------------------------------------------------------------
+// The work: SET bench:<key> <value>. Completion times are recorded by the handler itself.
+// ---------------------------------------------------------------------------------------------
+
+const Item = OutboxEvent.make({
+  resourceType: "bench",
+  action: "set",
+  payload: Schema.Struct({ k: Schema.String, v: Schema.String }),
+  orderingKey: ({ payload }) => `bench:${payload.k}`
+})
+
+const appliedAt = new Map<string, number>()
+let failedApplies = 0
+let target = 0
+let onTarget: (() => void) | undefined
+
+const recordApplied = (k: string) => {
+  appliedAt.set(k, performance.now())
+  if (appliedAt.size >= target && onTarget !== undefined) {
+    const done = onTarget
+    onTarget = undefined
+    done()
+  }
+}
+const untilApplied = (n: number) =>
+  new Promise<void>((resolve) => {
+    target = n
+    if (appliedAt.size >= n) resolve()
+    else onTarget = resolve
+  })
+
+// One pipeline per batch: the same work the bare loop does.
+const handlers = Handlers.layer(
+  handleBatch(Item, (events) =>
+    Effect.flatMap(RedisSink, (redis) =>
+      redis.use(async (c) => {
+        const pipeline = c.pipeline()
+        for (const e of events) pipeline.set(`bench:${e.payload.k}`, e.payload.v)
+        const results = (await pipeline.exec()) ?? []
+        return events.map((e, i) => {
+          const error = results[i]?.[0] ?? null
+          if (error === null) recordApplied(e.payload.k)
+          else failedApplies++
+          return error ?? undefined
+        })
+      }).pipe(Effect.tapError(() => Effect.sync(() => (failedApplies += events.length))))))
+)
+
+// ---------------------------------------------------------------------------------------------
+
+interface Env {
+  readonly dbUrl: string
+  readonly redisPort: number
+  readonly proxy: Proxy
+}
+
+const workerLayer = (env: Env, redisUrl: string, config: Partial<Parameters<typeof OutboxConfig.layer>[0]> = {}) => {
+  const database = Database.layer({ url: Redacted.make(env.dbUrl), maxConnections: 8 })
+  return Worker.layer.pipe(
+    Layer.provideMerge(
+      Layer.mergeAll(Store.layer, Listener.layer({ url: Redacted.make(env.dbUrl), channel: "sync_outbox" }), handlers)
+    ),
+    Layer.provideMerge(
+      Layer.mergeAll(
+        OutboxConfig.layer({ batchSize: 500, concurrency: 500, interval: Duration.seconds(1), ...config }),
+        database,
+        RedisSink.layer({ url: Redacted.make(redisUrl), commandTimeout: Duration.millis(500) })
+      )
+    ),
+    Layer.orDie
+  )
+}
+
+const sqlLayer = (env: Env) => Database.layer({ url: Redacted.make(env.dbUrl), maxConnections: 20 })
+
+const truncate = async (env: Env) => {
+  const c = new pg.Client({ connectionString: env.dbUrl })
+  await c.connect()
+  await c.query("TRUNCATE sync_outbox, bare_queue CASCADE")
+  await c.query("VACUUM ANALYZE sync_outbox")
+  await c.end()
+  appliedAt.clear()
+  failedApplies = 0
+}
+
+/** Run `body` with a worker alive. */
+const withWorker = <A>(env: Env, body: () => Promise<A>, redisUrl = `redis://127.0.0.1:${env.redisPort}`, config = {}) =>
+  Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function*() {
+        yield* Layer.build(workerLayer(env, redisUrl, config))
+        return yield* Effect.promise(body)
+      })
+    )
+  )
+
+// ---------------------------------------------------------------------------------------------
+// The bare loop: one table, LISTEN, DELETE ... RETURNING, pipelined SETs. No leases, no retries
+// bookkeeping, no ordering: the least work that moves a row into Redis.
+// ---------------------------------------------------------------------------------------------
+
+const bareSchema = `CREATE TABLE IF NOT EXISTS bare_queue (id bigserial PRIMARY KEY, k text NOT NULL, v text NOT NULL);
+CREATE OR REPLACE FUNCTION bare_notify() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('bare', ''); RETURN NULL; END $$;
+DROP TRIGGER IF EXISTS bare_notify ON bare_queue;
+CREATE TRIGGER bare_notify AFTER INSERT ON bare_queue FOR EACH STATEMENT EXECUTE FUNCTION bare_notify();`
+
+const bareConsumer = async (env: Env, redisUrl: string, batch = 1000) => {
+  const db = new pg.Client({ connectionString: env.dbUrl })
+  const listen = new pg.Client({ connectionString: env.dbUrl })
+  await db.connect()
+  await listen.connect()
+  const redis = new Redis(redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: (t) => Math.min(t * 5, 50) })
+  redis.on("error", () => undefined)
+  let running = true
+  let wake: (() => void) | undefined
+  listen.on("notification", () => wake?.())
+  await listen.query("LISTEN bare")
+  const loop = (async () => {
+    while (running) {
+      try {
+        await db.query("BEGIN")
+        const { rows } = await db.query<{ k: string; v: string }>(
+          `DELETE FROM bare_queue WHERE id IN (SELECT id FROM bare_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING k, v`,
+          [batch]
+        )
+        if (rows.length > 0) {
+          const p = redis.pipeline()
+          for (const r of rows) p.set(`bench:${r.k}`, r.v)
+          const results = await p.exec()
+          if (results === null || results.some(([e]) => e !== null)) throw new Error("redis failed")
+          await db.query("COMMIT")
+          for (const r of rows) recordApplied(r.k)
+          continue
+        }
+        await db.query("COMMIT")
+      } catch {
+        failedApplies++
+        await db.query("ROLLBACK").catch(() => undefined)
+        await sleep(10)
+        continue
+      }
+      await new Promise<void>((resolve) => {
+        wake = resolve
+        setTimeout(resolve, 100)
+      })
+      wake = undefined
+    }
+  })()
+  return async () => {
+    running = false
+    wake?.()
+    await loop
+    redis.disconnect()
+    await db.end()
+    await listen.end()
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface Row {
+  readonly measure: string
+  readonly ours: string
+  readonly bare: string
+  readonly goal: string
+}
+const rows: Array<Row> = []
+
+/** (a) open-loop latency: events arrive at a fixed rate whatever the system does. */
+const latency = async (env: Env) => {
+  const rate = 200
+  const seconds = quick ? 3 : 10
+  const warmup = rate // the first second is not measured
+  const n = rate * seconds
+  const run = async (produce: (i: number) => Promise<void>) => {
+    const started = new Map<string, number>()
+    const committed = new Map<string, number>()
+    const t0 = performance.now()
+    const inflight: Array<Promise<void>> = []
+    for (let i = 0; i < n; i++) {
+      const due = t0 + (i * 1000) / rate
+      const wait = due - performance.now()
+      if (wait > 1) await sleep(wait)
+      const k = `lat-${i}`
+      started.set(k, performance.now())
+      inflight.push(produce(i).then(() => void committed.set(k, performance.now())))
+    }
+    await Promise.all(inflight)
+    await untilApplied(n)
+    const lat: Array<number> = []
+    const commit: Array<number> = []
+    for (let i = warmup; i < n; i++) {
+      lat.push(appliedAt.get(`lat-${i}`)! - started.get(`lat-${i}`)!)
+      commit.push(committed.get(`lat-${i}`)! - started.get(`lat-${i}`)!)
+    }
+    return { p50: pct(lat, 50), p95: pct(lat, 95), p99: pct(lat, 99), commit: pct(commit, 50) }
+  }
+
+  await truncate(env)
+  const ours = await Effect.runPromise(
+    Effect.gen(function*() {
+      const runtime = yield* Effect.runtime<SqlClient.SqlClient>()
+      const sql = yield* SqlClient.SqlClient
+      const { runPromise } = yield* Effect.promise(() => import("effect/Runtime"))
+      return yield* Effect.promise(() =>
+        withWorker(env, () =>
+          run((i) =>
+            runPromise(runtime)(sql.withTransaction(enqueue(Item, { payload: { k: `lat-${i}`, v: "x" } }))).then(() => undefined)
+          ))
+      )
+    }).pipe(Effect.provide(sqlLayer(env)))
+  )
+
+  await truncate(env)
+  const pool = new pg.Pool({ connectionString: env.dbUrl, max: 20 })
+  const stop = await bareConsumer(env, `redis://127.0.0.1:${env.redisPort}`)
+  // Like our producer, the bare one writes inside a transaction of its own.
+  const bare = await run(async (i) => {
+    const client = await pool.connect()
+    try {
+      await client.query("BEGIN")
+      await client.query(`INSERT INTO bare_queue (k, v) VALUES ($1, 'x')`, [`lat-${i}`])
+      await client.query("COMMIT")
+    } finally {
+      client.release()
+    }
+  })
+  await stop()
+  await pool.end()
+  rows.push({ measure: "(a) latency p50, ms", ours: f(ours.p50), bare: f(bare.p50), goal: "≤ 2" })
+  rows.push({ measure: "(a) latency p95, ms", ours: f(ours.p95), bare: f(bare.p95), goal: "" })
+  rows.push({ measure: "(a) latency p99, ms", ours: f(ours.p99), bare: f(bare.p99), goal: "≤ 5" })
+  rows.push({ measure: "(a) of which enqueue call to commit, p50 ms", ours: f(ours.commit), bare: f(bare.commit), goal: "" })
+}
+
+/** (b) drain a backlog that is already there when the worker starts. */
+const drain = async (env: Env) => {
+  const n = quick ? 5_000 : 20_000
+  const fill = async (table: "outbox" | "bare") => {
+    await truncate(env)
+    await Effect.runPromise(
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        for (let i = 0; i < n; i += 2_000) {
+          const chunk = Array.from({ length: Math.min(2_000, n - i) }, (_, j) => `drain-${i + j}`)
+          if (table === "outbox") {
+            yield* enqueueMany(chunk.map((k) => event(Item, { payload: { k, v: "x" } })))
+          } else {
+            yield* sql.unsafe(`INSERT INTO bare_queue (k, v) SELECT unnest($1::text[]), 'x'`, [chunk])
+          }
+        }
+        yield* sql.unsafe(`VACUUM ANALYZE ${table === "outbox" ? "sync_outbox" : "bare_queue"}`)
+      }).pipe(Effect.provide(sqlLayer(env)))
+    )
+  }
+  await fill("outbox")
+  const oursStart = performance.now()
+  const oursMs = await withWorker(env, async () => {
+    await untilApplied(n)
+    return performance.now() - oursStart
+  })
+  await fill("bare")
+  const bareStart = performance.now()
+  const stop = await bareConsumer(env, `redis://127.0.0.1:${env.redisPort}`)
+  await untilApplied(n)
+  const bareMs = performance.now() - bareStart
+  await stop()
+  const ours = (n / oursMs) * 1000
+  const bare = (n / bareMs) * 1000
+  rows.push({ measure: `(b) drain ${n.toLocaleString("en")} items, items/s`, ours: f(ours, 0), bare: f(bare, 0), goal: "≥ 15,000" })
+  rows.push({ measure: "(b) share of the bare loop", ours: `${f((ours / bare) * 100, 0)} %`, bare: "100 %", goal: "≥ 40 %" })
+}
+
+/** (c) Redis refused for 3 s while 1,000 events arrive. */
+const outage = async (env: Env) => {
+  const n = 1_000
+  const measure = async (start: (redisUrl: string) => Promise<() => Promise<void>>, produce: (from: number, count: number) => Promise<void>) => {
+    await truncate(env)
+    const stop = await start(env.proxy.url("redis"))
+    await sleep(300)
+    await env.proxy.cut()
+    const t0 = performance.now()
+    for (let i = 0; i < 10; i++) {
+      await produce(i * 100, 100)
+      await sleep(Math.max(0, t0 + (i + 1) * 300 - performance.now()))
+    }
+    const attempts = failedApplies
+    const back = performance.now()
+    await env.proxy.restore()
+    await untilApplied(n)
+    const ms = Math.max(...[...appliedAt.values()]) - back
+    await stop()
+    return { ms, attempts }
+  }
+  const ours = await Effect.runPromise(
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const { runPromise } = yield* Effect.promise(() => import("effect/Runtime"))
+      const runtime = yield* Effect.runtime<SqlClient.SqlClient>()
+      return yield* Effect.promise(() =>
+        measure(
+          async (redisUrl) => {
+            const scope = await Effect.runPromise(
+              Effect.gen(function*() {
+                const { Scope } = yield* Effect.promise(() => import("effect"))
+                const s = yield* Scope.make()
+                yield* Layer.buildWithScope(workerLayer(env, redisUrl), s)
+                return s
+              })
+            )
+            const { Scope, Exit } = await import("effect")
+            return () => Effect.runPromise(Scope.close(scope, Exit.void))
+          },
+          (from, count) =>
+            runPromise(runtime)(
+              sql.withTransaction(enqueueMany(Array.from({ length: count }, (_, j) => event(Item, { payload: { k: `out-${from + j}`, v: "x" } }))))
+            ).then(() => undefined)
+        )
+      )
+    }).pipe(Effect.provide(sqlLayer(env)))
+  )
+  const pool = new pg.Pool({ connectionString: env.dbUrl, max: 4 })
+  const bare = await measure(
+    (redisUrl) => bareConsumer(env, redisUrl),
+    async (from, count) => {
+      await pool.query(`INSERT INTO bare_queue (k, v) SELECT 'out-' || g, 'x' FROM generate_series($1::int, $2::int) g`, [from, from + count - 1])
+    }
+  )
+  await pool.end()
+  rows.push({ measure: "(c) Redis back to last applied, ms", ours: f(ours.ms, 0), bare: f(bare.ms, 0), goal: "≤ 250" })
+  rows.push({ measure: "(c) failed apply attempts in the outage", ours: String(ours.attempts), bare: String(bare.attempts), goal: "≤ 100" })
+}
+
+/** (d) what enqueue adds to a caller's transaction; what the trigger costs at 16 writers. */
+const enqueueCost = async (env: Env) => {
+  await truncate(env)
+  const c = new pg.Client({ connectionString: env.dbUrl })
+  await c.connect()
+  await c.query(`CREATE TABLE IF NOT EXISTS bench_business (id bigserial PRIMARY KEY, v text)`)
+  await c.end()
+  const n = quick ? 300 : 2_000
+  const { oursP50, plainP50 } = await Effect.runPromise(
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const time = (withEvent: boolean) =>
+        Effect.gen(function*() {
+          const xs: Array<number> = []
+          for (let i = 0; i < n; i++) {
+            const t = performance.now()
+            yield* sql.withTransaction(
+              Effect.gen(function*() {
+                yield* sql.unsafe(`INSERT INTO bench_business (v) VALUES ($1)`, ["x"])
+                if (withEvent) yield* enqueue(Item, { payload: { k: `enq-${i}`, v: "x" } })
+              })
+            )
+            xs.push(performance.now() - t)
+          }
+          return pct(xs, 50)
+        })
+      yield* time(false) // warm-up
+      const plainP50 = yield* time(false)
+      const oursP50 = yield* time(true)
+      return { oursP50, plainP50 }
+    }).pipe(Effect.provide(sqlLayer(env)))
+  )
+  rows.push({ measure: "(d) transaction p50 without / with enqueue, ms", ours: `${f(plainP50)} / ${f(oursP50)}`, bare: "", goal: "" })
+  rows.push({ measure: "(d) enqueue adds, p50 ms", ours: f(oursP50 - plainP50, 3), bare: "", goal: "≤ 0.3" })
+
+  // 16 writers, each committing one event per transaction as fast as it can.
+  const writers = async (notify: boolean) => {
+    await truncate(env)
+    const seconds = quick ? 1.5 : 4
+    const pool = new pg.Pool({ connectionString: env.dbUrl, max: 16 })
+    let commits = 0
+    const until = performance.now() + seconds * 1000
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        const client = await pool.connect()
+        await client.query(`SET sync_outbox.notify = '${notify ? "on" : "off"}'`)
+        while (performance.now() < until) {
+          await client.query("BEGIN")
+          await client.query(`SELECT sync_outbox_enqueue('bench', 'set', NULL, '{"k":"w","v":"x"}'::jsonb)`)
+          await client.query("COMMIT")
+          commits++
+        }
+        client.release()
+      })
+    )
+    await pool.end()
+    return commits / seconds
+  }
+  const off = await writers(false)
+  const on = await writers(true)
+  rows.push({ measure: "(d) 16 writers, commits/s trigger off / on", ours: `${f(off, 0)} / ${f(on, 0)}`, bare: "", goal: "" })
+  rows.push({ measure: "(d) trigger cost at 16 writers", ours: `${f(Math.max(0, (1 - on / off) * 100), 1)} %`, bare: "", goal: "≤ 20 %" })
+}
+
+/** (e) claim time and memory against a small and a huge backlog. */
+const claimCost = async (env: Env) => {
+  const sizes = quick ? [10_000, 100_000] : [10_000, 1_000_000]
+  const results: Array<{ size: number; claimMs: number; heapMb: number }> = []
+  for (const size of sizes) {
+    await truncate(env)
+    const c = new pg.Client({ connectionString: env.dbUrl })
+    await c.connect()
+    await c.query(
+      `INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+       SELECT 'bench', 'set', 'bench:huge-' || g, jsonb_build_object('k', 'huge-' || g, 'v', 'x') FROM generate_series(1, $1::int) g`,
+      [size]
+    )
+    await c.query("VACUUM ANALYZE sync_outbox")
+    await c.end()
+    const claimMs = await Effect.runPromise(
+      Effect.gen(function*() {
+        const store = yield* Store
+        const xs: Array<number> = []
+        for (let i = 0; i < 30; i++) {
+          const t = performance.now()
+          const claimed = yield* store.claim("bench-probe", 30_000, 500)
+          xs.push(performance.now() - t)
+          yield* store.release("bench-probe", claimed.map((e) => e.id))
+        }
+        return pct(xs, 50)
+      }).pipe(Effect.provide(Store.layer.pipe(Layer.provide(sqlLayer(env)))))
+    )
+    // The worker draining for 2 s against this backlog: its heap must not grow with the backlog.
+    globalThis.gc?.()
+    const heapMb = await withWorker(env, async () => {
+      let peak = 0
+      for (let i = 0; i < 20; i++) {
+        await sleep(100)
+        peak = Math.max(peak, process.memoryUsage().heapUsed)
+      }
+      return peak / 1024 / 1024
+    })
+    results.push({ size, claimMs, heapMb })
+  }
+  const [small, big] = results as [typeof results[0], typeof results[0]]
+  rows.push({
+    measure: `(e) claim 500, p50 ms at ${small.size.toLocaleString("en")} / ${big.size.toLocaleString("en")} pending`,
+    ours: `${f(small.claimMs)} / ${f(big.claimMs)}`,
+    bare: "",
+    goal: "within 2x"
+  })
+  rows.push({ measure: "(e) worker heap while draining, MB", ours: `${f(small.heapMb, 0)} / ${f(big.heapMb, 0)}`, bare: "", goal: "flat" })
+}
+
+const main = async () => {
+  const services: Array<RunningService> = []
+  try {
+    log("starting servers")
+    const pgUrl = process.env["DATABASE_URL"] ?? (await (async () => {
+      const s = await startPostgres()
+      services.push(s)
+      return s.url
+    })())
+    let redisPort: number
+    if (process.env["REDIS_URL"] !== undefined) {
+      redisPort = Number(new URL(process.env["REDIS_URL"]).port || 6379)
+    } else {
+      const r = await startRedis()
+      services.push(r)
+      redisPort = r.port
+    }
+    const dbUrl = await createDatabase(pgUrl, `sync_outbox_bench_${process.pid}`)
+    await Effect.runPromise(Migrations.run(["outbox"]).pipe(Effect.provide(Database.layer({ url: Redacted.make(dbUrl) }))))
+    const c = new pg.Client({ connectionString: dbUrl })
+    await c.connect()
+    await c.query(bareSchema)
+    await c.end()
+    const proxy = await startProxy(redisPort)
+    services.push({ url: "", stop: proxy.close })
+    const env: Env = { dbUrl, redisPort, proxy }
+    const only = process.env["BENCH_ONLY"]?.split(",")
+    for (const [name, phase] of [["latency", latency], ["drain", drain], ["outage", outage], ["enqueue", enqueueCost], ["claim", claimCost]] as const) {
+      if (only !== undefined && !only.includes(name)) continue
+      log(`${name} ...`)
+      await phase(env)
+    }
+    const machine = `${cpus().length} × ${cpus()[0]?.model.trim() ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`
+    const w = [Math.max(...rows.map((r) => r.measure.length)), 14, 10, 10]
+    const line = (a: string, b: string, c: string, d: string) =>
+      `| ${a.padEnd(w[0]!)} | ${b.padStart(w[1]!)} | ${c.padStart(w[2]!)} | ${d.padEnd(w[3]!)} |`
+    console.log(`\nsync-outbox bench${quick ? " (quick)" : ""}, ${new Date().toISOString().slice(0, 10)}, ${machine}\n`)
+    console.log(line("measure", "sync-outbox", "bare loop", "goal"))
+    console.log(`|${"-".repeat(w[0]! + 2)}|${"-".repeat(w[1]! + 1)}:|${"-".repeat(w[2]! + 1)}:|${"-".repeat(w[3]! + 2)}|`)
+    for (const r of rows) console.log(line(r.measure, r.ours, r.bare, r.goal))
+  } finally {
+    for (const s of services.reverse()) await s.stop().catch(() => undefined)
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (error) => {
+    console.error(error)
+    process.exit(1)
+  }
+)
