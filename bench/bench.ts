@@ -96,7 +96,7 @@ const workerLayer = (env: Env, redisUrl: string, config: Partial<Parameters<type
     ),
     Layer.provideMerge(
       Layer.mergeAll(
-        OutboxConfig.layer({ batchSize: 500, concurrency: 500, interval: Duration.seconds(1), ...config }),
+        OutboxConfig.layer({ batchSize: 1000, concurrency: 500, interval: Duration.seconds(1), ...config }),
         database,
         RedisSink.layer({ url: Redacted.make(redisUrl), commandTimeout: Duration.millis(500) })
       )

@@ -36,6 +36,10 @@ export const breakerTransitions = Metric.counter("sync_outbox_breaker_transition
 export const breakerOpen = Metric.gauge("sync_outbox_breaker_open", {
   description: "1 while the sink is unavailable and claiming is paused"
 })
+export const loopErrors = Metric.counter("sync_outbox_loop_errors_total", {
+  description: "Times the worker loop failed (Postgres unreachable, a statement timed out) and restarted",
+  incremental: true
+})
 export const latency = Metric.histogram(
   "sync_outbox_apply_latency_ms",
   MetricBoundaries.fromIterable([0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000]),

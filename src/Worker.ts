@@ -252,7 +252,6 @@ const make = Effect.gen(function*() {
       // (Unless that batch opened the breaker: then the probe loop above must run.)
       if (events.length < config.batchSize && !(yield* isOpen)) return claimed
     }
-    return claimed
   })
 
   /** Sleep until a wake-up, the earliest due retry or lease expiry, or the poll interval. */
@@ -282,7 +281,9 @@ const make = Effect.gen(function*() {
       yield* idle(claimed)
     }
   }).pipe(
-    Effect.tapErrorCause((cause) => Effect.logWarning("sync-outbox: worker loop failed, retrying", cause)),
+    Effect.tapErrorCause((cause) =>
+      Effect.zipRight(Metric.increment(Metrics.loopErrors), Effect.logWarning("sync-outbox: worker loop failed, retrying", cause))
+    ),
     Effect.retry(recoverSchedule)
   )
 
