@@ -16,6 +16,7 @@
 import { SqlClient } from "@effect/sql"
 import { Duration, Effect, Layer, Redacted, Schema } from "effect"
 import { Redis } from "ioredis"
+import { spawn } from "node:child_process"
 import { cpus, totalmem } from "node:os"
 import { performance } from "node:perf_hooks"
 import pg from "pg"
@@ -200,67 +201,52 @@ interface Row {
 }
 const rows: Array<Row> = []
 
-/** (a) open-loop latency: events arrive at a fixed rate whatever the system does. */
+/**
+ * (a) open-loop latency: events arrive at a fixed rate whatever the system does, from a producer
+ * in another process (a control-plane service is not the worker's process). Times are on the
+ * machine-wide clock, so the producer's start and the handler's apply compare directly.
+ */
 const latency = async (env: Env) => {
   const rate = 200
   const seconds = quick ? 3 : 10
   const warmup = rate // the first second is not measured
   const n = rate * seconds
-  const run = async (produce: (i: number) => Promise<void>) => {
-    const started = new Map<string, number>()
-    const committed = new Map<string, number>()
-    const t0 = performance.now()
-    const inflight: Array<Promise<void>> = []
-    for (let i = 0; i < n; i++) {
-      const due = t0 + (i * 1000) / rate
-      const wait = due - performance.now()
-      if (wait > 1) await sleep(wait)
-      const k = `lat-${i}`
-      started.set(k, performance.now())
-      inflight.push(produce(i).then(() => void committed.set(k, performance.now())))
-    }
-    await Promise.all(inflight)
+  const produce = (mode: "ours" | "bare") =>
+    new Promise<Map<string, { start: number; commit: number }>>((resolve, reject) => {
+      const child = spawn(process.execPath, ["--import", "tsx", new URL("./producer.ts", import.meta.url).pathname, mode, env.dbUrl, String(rate), String(n)], {
+        stdio: ["ignore", "pipe", "inherit"]
+      })
+      let out = ""
+      child.stdout.on("data", (d) => (out += String(d)))
+      child.once("exit", (code) => {
+        if (code !== 0) return reject(new Error(`producer exited with ${code}`))
+        const times = new Map<string, { start: number; commit: number }>()
+        for (const line of out.trim().split("\n")) {
+          const [k, start, commit] = line.split(" ")
+          times.set(k!, { start: Number(start), commit: Number(commit) })
+        }
+        resolve(times)
+      })
+    })
+  const measure = async (mode: "ours" | "bare") => {
+    const times = await produce(mode)
     await untilApplied(n)
     const lat: Array<number> = []
     const commit: Array<number> = []
     for (let i = warmup; i < n; i++) {
-      lat.push(appliedAt.get(`lat-${i}`)! - started.get(`lat-${i}`)!)
-      commit.push(committed.get(`lat-${i}`)! - started.get(`lat-${i}`)!)
+      const t = times.get(`lat-${i}`)!
+      lat.push(performance.timeOrigin + appliedAt.get(`lat-${i}`)! - t.start)
+      commit.push(t.commit - t.start)
     }
     return { p50: pct(lat, 50), p95: pct(lat, 95), p99: pct(lat, 99), commit: pct(commit, 50) }
   }
 
   await truncate(env)
-  const ours = await Effect.runPromise(
-    Effect.gen(function*() {
-      const runtime = yield* Effect.runtime<SqlClient.SqlClient>()
-      const sql = yield* SqlClient.SqlClient
-      const { runPromise } = yield* Effect.promise(() => import("effect/Runtime"))
-      return yield* Effect.promise(() =>
-        withWorker(env, () =>
-          run((i) =>
-            runPromise(runtime)(sql.withTransaction(enqueue(Item, { payload: { k: `lat-${i}`, v: "x" } }))).then(() => undefined)
-          ))
-      )
-    }).pipe(Effect.provide(sqlLayer(env)))
-  )
-
+  const ours = await withWorker(env, () => measure("ours"))
   await truncate(env)
-  const pool = new pg.Pool({ connectionString: env.dbUrl, max: 20 })
   const stop = await bareConsumer(env, `redis://127.0.0.1:${env.redisPort}`)
-  // Like our producer, the bare one writes inside a transaction of its own.
-  const bare = await run(async (i) => {
-    const client = await pool.connect()
-    try {
-      await client.query("BEGIN")
-      await client.query(`INSERT INTO bare_queue (k, v) VALUES ($1, 'x')`, [`lat-${i}`])
-      await client.query("COMMIT")
-    } finally {
-      client.release()
-    }
-  })
+  const bare = await measure("bare")
   await stop()
-  await pool.end()
   rows.push({ measure: "(a) latency p50, ms", ours: f(ours.p50), bare: f(bare.p50), goal: "≤ 2" })
   rows.push({ measure: "(a) latency p95, ms", ours: f(ours.p95), bare: f(bare.p95), goal: "" })
   rows.push({ measure: "(a) latency p99, ms", ours: f(ours.p99), bare: f(bare.p99), goal: "≤ 5" })

@@ -146,6 +146,11 @@ const make = Effect.gen(function*() {
     return { _tag: "Failed", event, superseded, error }
   }
 
+  // The earliest retry this worker knows of, so the due timer needs no query per cycle.
+  const earliestRetry = yield* Ref.make<number | null>(null)
+  const lastDueQueryAt = yield* Ref.make(Number.NEGATIVE_INFINITY)
+  const noteRetry = (at: number) => Ref.update(earliestRetry, (current) => (current === null || at < current ? at : current))
+
   const recordSchedule = Schedule.exponential(Duration.millis(20)).pipe(
     Schedule.either(Schedule.spaced(Duration.millis(500))),
     Schedule.jittered,
@@ -181,6 +186,7 @@ const make = Effect.gen(function*() {
             const wait = yield* Retry.delay(policy, attempt)
             const { message, tag } = describeFailure(outcome.error)
             failures.push({ id: outcome.event.id, attempt, tag, message, nextRetryAt: new Date(now + Duration.toMillis(wait)), dead })
+            if (!dead) yield* noteRetry(now + Duration.toMillis(wait))
             if (dead) {
               deadCount++
               yield* Effect.logError(
@@ -198,10 +204,13 @@ const make = Effect.gen(function*() {
       }
       // The outcomes are known; only writing them down can fail (Postgres restarting). The three
       // statements are idempotent, so retry them rather than leave rows leased until expiry.
-      yield* Effect.all(
-        [store.complete(owner, completed), store.fail(owner, failures), store.release(owner, released)],
-        { concurrency: "unbounded", discard: true }
-      ).pipe(
+      const statements = [
+        ...(completed.length > 0 ? [store.complete(owner, completed)] : []),
+        ...(failures.length > 0 ? [store.fail(owner, failures)] : []),
+        ...(released.length > 0 ? [store.release(owner, released)] : [])
+      ]
+      // Usually one statement (all applied): run it on this fiber rather than fork three.
+      yield* (statements.length === 1 ? Effect.asVoid(statements[0]!) : Effect.all(statements, { concurrency: "unbounded", discard: true })).pipe(
         Effect.timeout(config.callTimeout),
         Effect.tapError((error) => Effect.logWarning("sync-outbox: recording outcomes failed, retrying", String(error))),
         Effect.retry(recordSchedule)
@@ -258,8 +267,21 @@ const make = Effect.gen(function*() {
   const idle = (claimedLastTime: boolean) => Effect.gen(function*() {
     if ((yield* Queue.size(wakeups)) > 0) return
     const now = yield* Clock.currentTimeMillis
-    const dueAt = yield* store.nextWakeAt.pipe(Effect.timeout(config.callTimeout))
     const poll = Duration.toMillis(config.interval)
+    // The database is asked for the earliest retry once per poll interval (it covers retries
+    // other workers scheduled and then died with); in between, the retries this worker
+    // scheduled itself are known without a round trip.
+    if (now - (yield* Ref.get(lastDueQueryAt)) >= poll) {
+      const fromDb = yield* store.nextWakeAt.pipe(Effect.timeout(config.callTimeout))
+      yield* Ref.set(lastDueQueryAt, now)
+      if (fromDb !== null) yield* noteRetry(fromDb)
+    }
+    const dueAt = yield* Ref.get(earliestRetry)
+    if (dueAt !== null && dueAt <= now) {
+      // Consumed: the next idle asks the database for whatever is due after it.
+      yield* Ref.set(earliestRetry, null)
+      yield* Ref.set(lastDueQueryAt, Number.NEGATIVE_INFINITY)
+    }
     // A retry that is due but was not claimable (its key is leased elsewhere) must not spin us.
     const floor = claimedLastTime ? 0 : blockedRetryFloorMs
     const waitMs = dueAt === null ? poll : Math.max(floor, Math.min(poll, dueAt - now))
