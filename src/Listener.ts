@@ -54,9 +54,10 @@ const make = (options: ListenerOptions) =>
   Effect.gen(function*() {
     const hub = yield* PubSub.sliding<Wakeup>(1)
     const state = yield* SubscriptionRef.make<ListenerState>("connecting")
+    // pg-listen calls back outside any fiber; a sliding hub takes an offer synchronously, so a
+    // notification costs no fiber on its way to the worker.
     const publish = (wakeup: Wakeup) => {
-      // pg-listen calls back outside any fiber; offering to a sliding hub never blocks.
-      Effect.runFork(PubSub.publish(hub, wakeup))
+      hub.unsafeOffer(wakeup)
     }
     const setState = (next: ListenerState) => {
       Effect.runFork(SubscriptionRef.set(state, next))

@@ -5,7 +5,7 @@
  * never the database's `now()`, so `TestClock` drives leases and retries against a real database.
  */
 import { SqlClient, SqlError } from "@effect/sql"
-import { Clock, Context, Effect, Layer, Option } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
 import { PgPool } from "./Database.js"
 import type pg from "pg"
 import { EventNotFound, FailureRecord, InvalidEvent, InvalidPayload } from "./Errors.js"
@@ -268,7 +268,7 @@ const deadWhere = (selector: DeadSelector): { readonly where: string; readonly p
 
 const idRe = /^[1-9][0-9]{0,18}$/
 
-const make = Effect.gen(function*() {
+const make = (options: StoreOptions) => Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const pool = yield* Effect.serviceOption(PgPool)
   const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
@@ -279,11 +279,18 @@ const make = Effect.gen(function*() {
    */
   const hot = <A extends object>(name: string, text: string, params: ReadonlyArray<unknown>) =>
     Option.match(pool, {
+      // A client of the caller's own may have no timeouts: bound the call here.
       onNone: () =>
         Effect.map(sql.unsafe<A>(text, params).raw, (result) => {
           const r = result as { rows?: ReadonlyArray<A>; rowCount?: number | null }
           return { rows: r.rows ?? [], rowCount: Number(r.rowCount ?? 0) }
-        }),
+        }).pipe(
+          Effect.timeoutFail({
+            duration: options.callTimeout,
+            onTimeout: () => new SqlError.SqlError({ cause: null, message: `sync-outbox ${name} timed out` })
+          })
+        ),
+      // The pool enforces statement_timeout and query_timeout itself (Database.layer): no timer here.
       onSome: (p) =>
         Effect.tryPromise({
           try: () => p.query<A>({ name: `sync_outbox_${name}`, text, values: params as Array<unknown> }),
@@ -481,6 +488,16 @@ const rowCount = (result: unknown): number => {
   return 0
 }
 
-export class Store extends Context.Tag("sync-outbox/Store")<Store, Effect.Effect.Success<typeof make>>() {
-  static readonly layer: Layer.Layer<Store, never, SqlClient.SqlClient> = Layer.effect(Store, make)
+export interface StoreOptions {
+  /** Bounds the worker's statements when they go through a `SqlClient` without a `PgPool`. */
+  readonly callTimeout: Duration.Duration
+}
+
+export class Store extends Context.Tag("sync-outbox/Store")<Store, Effect.Effect.Success<ReturnType<typeof make>>>() {
+  static readonly layer: Layer.Layer<Store, never, SqlClient.SqlClient> = Layer.effect(
+    Store,
+    make({ callTimeout: Duration.seconds(10) })
+  )
+  static readonly layerWith = (options: StoreOptions): Layer.Layer<Store, never, SqlClient.SqlClient> =>
+    Layer.effect(Store, make(options))
 }

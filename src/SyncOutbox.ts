@@ -22,7 +22,7 @@ export const layerWorker = <E, R>(handlers: Layer.Layer<Handlers, E, R>) =>
       const url = yield* Config.redacted("DATABASE_URL")
       const listener = outbox.pollOnly ? Listener.off : Listener.layer({ url, channel: outbox.channel })
       return Worker.layer.pipe(
-        Layer.provide(Layer.mergeAll(Store.layer, listener, handlers)),
+        Layer.provide(Layer.mergeAll(Store.layerWith({ callTimeout: outbox.callTimeout }), listener, handlers)),
         Layer.provideMerge(Layer.succeed(OutboxConfig, outbox))
       )
     }).pipe(Effect.provide(OutboxConfig.layerConfig()))

@@ -211,7 +211,6 @@ const make = Effect.gen(function*() {
       ]
       // Usually one statement (all applied): run it on this fiber rather than fork three.
       yield* (statements.length === 1 ? Effect.asVoid(statements[0]!) : Effect.all(statements, { concurrency: "unbounded", discard: true })).pipe(
-        Effect.timeout(config.callTimeout),
         Effect.tapError((error) => Effect.logWarning("sync-outbox: recording outcomes failed, retrying", String(error))),
         Effect.retry(recordSchedule)
       )
@@ -252,7 +251,8 @@ const make = Effect.gen(function*() {
         continue
       }
       yield* Queue.takeAll(wakeups)
-      const events = yield* store.claim(owner, leaseMs, config.batchSize).pipe(Effect.timeout(config.callTimeout))
+      // Bounded by the pool's statement and query timeouts (or the Store's own, without a pool).
+      const events = yield* store.claim(owner, leaseMs, config.batchSize)
       if (events.length === 0) return claimed
       claimed = true
       yield* processBatch(events)
@@ -272,7 +272,7 @@ const make = Effect.gen(function*() {
     // other workers scheduled and then died with); in between, the retries this worker
     // scheduled itself are known without a round trip.
     if (now - (yield* Ref.get(lastDueQueryAt)) >= poll) {
-      const fromDb = yield* store.nextWakeAt.pipe(Effect.timeout(config.callTimeout))
+      const fromDb = yield* store.nextWakeAt
       yield* Ref.set(lastDueQueryAt, now)
       if (fromDb !== null) yield* noteRetry(fromDb)
     }
