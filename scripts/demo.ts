@@ -99,12 +99,12 @@ const program = (redisServer: string) =>
       // ---- single changes, timed from commit to visible in Redis
       const t = Date.now()
       yield* ControlPlane.updateMaster(masters[0]!, { globalQps: 250 })
-      yield* waitFor(Effect.promise(async () => (await redis.hget("sync:master:" + masters[0], "global_qps")) === "250"), 5_000)
+      yield* waitFor(Effect.promise(async () => (await redis.hget("sync:master:" + masters[0], "global_qps")) === "250"), 5_000, 0)
       say(`updated tenant-0's QPS: in Redis ${Date.now() - t} ms after commit`)
       const t2 = Date.now()
       yield* ControlPlane.updateKey(keys[0]!, { status: "suspended" })
       const hash = ControlPlane.tokenHash("secret-0-0")
-      yield* waitFor(Effect.promise(async () => (await redis.hget(`sync:key:${hash}`, "status")) === "suspended"), 5_000)
+      yield* waitFor(Effect.promise(async () => (await redis.hget(`sync:key:${hash}`, "status")) === "suspended"), 5_000, 0)
       say(`suspended a key: it stopped authenticating ${Date.now() - t2} ms after commit`)
 
       // ---- the outage
@@ -193,12 +193,12 @@ const describeRedis = (redis: Redis) =>
     return `${masters.length} masters, ${keys.length} keys, ${models} models, ${providers} providers, ${bindings} binding routes`
   })
 
-const waitFor = <E, R>(check: Effect.Effect<boolean, E, R>, timeoutMs: number) =>
+const waitFor = <E, R>(check: Effect.Effect<boolean, E, R>, timeoutMs: number, everyMs = 10) =>
   Effect.gen(function*() {
     const deadline = Date.now() + timeoutMs
     while (!(yield* check)) {
       if (Date.now() > deadline) return yield* Effect.fail(new Error(`timed out after ${timeoutMs} ms`))
-      yield* sleep(10)
+      yield* sleep(everyMs)
     }
   })
 
