@@ -5,7 +5,7 @@ import { Redis } from "ioredis"
 import { existsSync, readFileSync, writeFileSync } from "node:fs"
 import { afterAll, beforeAll } from "vitest"
 import { startRedis } from "../scripts/services.js"
-import { enqueue, Metrics, RedisSink, Store } from "../src/index.js"
+import { enqueue, Metrics, type OutboxEvent, RedisSink, Store } from "../src/index.js"
 import { ControlPlane, Events, RedisLayout, SyncHandlers, syncNowOrEnqueue, SyncService } from "../src/sync/index.js"
 import * as fixture from "./support/fixture.js"
 import { countRows, eventually, freshDatabase, prefix, realSleep, redisUrl, sqlLayer, workerLayer } from "./support/harness.js"
@@ -385,4 +385,85 @@ describe("Typed outcomes for bad input", () => {
       const fallback = yield* run("redis://127.0.0.1:1")
       expect(fallback._tag).toBe("Enqueued")
     }).pipe(Effect.provide(sqlLayer(url))))
+})
+
+describe("Dispatch: every (resource type, action) of the seed's vocabulary", () => {
+  it("registers exactly the seed's pairs", () => {
+    const pairs = SyncHandlers.handlers.map((h) => `${h.type.resourceType}/${h.type.action}`).sort()
+    expect(pairs).toEqual([
+      "api_key/sync_bindings", "api_key/sync_providers",
+      "binding/create", "binding/delete", "binding/sync_bindings", "binding/update",
+      "key/create", "key/delete", "key/sync", "key/update",
+      "master/create", "master/delete", "master/sync", "master/update",
+      "model/create", "model/delete", "model/sync", "model/update",
+      "provider_group/sync_bindings", "provider_group/sync_providers",
+      "snapshot/sync_all", "snapshot/sync_bindings", "snapshot/sync_providers"
+    ])
+  })
+
+  it.live("each pair, enqueued on its own, writes exactly its Redis entry", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        // Rows written behind the outbox's back (no events), so each event below is the only cause.
+        yield* sql`TRUNCATE cp_provider_groups, cp_api_keys, cp_bindings RESTART IDENTITY CASCADE`
+        const [m] = yield* sql<{ id: number }>`INSERT INTO cp_masters (name, global_qps) VALUES ('direct', 9) RETURNING id::float8 AS id`
+        const hash = ControlPlane.tokenHash(`direct-${p}`)
+        const [k] = yield* sql<{ id: number }>`INSERT INTO cp_keys (master_id, token_hash) VALUES (${m!.id}, ${hash}) RETURNING id::float8 AS id`
+        const [model] = yield* sql<{ id: number }>`INSERT INTO cp_models (name) VALUES (${`direct-${p}`}) RETURNING id::float8 AS id`
+        const [g] = yield* sql<{ id: number }>`INSERT INTO cp_provider_groups (name, type, models) VALUES ('dg', 'openai', '{m1}') RETURNING id::float8 AS id`
+        const [ak] = yield* sql<{ id: number }>`INSERT INTO cp_api_keys (group_id, api_key) VALUES (${g!.id}, 'sk-d') RETURNING id::float8 AS id`
+        yield* sql`INSERT INTO cp_bindings (namespace, public_model, group_id) VALUES ('ns', 'm1', ${g!.id})`
+        const providerField = `dg#${ak!.id}`
+
+        const step = <A>(type: OutboxEvent.EventType<A, any>, input: { resourceId?: number; payload: A }, check: Effect.Effect<boolean>) =>
+          Effect.gen(function*() {
+            yield* Effect.promise(() => direct.del(`${p}:master:${m!.id}`, `${p}:key:${hash}`, `${p}:{models}`, `${p}:{providers}`, `${p}:{bindings}`, `${p}:{models}:versions`, `${p}:{providers}:meta`, `${p}:{bindings}:meta`))
+            yield* enqueue(type, input)
+            yield* eventually(check, (ok) => ok, { timeout: 5_000 })
+          })
+        const masterWritten = Effect.map(hgetall(`${p}:master:${m!.id}`), (h) => h["name"] === "direct" && h["global_qps"] === "9")
+        const keyWritten = Effect.map(hgetall(`${p}:key:${hash}`), (h) => h["status"] === "active" && h["master_id"] === String(m!.id))
+        const modelWritten = Effect.map(hgetall(`${p}:{models}`), (h) => JSON.parse(h[`direct-${p}`] ?? "null")?.id === model!.id)
+        const providersWritten = Effect.map(hgetall(`${p}:{providers}`), (h) => Object.keys(h).join() === providerField)
+        const bindingsWritten = Effect.map(hgetall(`${p}:{bindings}`), (h) =>
+          JSON.parse(h["ns.m1"] ?? "[]")[0]?.upstreams?.[providerField] === "m1")
+
+        for (const type of [Events.MasterCreate, Events.MasterUpdate, Events.MasterSync]) {
+          yield* step(type, { resourceId: m!.id, payload: null }, masterWritten)
+        }
+        for (const type of [Events.KeyCreate, Events.KeyUpdate, Events.KeySync]) {
+          yield* step(type, { resourceId: k!.id, payload: null }, keyWritten)
+        }
+        for (const type of [Events.ModelCreate, Events.ModelUpdate, Events.ModelSync]) {
+          yield* step(type, { resourceId: model!.id, payload: null }, modelWritten)
+        }
+        for (const type of [Events.ProviderGroupSyncProviders, Events.ApiKeySyncProviders, Events.SnapshotSyncProviders]) {
+          yield* step(type, { resourceId: g!.id, payload: null }, providersWritten)
+        }
+        for (const type of [
+          Events.ProviderGroupSyncBindings, Events.ApiKeySyncBindings, Events.BindingCreate, Events.BindingUpdate,
+          Events.BindingDelete, Events.BindingSyncBindings, Events.SnapshotSyncBindings
+        ]) {
+          yield* step(type, { payload: null }, bindingsWritten)
+        }
+        yield* step(Events.SnapshotSyncAll, { payload: null }, Effect.map(
+          Effect.all([masterWritten, keyWritten, modelWritten, providersWritten, bindingsWritten]),
+          (all) => all.every(Boolean)
+        ))
+
+        // The deletes: rows removed behind the outbox's back, then their events.
+        yield* sql`DELETE FROM cp_keys WHERE id = ${k!.id}`
+        yield* step(Events.KeyDelete, { resourceId: k!.id, payload: { tokenHash: hash } },
+          Effect.map(hgetall(`${p}:key:${hash}`), (h) => h["status"] === "deleted"))
+        yield* sql`DELETE FROM cp_masters WHERE id = ${m!.id}`
+        yield* step(Events.MasterDelete, { resourceId: m!.id, payload: null },
+          Effect.map(hgetall(`${p}:master:${m!.id}`), (h) => h["status"] === "deleted"))
+        yield* Effect.promise(() => direct.hset(`${p}:{models}`, `direct-${p}`, "{}"))
+        yield* sql`DELETE FROM cp_models WHERE id = ${model!.id}`
+        yield* enqueue(Events.ModelDelete, { payload: { name: `direct-${p}` } })
+        yield* eventually(Effect.promise(() => direct.hexists(`${p}:{models}`, `direct-${p}`)), (n) => n === 0)
+      }).pipe(Effect.provide(syncWorker(p)))
+    }), 60_000)
 })
