@@ -5,7 +5,8 @@
  * never the database's `now()`, so `TestClock` drives leases and retries against a real database.
  */
 import { SqlClient, SqlError } from "@effect/sql"
-import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Metric, Option } from "effect"
+import * as Metrics from "./Metrics.js"
 import { PgPool } from "./Database.js"
 import type pg from "pg"
 import { EventNotFound, FailureRecord, InvalidEvent, InvalidPayload } from "./Errors.js"
@@ -52,6 +53,9 @@ export const enqueue = <A, I>(
     const encoded = yield* OutboxEvent.encode(type, input)
     const sql = yield* SqlClient.SqlClient
     const rows = yield* sql.unsafe<{ id: string }>(insertOne, oneParams(encoded))
+    // Counted when written, even if the caller's transaction later rolls back: a count of
+    // attempts to enqueue, not of commits (the outbox itself is the count of what committed).
+    yield* Metric.increment(Metrics.enqueued)
     return rows[0]!.id
   }).pipe(Effect.withSpan("sync-outbox.enqueue", { attributes: { resourceType: type.resourceType, action: type.action } }))
 
@@ -76,6 +80,7 @@ export const enqueueMany = (
     const encoded = yield* Effect.forEach(events, (e) => OutboxEvent.encode(e.type, e.input))
     const sql = yield* SqlClient.SqlClient
     const rows = yield* sql.unsafe<{ id: string }>(insertMany, manyParams(encoded))
+    yield* Metric.incrementBy(Metrics.enqueued, rows.length)
     return rows.map((row) => row.id)
   }).pipe(Effect.withSpan("sync-outbox.enqueueMany", { attributes: { count: events.length } }))
 
@@ -94,6 +99,7 @@ export const enqueueWith = <A, I>(
       try: () => client.query<{ id: string }>(insertOne, oneParams(encoded) as Array<unknown>),
       catch: (cause) => new SqlError.SqlError({ cause, message: "enqueueWith: insert failed" })
     })
+    yield* Metric.increment(Metrics.enqueued)
     return result.rows[0]!.id
   })
 

@@ -1,9 +1,9 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Schema, TestClock } from "effect"
+import { Effect, Layer, Metric, Schema, TestClock } from "effect"
 import pg from "pg"
 import { beforeAll } from "vitest"
-import { enqueue, enqueueMany, enqueueWith, event, OutboxEvent, Store } from "../src/index.js"
+import { enqueue, enqueueMany, enqueueWith, event, Metrics, OutboxEvent, Store } from "../src/index.js"
 import { countRows, freshDatabase, SetValue, sqlLayer } from "./support/harness.js"
 
 let url: string
@@ -53,6 +53,7 @@ describe("Store: enqueue", () => {
     withDb(Effect.gen(function*() {
       yield* clear
       const sql = yield* SqlClient.SqlClient
+      const enqueuedBefore = (yield* Metric.value(Metrics.enqueued)).count
       const { result, seen } = yield* notificationsDuring(
         sql.withTransaction(
           Effect.gen(function*() {
@@ -65,6 +66,7 @@ describe("Store: enqueue", () => {
         )
       )
       expect(result).toHaveLength(1001)
+      expect((yield* Metric.value(Metrics.enqueued)).count - enqueuedBefore).toBe(1001)
       expect(yield* countRows("pending")).toBe(1001)
       // Two statements, one identical payload: Postgres folds them into one notification.
       expect(seen).toEqual(["sync_outbox"])

@@ -3,7 +3,7 @@
  * api keys and bindings, kept in Redis for its data plane. One registration among possible others:
  * the engine does not depend on it.
  */
-import { Effect, Exit } from "effect"
+import { Clock, Effect, Exit } from "effect"
 import { enqueue } from "../Store.js"
 import { Handlers } from "../Handlers.js"
 import * as OutboxEvent from "../OutboxEvent.js"
@@ -27,6 +27,7 @@ export const syncNowOrEnqueue = <A, I>(type: OutboxEvent.EventType<A, I>, input:
   Effect.gen(function*() {
     const handlers = yield* Handlers
     const encoded = yield* OutboxEvent.encode(type, input)
+    const now = yield* Clock.currentTimeMillis
     const exit = yield* Effect.exit(
       handlers.apply({
         id: "0",
@@ -37,7 +38,7 @@ export const syncNowOrEnqueue = <A, I>(type: OutboxEvent.EventType<A, I>, input:
         payload: encoded.payload,
         coalesce: encoded.coalesce,
         retryCount: 0,
-        createdAt: new Date()
+        createdAt: new Date(now)
       })
     )
     if (Exit.isSuccess(exit)) return { _tag: "Applied" as const }
