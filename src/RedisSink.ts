@@ -41,12 +41,16 @@ const errorText = (error: unknown): string => {
   return String(error)
 }
 
+// ioredis's words for "not connected", in an operator's.
+const plain = (text: string) =>
+  /Stream isn't writeable|Connection is closed|Cluster isn't ready/i.test(text) ? `not connected to Redis (${text})` : text
+
 /** Turn what ioredis threw into the typed error that says whose fault it is. */
 export const classify = (error: unknown): SinkUnavailable | SinkCommandError =>
   error instanceof SinkUnavailable || error instanceof SinkCommandError
     ? error
     : isUnavailable(error)
-    ? new SinkUnavailable({ message: errorText(error), cause: error })
+    ? new SinkUnavailable({ message: plain(errorText(error)), cause: error })
     : new SinkCommandError({ message: errorText(error), cause: error })
 
 export interface RedisOptions {
