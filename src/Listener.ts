@@ -101,16 +101,24 @@ const make = (options: ListenerOptions) =>
 
     // The first connect is retried for as long as the layer lives: a worker that starts before
     // its database does catches up once the database is there.
+    // One warning per streak of failed connects, not one per attempt.
+    let warned = false
     yield* Effect.forkScoped(
       connectOnce.pipe(
         Effect.tapError((error) =>
           Effect.zipRight(
             SubscriptionRef.set(state, "connecting"),
-            Effect.logWarning("sync-outbox listener: connect failed, retrying", String(error))
+            warned ? Effect.void : Effect.zipRight(
+              Effect.sync(() => {
+                warned = true
+              }),
+              Effect.logWarning("sync-outbox listener: cannot connect, retrying until it can", String(error))
+            )
           )
         ),
         Effect.retry(Schedule.exponential(Duration.millis(50)).pipe(Schedule.either(Schedule.spaced(Duration.seconds(2))))),
         Effect.tap(() => SubscriptionRef.set(state, "listening")),
+        Effect.tap(() => (warned ? Effect.logInfo("sync-outbox listener: connected") : Effect.void)),
         Effect.tap(() => PubSub.publish(hub, "connected")),
         Effect.zipRight(Effect.never)
       )

@@ -1,0 +1,91 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Effect, Fiber, Redacted, Stream, SubscriptionRef } from "effect"
+import pg from "pg"
+import { beforeAll } from "vitest"
+import { Listener } from "../src/index.js"
+import { eventually, freshDatabase, realSleep } from "./support/harness.js"
+import { startProxy } from "./support/proxy.js"
+
+let url: string
+beforeAll(async () => {
+  url = await freshDatabase("listener")
+})
+
+const notify = (target: string, channel = "sync_outbox") =>
+  Effect.promise(async () => {
+    const c = new pg.Client({ connectionString: target })
+    await c.connect()
+    await c.query(`SELECT pg_notify($1, '')`, [channel])
+    await c.end()
+  })
+
+/** Collect the first `n` wake-ups into a fiber. */
+const collect = (n: number) =>
+  Effect.flatMap(Listener, (l) => Effect.fork(Stream.runCollect(Stream.take(l.wakeups, n))))
+
+describe("Listener", () => {
+  it.scopedLive("turns every notification on its channel into a wake-up, and ignores other channels", () =>
+    Effect.gen(function*() {
+      const listener = yield* Listener
+      yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
+      const fiber = yield* collect(1)
+      yield* realSleep(50)
+      yield* notify(url, "some_other_channel")
+      yield* notify(url)
+      const got = yield* Fiber.join(fiber)
+      expect(Chunk.toReadonlyArray(got)).toEqual(["notification"])
+    }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }))))
+
+  it.scopedLive("started while its database is unreachable, it keeps trying and connects once it can", () =>
+    Effect.gen(function*() {
+      const target = new URL(url)
+      const proxy = yield* Effect.acquireRelease(Effect.promise(() => startProxy(Number(target.port || 5432))), (p) => Effect.promise(p.close))
+      yield* Effect.promise(proxy.cut)
+      const viaProxy = new URL(url)
+      viaProxy.host = `127.0.0.1:${proxy.port}`
+      yield* Effect.gen(function*() {
+        const listener = yield* Listener
+        const fiber = yield* collect(1)
+        yield* realSleep(500)
+        expect(yield* SubscriptionRef.get(listener.state)).toBe("connecting")
+        yield* Effect.promise(proxy.restore)
+        // The connect announces itself: that is the worker's cue for a catch-up claim.
+        expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
+        yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening", { timeout: 5_000 })
+        const next = yield* collect(1)
+        yield* realSleep(50)
+        yield* notify(url)
+        expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+      }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(viaProxy.toString()), channel: "sync_outbox" })))
+    }), 30_000)
+
+  it.scopedLive("a killed backend reconnects by itself and says so with a 'connected' wake-up", () =>
+    Effect.gen(function*() {
+      const listener = yield* Listener
+      yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
+      const fiber = yield* collect(1)
+      yield* realSleep(50)
+      yield* Effect.promise(async () => {
+        const c = new pg.Client({ connectionString: url })
+        await c.connect()
+        await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = 'sync-outbox-listener' AND datname = current_database()`)
+        await c.end()
+      })
+      expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
+      const next = yield* collect(1)
+      yield* realSleep(50)
+      yield* notify(url)
+      expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+    }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }))), 30_000)
+
+  it.scopedLive("Listener.off (poll-only) never wakes anyone and says so", () =>
+    Effect.gen(function*() {
+      const listener = yield* Listener
+      expect(yield* SubscriptionRef.get(listener.state)).toBe("off")
+      const fiber = yield* collect(1)
+      yield* notify(url)
+      yield* realSleep(200)
+      expect(fiber.unsafePoll()).toBeNull()
+    }).pipe(Effect.provide(Listener.off)))
+})
