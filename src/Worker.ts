@@ -4,7 +4,7 @@
  * at most three statements. A scoped layer: it cannot be started twice, and closing its scope
  * finishes what is in flight and hands unstarted claims back without counting an attempt.
  */
-import { Clock, Context, Deferred, Duration, Effect, Layer, Metric, Option, Queue, Random, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Random, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import { hostname } from "node:os"
 import { describeFailure, MalformedPayload } from "./Errors.js"
 import { Handlers, NotStarted } from "./Handlers.js"
@@ -222,6 +222,20 @@ const make = Effect.gen(function*() {
       return { unavailable }
     })
 
+  let recording: Fiber.Fiber<unknown, unknown> | undefined
+  const awaitRecord = Effect.suspend(() => {
+    const pending = recording
+    recording = undefined
+    return pending === undefined ? Effect.void : Fiber.join(pending).pipe(
+      Effect.catchAllCause((cause) =>
+        Effect.zipRight(
+          Metric.increment(Metrics.loopErrors),
+          Effect.logWarning("sync-outbox: outcomes could not be recorded; those rows come back when their leases expire", cause)
+        )
+      )
+    )
+  })
+
   const processBatch = (events: ReadonlyArray<ClaimedEvent>) =>
     Effect.gen(function*() {
       const groups = groupByKey(events)
@@ -238,28 +252,41 @@ const make = Effect.gen(function*() {
       const outcomes = [...single.map((g, i) => outcomeOf(g.target, g.superseded, errors[i])), ...sequenced.flat()]
       const unavailable = outcomes.find((o) => o._tag === "Released" && o.unavailable)
       if (unavailable !== undefined) yield* openBreaker("a command failed")
-      return yield* record(outcomes)
+      // Written down in the background while the next claim runs: these rows stay leased by us
+      // until then, so no claim can take them or their keys. One record at a time.
+      yield* awaitRecord
+      recording = yield* Effect.fork(record(outcomes))
     }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length } }))
 
   /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
   const drain = Effect.gen(function*() {
     let claimed = false
     for (;;) {
-      if (yield* isStopping) return claimed
+      if (yield* isStopping) {
+        yield* awaitRecord
+        return claimed
+      }
       if (yield* isOpen) {
+        yield* awaitRecord
         yield* Effect.raceFirst(awaitSink, Deferred.await(stopping))
         continue
       }
       yield* Queue.takeAll(wakeups)
       // Bounded by the pool's statement and query timeouts (or the Store's own, without a pool).
       const events = yield* store.claim(owner, leaseMs, config.batchSize)
-      if (events.length === 0) return claimed
+      if (events.length === 0) {
+        yield* awaitRecord
+        return claimed
+      }
       claimed = true
       yield* processBatch(events)
       // A short batch took everything there was. Anything committed since has notified, and
       // the sliding wake-up queue kept that: idle will return at once instead of costing a claim.
       // (Unless that batch opened the breaker: then the probe loop above must run.)
-      if (events.length < config.batchSize && !(yield* isOpen)) return claimed
+      if (events.length < config.batchSize && !(yield* isOpen)) {
+        yield* awaitRecord
+        return claimed
+      }
     }
   })
 
@@ -331,7 +358,8 @@ const make = Effect.gen(function*() {
   yield* beat
   yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(config.interval)))
   yield* Effect.forkScoped(
-    Stream.merge(Stream.drop(breaker.changes, 1), Stream.drop(listener.state.changes, 1)).pipe(Stream.runForEach(() => beat))
+    // Not dropping the first value: a change between the first beat and subscribing must not be lost.
+    Stream.merge(breaker.changes, listener.state.changes).pipe(Stream.runForEach(() => beat))
   )
   yield* Effect.addFinalizer(() =>
     store.unregister(owner).pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore)
