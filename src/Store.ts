@@ -145,6 +145,18 @@ export type DeadSelector =
   | { readonly _tag: "ResourceType"; readonly resourceType: string }
   | { readonly _tag: "All" }
 
+/**
+ * The claim, in one statement. `picked`: due, unleased rows in id order, skipping keys with a live
+ * lease (and, for non-coalescing types, keys with an older pending row), locked with SKIP LOCKED.
+ * `keys`: one advisory transaction lock per key, so two concurrent claims cannot take one key.
+ * Then the lease is written on the picked rows and, for coalescing keys, on every pending
+ * coalescing row of the key.
+ *
+ * A known, narrow window: a claim's snapshot may predate another worker's lease on the same key
+ * that commits between this claim's pick and its advisory lock; both may then hold that key for
+ * the length of one apply. Versioned, idempotent handlers (all of `sync/`) make that harmless;
+ * a handler that is neither should not rely on strict per-key exclusion.
+ */
 const claimSql = `
 WITH picked AS MATERIALIZED (
   SELECT c.id, c.ordering_key, c.coalesce

@@ -103,7 +103,13 @@ export interface SnapshotSource {
   readonly version: number
 }
 
-/** Groups, api keys and bindings as of one instant (one REPEATABLE READ transaction). */
+/**
+ * Groups, api keys and bindings as of one instant (one REPEATABLE READ transaction). The version
+ * is the sequence's last value, which a change still uncommitted may already have taken: two
+ * rebuilds can carry the same version, and Redis accepts an equal version (so the later rebuild,
+ * which saw more, is not refused). Only a rebuild that outlived its lease and carries that same
+ * version could put back an older snapshot, until the next change rebuilds it.
+ */
 export const snapshotSource: Effect.Effect<SnapshotSource, SqlError.SqlError | InvalidRow, SqlClient.SqlClient> = Effect
   .gen(function*() {
     const sql = yield* SqlClient.SqlClient
