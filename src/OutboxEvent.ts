@@ -78,7 +78,7 @@ const validResourceId = (id: number | null | undefined): id is number | null | u
 /** Validate and encode an event with its type's schema; an invalid one fails, nothing is written. */
 export const encode = <A, I>(
   type: EventType<A, I>,
-  input: EventInput<A>
+  input: EventInput<NoInfer<A>>
 ): Effect.Effect<EncodedEvent, InvalidPayload | InvalidEvent> =>
   Effect.suspend((): Effect.Effect<EncodedEvent, InvalidPayload | InvalidEvent> => {
     if (!validResourceId(input.resourceId)) {

@@ -47,7 +47,7 @@ const manyParams = (events: ReadonlyArray<OutboxEvent.EncodedEvent>): ReadonlyAr
  */
 export const enqueue = <A, I>(
   type: OutboxEvent.EventType<A, I>,
-  input: OutboxEvent.EventInput<A>
+  input: OutboxEvent.EventInput<NoInfer<A>>
 ): Effect.Effect<string, InvalidPayload | InvalidEvent | SqlError.SqlError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const encoded = yield* OutboxEvent.encode(type, input)
@@ -66,7 +66,7 @@ export interface AnyEvent {
 }
 
 /** Pair a type with its input, keeping the payload's type checked. */
-export const event = <A, I>(type: OutboxEvent.EventType<A, I>, input: OutboxEvent.EventInput<A>): AnyEvent => ({
+export const event = <A, I>(type: OutboxEvent.EventType<A, I>, input: OutboxEvent.EventInput<NoInfer<A>>): AnyEvent => ({
   type,
   input
 })
@@ -91,7 +91,7 @@ export const enqueueMany = (
 export const enqueueWith = <A, I>(
   client: pg.ClientBase | pg.Pool,
   type: OutboxEvent.EventType<A, I>,
-  input: OutboxEvent.EventInput<A>
+  input: OutboxEvent.EventInput<NoInfer<A>>
 ): Effect.Effect<string, InvalidPayload | InvalidEvent | SqlError.SqlError> =>
   Effect.gen(function*() {
     const encoded = yield* OutboxEvent.encode(type, input)

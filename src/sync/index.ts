@@ -23,7 +23,7 @@ export type { SyncError, SyncResult, SyncServiceOptions, SyncServiceShape } from
  * in the same transaction as your change): here a crash between the change and the enqueue
  * still loses the event, as it did in the seed.
  */
-export const syncNowOrEnqueue = <A, I>(type: OutboxEvent.EventType<A, I>, input: OutboxEvent.EventInput<A>) =>
+export const syncNowOrEnqueue = <A, I>(type: OutboxEvent.EventType<A, I>, input: OutboxEvent.EventInput<NoInfer<A>>) =>
   Effect.gen(function*() {
     const handlers = yield* Handlers
     const encoded = yield* OutboxEvent.encode(type, input)
