@@ -231,8 +231,6 @@ const latency = async (env: Env) => {
   const measure = async (mode: "ours" | "bare") => {
     const times = await produce(mode)
     await untilApplied(n)
-    const g = globalThis as any
-    for (const name of ["__wake", "__claim", "__proc", "__empty"]) if (g[name]) { const xs = g[name]; log(`${name}: n=${xs.length} p50=${pct(xs, 50).toFixed(2)} p90=${pct(xs, 90).toFixed(2)} p99=${pct(xs, 99).toFixed(2)}`); g[name] = undefined }
     const lat: Array<number> = []
     const commit: Array<number> = []
     for (let i = warmup; i < n; i++) {
