@@ -314,7 +314,7 @@ describe("Worker: batch handlers", () => {
               for (const e of events) if (e.payload !== 7) pipeline.set(`${p}${e.payload}`, "ok")
               return pipeline.exec()
             })
-            return events.map((e) => (e.payload === 7 ? new Boom({ message: "seven" }) : undefined))
+            return events.map((e) => (e.payload === 7 ? Exit.fail(new Boom({ message: "seven" })) : Exit.void))
           }))
       )
       yield* Effect.gen(function*() {
