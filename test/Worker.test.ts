@@ -568,7 +568,7 @@ describe("Worker: per-key exclusion", () => {
             active.set(key, n + 1)
             applies++
           }),
-          () => Effect.flatMap(Effect.sync(() => Math.random() * 4), (ms) => realSleep(ms)),
+          () => Effect.flatMap(Effect.sync(() => 2 + Math.random() * 4), (ms) => realSleep(ms)),
           () => Effect.sync(() => active.set(key, (active.get(key) ?? 1) - 1))
         )
       const handlers = Handlers.layer(
@@ -576,16 +576,24 @@ describe("Worker: per-key exclusion", () => {
         handle(Ordered, ({ event }) => exclusive(event.orderingKey))
       )
       const worker = () => workerLayer({ url, handlers, config: { batchSize: 10, concurrency: 8, interval: Duration.millis(100) } })
+      // Keys held by a worker that vanished lie ahead of the keys under test, each with a second
+      // event waiting: every claim looks at those and turns them down, which widens the time
+      // between a claim's snapshot and its per-key decision, where the window used to be.
+      const Parked = OutboxEvent.make({ resourceType: "parked", action: "op", payload: Schema.Number })
+      yield* Effect.gen(function*() {
+        yield* enqueueMany(Array.from({ length: 1_000 }, (_, i) => event(Parked, { resourceId: (i % 500) + 1, payload: i })))
+        expect(yield* Effect.flatMap(Store, (s) => s.claim("vanished", 600_000, 1_000))).toHaveLength(500)
+      }).pipe(Effect.provide(Store.layer.pipe(Layer.provideMerge(sqlLayer(url)))))
       yield* Effect.gen(function*() {
         // Producers keep committing small transactions while the workers claim, so claims and
         // commits interleave as they do in production.
         yield* Effect.forEach(Array.from({ length: 4 }), (_, producer) =>
-          Effect.forEach(Array.from({ length: 40 }), (_, round) =>
+          Effect.forEach(Array.from({ length: 60 }), (_, round) =>
             enqueueMany(Array.from({ length: 5 }, (_, j) => {
               const n = producer * 1_000 + round * 5 + j
               return n % 2 === 0 ? event(Latest, { payload: n }) : event(Ordered, { payload: n })
             })).pipe(Effect.zipRight(realSleep(2)))), { concurrency: "unbounded", discard: true }).pipe(Effect.provide(sqlLayer(url)))
-        yield* eventually(countRows(), (n) => n === 0, { timeout: 60_000, interval: 50 }).pipe(Effect.provide(sqlLayer(url)))
+        yield* eventually(countRows("pending"), (n) => n === 1_000, { timeout: 60_000, interval: 50 }).pipe(Effect.provide(sqlLayer(url)))
       }).pipe(Effect.provide(Layer.mergeAll(worker(), worker(), worker(), worker())))
       expect(applies).toBeGreaterThan(50)
       expect(overlaps).toBe(0)
