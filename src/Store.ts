@@ -161,8 +161,8 @@ export type DeadSelector =
 /**
  * The claim, in one statement. `picked`: due, unleased rows in id order, skipping keys with a live
  * lease (and, for non-coalescing types, keys with an older pending row), locked with SKIP LOCKED.
- * `keys`: per key, `sync_outbox_claim_key` takes an advisory transaction lock and then looks
- * again, with a fresh snapshot, for a live lease on the key. Every lease is written under its
+ * `claimable`: `sync_outbox_claim_keys` takes an advisory transaction lock per picked key, then
+ * looks again, with one fresh snapshot for them all, for a live lease on each. Every lease is written under its
  * key's lock, so a lease committed by another worker after this statement began (which the
  * statement's own snapshot cannot see) is seen there: two claims never hold one key. Then the
  * lease is written on the picked rows and, for coalescing keys, on every pending coalescing row
@@ -186,11 +186,13 @@ WITH picked AS MATERIALIZED (
   ORDER BY c.id
   LIMIT $4
   FOR UPDATE OF c SKIP LOCKED
+), claimable AS MATERIALIZED (
+  SELECT sync_outbox_claim_keys(ARRAY(SELECT DISTINCT ordering_key FROM picked), $2) AS ordering_keys
 ), keys AS MATERIALIZED (
   SELECT ordering_key, bool_or(coalesce) AS coalesce
   FROM picked
+  WHERE ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
   GROUP BY ordering_key
-  HAVING sync_outbox_claim_key(ordering_key, $2)
 )
 UPDATE sync_outbox o
 SET lease_owner = $1, lease_expires_at = $3

@@ -242,7 +242,7 @@ describe("Store: claim", () => {
       // One statement, one snapshot taken before its sleep; meanwhile another worker leases the key.
       const decision = claimer.query<{ seen_by_snapshot: number; free: boolean }>(
         `SELECT (SELECT count(*)::int FROM sync_outbox WHERE ordering_key = 'latest:9' AND lease_expires_at > now()) AS seen_by_snapshot,
-                sync_outbox_claim_key('latest:9', now()) AS free
+                cardinality(sync_outbox_claim_keys(ARRAY['latest:9'], now())) = 1 AS free
          FROM (SELECT pg_sleep(0.5)) AS pause`
       )
       yield* Effect.promise(() => new Promise((r) => setTimeout(r, 150)))
