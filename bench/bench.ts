@@ -14,7 +14,7 @@
  * runs only the phases named.
  */
 import { SqlClient } from "@effect/sql"
-import { Duration, Effect, Layer, Redacted, Schema } from "effect"
+import { Duration, Effect, Exit, Layer, Redacted, Schema } from "effect"
 import { Redis } from "ioredis"
 import { spawn } from "node:child_process"
 import { cpus, totalmem } from "node:os"
@@ -76,7 +76,7 @@ const handlers = Handlers.layer(
           const error = results[i]?.[0] ?? null
           if (error === null) recordApplied(e.payload.k)
           else failedApplies++
-          return error ?? undefined
+          return error === null ? Exit.void : Exit.fail(error)
         })
       }).pipe(Effect.tapError(() => Effect.sync(() => (failedApplies += events.length))))))
 )

@@ -124,7 +124,7 @@ const statusOnce = (json: boolean) =>
     }
     lines.push("", workers.length === 0 ? "no live workers" : "workers:")
     for (const w of workers) {
-      lines.push(`  ${w.owner}  breaker ${w.breaker}  listener ${w.listener}  heartbeat ${ms(w.heartbeat_age_ms)} ago`)
+      lines.push(`  ${w.owner}  loop ${w.loop}${w.loop_error ? ` (${w.loop_error})` : ""}  breaker ${w.breaker}  listener ${w.listener}  heartbeat ${ms(w.heartbeat_age_ms)} ago`)
     }
     yield* Console.log(lines.join("\n"))
   })
