@@ -4,10 +4,12 @@
  * at most three statements. A scoped layer: it cannot be started twice, and closing its scope
  * finishes what is in flight and hands unstarted claims back without counting an attempt.
  */
+import { SqlClient } from "@effect/sql"
 import { Clock, Context, Deferred, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Random, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import { hostname } from "node:os"
 import { describeFailure, MalformedPayload } from "./Errors.js"
 import { Handlers, NotStarted } from "./Handlers.js"
+import * as Journal from "./Journal.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { OutboxConfig } from "./OutboxConfig.js"
@@ -81,6 +83,7 @@ const make = Effect.gen(function*() {
   const policy: Retry.Policy = { base: config.backoffBase, cap: config.backoffCap }
 
   const isStopping = Deferred.isDone(stopping)
+  let journaling = false
 
   // Transitions are decided on a plain Ref so that only a real change is published and logged:
   // fifty items failing together open the breaker once.
@@ -163,6 +166,7 @@ const make = Effect.gen(function*() {
       const completed: Array<string> = []
       const released: Array<string> = []
       const failures: Array<Failure> = []
+      const supersededBy = new Map<string, string>()
       let appliedCount = 0
       let supersededCount = 0
       let deadCount = 0
@@ -171,6 +175,7 @@ const make = Effect.gen(function*() {
         switch (outcome._tag) {
           case "Applied": {
             completed.push(outcome.event.id, ...outcome.superseded)
+            for (const id of outcome.superseded) supersededBy.set(id, outcome.event.id)
             appliedCount++
             supersededCount += outcome.superseded.length
             yield* Metric.update(Metrics.latency, Math.max(0, now - outcome.event.createdAt.getTime()))
@@ -179,6 +184,7 @@ const make = Effect.gen(function*() {
           case "Failed": {
             // Older events it superseded are redundant whatever happens to the newest one.
             completed.push(...outcome.superseded)
+            for (const id of outcome.superseded) supersededBy.set(id, outcome.event.id)
             supersededCount += outcome.superseded.length
             const attempt = outcome.event.retryCount + 1
             const permanent = outcome.error instanceof MalformedPayload
@@ -205,7 +211,9 @@ const make = Effect.gen(function*() {
       // The outcomes are known; only writing them down can fail (Postgres restarting). The three
       // statements are idempotent, so retry them rather than leave rows leased until expiry.
       const statements = [
-        ...(completed.length > 0 ? [store.complete(owner, completed)] : []),
+        ...(completed.length > 0
+          ? [store.complete(owner, completed, journaling ? { appliedAt: new Date(now), supersededBy } : undefined)]
+          : []),
         ...(failures.length > 0 ? [store.fail(owner, failures)] : []),
         ...(released.length > 0 ? [store.release(owner, released)] : [])
       ]
@@ -342,6 +350,8 @@ const make = Effect.gen(function*() {
   }
 
   yield* Metric.set(Metrics.breakerOpen, 0)
+  // Completions journal what they delete while the retention is above zero; one pruner at a time.
+  journaling = yield* Journal.start(config.retention)
   yield* Effect.forkScoped(Stream.runForEach(listener.wakeups, () => wake))
 
   // Visible to `status` in other processes: registered now, refreshed on the poll interval and
@@ -384,6 +394,6 @@ export class Worker extends Context.Tag("sync-outbox/Worker")<Worker, WorkerShap
   static readonly layer: Layer.Layer<
     Worker,
     never,
-    OutboxConfig | Store | Handlers | Listener | RedisSink
+    OutboxConfig | Store | Handlers | Listener | RedisSink | SqlClient.SqlClient
   > = Layer.scoped(Worker, make)
 }
