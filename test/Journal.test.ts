@@ -1,8 +1,9 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Layer, Metric, Option, Schema, TestClock } from "effect"
+import { execFile } from "node:child_process"
 import pg from "pg"
-import { beforeAll } from "vitest"
+import { beforeAll, it as vit } from "vitest"
 import { formatHistory, runReplay, showHistory } from "../src/cli/journal.js"
 import { enqueue, enqueueMany, event, handle, Handlers, Metrics, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
 import * as Journal from "../src/Journal.js"
@@ -36,13 +37,13 @@ const journalRows = Effect.flatMap(SqlClient.SqlClient, (sql) =>
    FROM sync_outbox_journal ORDER BY id`).withoutTransform)
 
 /** A journal row written directly, applied at `appliedAt`. */
-const journalRow = (id: number, appliedAt: Date, resourceType = "thing") =>
+const journalRow = (id: number, appliedAt: Date, resourceType = "thing", action = "set") =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
     sql.unsafe(
       `INSERT INTO sync_outbox_journal (id, resource_type, action, resource_id, ordering_key, payload, coalesce, created_at,
          applied_at, attempts, worker)
-       VALUES ($1, $2, 'set', NULL, $3, $4::jsonb, false, $5, $5, 1, 'test')`,
-      [id, resourceType, `thing:${id}`, JSON.stringify({ key: `k${id}`, value: `v${id}` }), appliedAt]
+       VALUES ($1, $2, $6, NULL, $3, $4::jsonb, false, $5, $5, 1, 'test')`,
+      [id, resourceType, `thing:${id}`, JSON.stringify({ key: `k${id}`, value: `v${id}` }), appliedAt, action]
     ))
 
 /** Appends its value to a Redis list: the order events were applied in is the list's order. */
@@ -406,4 +407,41 @@ describe("Journal: replay", () => {
       expect((yield* Journal.parseSince("2026-11-29")).toISOString()).toBe("2026-11-29T00:00:00.000Z")
       expect((yield* Effect.flip(Journal.parseSince("2026-13-45")))._tag).toBe("InvalidJournalQuery")
     }))
+})
+
+describe("Journal: the CLI", () => {
+  const bin = new URL("../bin/sync-outbox.js", import.meta.url).pathname
+  const cli = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile("node", [bin, ...args], { env: { ...process.env, DATABASE_URL: url, ...env }, timeout: 60_000 }, (error, stdout, stderr) => {
+        resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stdout, stderr })
+      })
+    })
+
+  vit("history --json, replay's errors (exit 2, one line, nothing enqueued) and the retention in status", async () => {
+    await Effect.runPromise(Effect.gen(function*() {
+      yield* clear
+      yield* journalRow(5, new Date(Date.now() - 60_000), "master", "update")
+    }).pipe(Effect.provide(sqlLayer(url))))
+    const history = await cli(["history", "--json", "--since", "1h"])
+    expect(history).toMatchObject({ code: 0, stderr: "" })
+    expect(JSON.parse(history.stdout)).toMatchObject([{ id: "5", resourceType: "master", worker: "test", attempts: 1 }])
+    for (const [args, fragment] of [
+      [["replay", "--ids", "5,x"], "not an event id: x"],
+      [["replay", "--ids", "6"], "not in the journal"],
+      [["replay", "--resource-type", "tenant", "--since", "1h"], `unknown resource type "tenant"`],
+    ] as const) {
+      const result = await cli(args)
+      expect(result.code, args.join(" ")).toBe(2)
+      expect(result.stderr).toContain(fragment)
+      expect(result.stderr.trim().split("\n")).toHaveLength(1)
+    }
+    const dry = await cli(["replay", "--ids", "5", "--dry-run"])
+    expect(dry.code).toBe(0)
+    expect(dry.stdout).toContain("dry run: would enqueue 1 event(s)")
+    expect(await Effect.runPromise(Effect.provide(countRows(), sqlLayer(url)))).toBe(0)
+    expect((await cli(["status"], { SYNC_OUTBOX_RETENTION: "3 days" })).stdout).toContain("retention 3d   journal 1 event(s)")
+    expect((await cli(["status"], { SYNC_OUTBOX_RETENTION: "0" })).stdout).toContain("retention off")
+    expect(JSON.parse((await cli(["status", "--json"])).stdout).retention).toMatchObject({ retentionMs: 604_800_000, journal: { rows: 1 } })
+  }, 120_000)
 })

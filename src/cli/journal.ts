@@ -108,8 +108,8 @@ export const runReplay = (
     }
     const shown = 50
     const lines = result.events.slice(0, shown).map((e, i) =>
-      `  ${e.id.padStart(8)} ${`${e.resourceType}/${e.action}`.padEnd(26)} ${String(e.resourceId ?? "-").padStart(9)}  ${
-        flags.dryRun === true ? "" : `-> ${result.enqueued[i]}`
+      `  ${e.id.padStart(8)} ${`${e.resourceType}/${e.action}`.padEnd(26)} ${String(e.resourceId ?? "-").padStart(9)}${
+        flags.dryRun === true ? "" : `  -> new event ${result.enqueued[i]}`
       }`
     )
     if (result.events.length > shown) lines.push(`  … and ${result.events.length - shown} more`)
