@@ -603,7 +603,7 @@ const main = async () => {
       await phase(env)
     }
     const machine = `${cpus().length} × ${cpus()[0]?.model.trim() ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`
-    const w = [Math.max(...rows.map((r) => r.measure.length)), 14, 10, 10]
+    const w = [Math.max(...rows.map((r) => r.measure.length)), Math.max(14, ...rows.map((r) => r.ours.length)), 10, 10]
     const line = (a: string, b: string, c: string, d: string) =>
       `| ${a.padEnd(w[0]!)} | ${b.padStart(w[1]!)} | ${c.padStart(w[2]!)} | ${d.padEnd(w[3]!)} |`
     console.log(`\nsync-outbox bench${quick ? " (quick)" : ""}, ${new Date().toISOString().slice(0, 10)}, ${machine}\n`)

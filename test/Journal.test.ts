@@ -191,6 +191,25 @@ describe("Journal: written by the completing statement", () => {
     }))
 })
 
+describe("Journal: a database not yet migrated to 0004", () => {
+  it.live("the worker warns and completes delete-only instead of failing every completion", () =>
+    Effect.gen(function*() {
+      const old = yield* Effect.promise(() => freshDatabase("journal_unmigrated"))
+      yield* Effect.provide(
+        Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DROP TABLE sync_outbox_journal`),
+        sqlLayer(old)
+      )
+      const p = prefix()
+      yield* Effect.provide(enqueue(Latest, { payload: { key: `${p}k`, value: "1" } }), sqlLayer(old))
+      yield* Effect.gen(function*() {
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 30_000 })
+        const redis = yield* RedisSink
+        expect(yield* redis.use((c) => c.get(`${p}k`))).toBe("1")
+        expect(yield* Journal.stats).toEqual({ rows: 0, approximate: false, oldestAppliedAt: null, bytes: 0 })
+      }).pipe(Effect.provide(workerLayer({ url: old, handlers })))
+    }))
+})
+
 describe("Journal: retention", () => {
   it.effect("pruning removes exactly what was applied before now minus the retention, in batches", () =>
     Effect.gen(function*() {
