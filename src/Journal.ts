@@ -30,6 +30,8 @@ export interface JournalEntry {
   readonly worker: string
   /** For a coalesced event: the newer event whose apply covered it. */
   readonly supersededBy: string | null
+  /** For an event `replay` enqueued: the journaled event it repeated. */
+  readonly replayOf: string | null
   /** Enqueue (row created) to applied. */
   readonly latencyMs: number
 }
@@ -47,10 +49,11 @@ interface EntryRow {
   readonly attempts: number
   readonly worker: string
   readonly superseded_by: string | null
+  readonly replay_of: string | null
 }
 
 const entryColumns = `id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key, payload,
-  coalesce, created_at, applied_at, attempts, worker, superseded_by::text AS superseded_by`
+  coalesce, created_at, applied_at, attempts, worker, superseded_by::text AS superseded_by, replay_of::text AS replay_of`
 
 const toEntry = (row: EntryRow): JournalEntry => ({
   id: row.id,
@@ -65,6 +68,7 @@ const toEntry = (row: EntryRow): JournalEntry => ({
   attempts: row.attempts,
   worker: row.worker,
   supersededBy: row.superseded_by,
+  replayOf: row.replay_of,
   latencyMs: Math.max(0, row.applied_at.getTime() - row.created_at.getTime())
 })
 
@@ -305,10 +309,10 @@ export interface ReplayResult {
 // One statement, in the selection's order, so new ids keep the original order per key (the
 // claim's ordering and coalescing then apply as to any new event); the insert trigger notifies.
 const replayInsertSql = `
-INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce)
-SELECT t.resource_type, t.action, t.resource_id, t.ordering_key, t.payload, t.coalesce
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::boolean[])
-  WITH ORDINALITY AS t(resource_type, action, resource_id, ordering_key, payload, coalesce, ord)
+INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce, replay_of)
+SELECT t.resource_type, t.action, t.resource_id, t.ordering_key, t.payload, t.coalesce, t.replay_of
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::boolean[], $7::bigint[])
+  WITH ORDINALITY AS t(resource_type, action, resource_id, ordering_key, payload, coalesce, replay_of, ord)
 ORDER BY t.ord
 RETURNING id::text AS id`
 
@@ -390,7 +394,8 @@ export const replay = (
       events.map((e) => e.resourceId),
       events.map((e) => e.orderingKey),
       events.map((e) => (e.payload === null ? null : JSON.stringify(e.payload))),
-      events.map((e) => e.coalesce)
+      events.map((e) => e.coalesce),
+      events.map((e) => e.id)
     ]).withoutTransform
     yield* Metric.incrementBy(Metrics.enqueued, inserted.length)
     const enqueued = inserted.map((r) => r.id).sort((a, b) => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0))

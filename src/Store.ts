@@ -199,14 +199,15 @@ const completeSql = `DELETE FROM sync_outbox WHERE id = ANY($2::bigint[]) AND le
 const completeJournaledSql = `
 WITH done AS (
   DELETE FROM sync_outbox o WHERE o.id = ANY($2::bigint[]) AND o.lease_owner = $1
-  RETURNING o.id, o.resource_type, o.action, o.resource_id, o.ordering_key, o.payload, o.coalesce, o.created_at, o.retry_count
+  RETURNING o.id, o.resource_type, o.action, o.resource_id, o.ordering_key, o.payload, o.coalesce, o.created_at, o.retry_count,
+    o.replay_of
 ), links AS (
   SELECT * FROM unnest($4::bigint[], $5::bigint[]) AS t(id, superseded_by)
 )
 INSERT INTO sync_outbox_journal (id, resource_type, action, resource_id, ordering_key, payload, coalesce, created_at,
-  applied_at, attempts, worker, superseded_by)
+  applied_at, attempts, worker, superseded_by, replay_of)
 SELECT d.id, d.resource_type, d.action, d.resource_id, d.ordering_key, d.payload, d.coalesce, d.created_at,
-  $3, d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by
+  $3, d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by, d.replay_of
 FROM done d LEFT JOIN links l ON l.id = d.id`
 
 /** What `complete` journals: when, and which completed events a newer one covered (id -> newer id). */

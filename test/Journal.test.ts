@@ -358,6 +358,10 @@ describe("Journal: replay", () => {
         // The replayed events are journaled in their turn.
         const history = yield* eventually(Journal.history({ resourceType: "pushed" }), (es) => es.length === 11)
         expect(history.slice(0, 5).map((e) => e.id).sort()).toEqual([...result.enqueued].sort())
+        // Each replayed event's journal row names the event it repeated.
+        const replayed = new Map(history.slice(0, 5).map((e) => [e.id, e.replayOf]))
+        expect(result.enqueued.map((id) => replayed.get(id))).toEqual(result.events.map((e) => e.id))
+        expect(formatHistory(history)).toContain(`(replay of ${result.events[0]!.id})`)
       }).pipe(Effect.provide(workerLayer({ url, handlers, config: { interval: quickPoll } })))
     }))
 

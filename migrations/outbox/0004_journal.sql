@@ -21,8 +21,14 @@ CREATE TABLE IF NOT EXISTS sync_outbox_journal (
   -- The worker (lease owner) that completed it.
   worker        text        NOT NULL,
   -- A coalesced event: the newer event of its key whose apply covered it.
-  superseded_by bigint      NULL
+  superseded_by bigint      NULL,
+  -- An event enqueued by `replay`: the journaled event it repeats.
+  replay_of     bigint      NULL
 );
+
+-- Carried from a replayed event's outbox row to its journal row. Nullable without a default: adding
+-- it rewrites nothing, and the claim (which does not set it) stays a HOT update.
+ALTER TABLE sync_outbox ADD COLUMN IF NOT EXISTS replay_of bigint NULL;
 
 -- Pruning (oldest first) and `--since`.
 CREATE INDEX IF NOT EXISTS sync_outbox_journal_applied_idx ON sync_outbox_journal (applied_at);

@@ -32,7 +32,7 @@ export const formatHistory = (entries: ReadonlyArray<Journal.JournalEntry>): str
         String(e.resourceId ?? "-").padStart(9)
       } ${ms(e.latencyMs).padStart(8)} ${String(e.attempts).padStart(5)}  ${e.worker}${
         e.supersededBy === null ? "" : `  (covered by ${e.supersededBy})`
-      }`
+      }${e.replayOf === null ? "" : `  (replay of ${e.replayOf})`}`
     )
   }
   return lines.join("\n")
