@@ -420,6 +420,25 @@ describe("Journal: replay", () => {
       expect(yield* Journal.replay({ _tag: "Range", resourceType: "pushed", since: new Date() })).toEqual({ events: [], enqueued: [] })
     }).pipe(Effect.provide(db())))
 
+  it.effect("history: newest applied first, filtered by type, resource and --since, bounded by --limit", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const now = new Date("2026-11-30T12:00:00.000Z").getTime()
+      yield* TestClock.setTime(now)
+      const minute = 60_000
+      yield* journalRow(1, new Date(now - 90 * minute), "pushed")
+      yield* journalRow(2, new Date(now - 30 * minute), "pushed")
+      yield* journalRow(3, new Date(now - 20 * minute), "latest")
+      yield* journalRow(4, new Date(now - 10 * minute), "pushed")
+      const ids = (entries: ReadonlyArray<Journal.JournalEntry>) => entries.map((e) => e.id)
+      expect(ids(yield* Journal.history())).toEqual(["4", "3", "2", "1"])
+      expect(ids(yield* Journal.history({ resourceType: "pushed" }))).toEqual(["4", "2", "1"])
+      expect(ids(yield* Journal.history({ resourceType: "pushed", since: yield* Journal.parseSince("1h") }))).toEqual(["4", "2"])
+      expect(ids(yield* Journal.history({ since: yield* Journal.parseSince("30m") }))).toEqual(["4", "3", "2"])
+      expect(ids(yield* Journal.history({ limit: 2 }))).toEqual(["4", "3"])
+      expect(yield* Journal.history({ resourceType: "nothing" })).toEqual([])
+    }).pipe(Effect.provide(db())))
+
   it.effect("--since reads ISO times and durations back from the Clock's now", () =>
     Effect.gen(function*() {
       const now = new Date("2026-11-30T12:00:00.000Z").getTime()
