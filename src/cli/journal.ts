@@ -182,7 +182,7 @@ export const replayCommand = Command.make(
     dryRun: Options.boolean("dry-run").pipe(Options.withDescription("Print what would be enqueued; enqueue nothing")),
     json: Options.boolean("json").pipe(Options.withDescription("Machine-readable output")),
     // Positional ids are accepted too: `replay --ids 1,2` and `replay --ids 1 2` mean the same.
-    more: Args.text({ name: "ID" }).pipe(Args.repeated)
+    more: Args.text({ name: "ID" }).pipe(Args.withDescription("More journaled event ids (as --ids)"), Args.repeated)
   },
   (flags) =>
     runReplay({
