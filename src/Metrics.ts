@@ -50,3 +50,9 @@ export const deadDepth = Metric.gauge("sync_outbox_dead", { description: "Dead l
 export const oldestAge = Metric.gauge("sync_outbox_oldest_pending_age_seconds", {
   description: "Age of the oldest pending event"
 })
+export const journalRows = Metric.gauge("sync_outbox_journal_rows", {
+  description: "Applied events kept in the journal (exact up to 100,000, then the planner's estimate)"
+})
+export const journalOldestAge = Metric.gauge("sync_outbox_journal_oldest_age_seconds", {
+  description: "Age of the oldest journal entry (0 when empty); about the retention when pruning keeps up"
+})

@@ -213,6 +213,27 @@ const completeSql = `DELETE FROM sync_outbox WHERE id = ANY($2::bigint[]) AND le
 
 const renewSql = `UPDATE sync_outbox SET lease_expires_at = $3
 WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'pending'`
+// The same completion, journaled in the same statement (see migrations/outbox/0005_journal.sql):
+// `$3` is the worker's Clock, `$4`/`$5` link coalesced events to the event that covered them.
+const completeJournaledSql = `
+WITH done AS (
+  DELETE FROM sync_outbox o WHERE o.id = ANY($2::bigint[]) AND o.lease_owner = $1
+  RETURNING o.id, o.resource_type, o.action, o.resource_id, o.ordering_key, o.payload, o.coalesce, o.created_at, o.retry_count,
+    o.replay_of
+), links AS (
+  SELECT * FROM unnest($4::bigint[], $5::bigint[]) AS t(id, superseded_by)
+)
+INSERT INTO sync_outbox_journal (id, resource_type, action, resource_id, ordering_key, payload, coalesce, created_at,
+  applied_at, attempts, worker, superseded_by, replay_of)
+SELECT d.id, d.resource_type, d.action, d.resource_id, d.ordering_key, d.payload, d.coalesce, d.created_at,
+  $3, d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by, d.replay_of
+FROM done d LEFT JOIN links l ON l.id = d.id`
+
+/** What `complete` journals: when, and which completed events a newer one covered (id -> newer id). */
+export interface Journaling {
+  readonly appliedAt: Date
+  readonly supersededBy: ReadonlyMap<string, string>
+}
 
 const releaseSql = `UPDATE sync_outbox SET lease_owner = NULL, lease_expires_at = NULL
 WHERE id = ANY($2::bigint[]) AND lease_owner = $1`
@@ -343,8 +364,22 @@ const make = (options: StoreOptions) => Effect.gen(function*() {
       Effect.map(({ rows }) => rows.map((row): Claimed => ({ ...toClaimed(row), successor: row.successor === true })).sort(byId))
     )
 
-  const complete = (owner: string, ids: ReadonlyArray<string>) =>
-    ids.length === 0 ? Effect.succeed(0) : Effect.map(hot("complete", completeSql, [owner, ids]), (r) => r.rowCount)
+  /** Delete completed rows; with `journal`, write their journal rows in the same statement. */
+  const complete = (owner: string, ids: ReadonlyArray<string>, journal?: Journaling) =>
+    ids.length === 0
+      ? Effect.succeed(0)
+      : Effect.map(
+        journal === undefined
+          ? hot("complete", completeSql, [owner, ids])
+          : hot("complete_journaled", completeJournaledSql, [
+            owner,
+            ids,
+            journal.appliedAt,
+            [...journal.supersededBy.keys()],
+            [...journal.supersededBy.values()]
+          ]),
+        (r) => r.rowCount
+      )
 
   /** Extend this owner's leases (a timed-out call still running), fenced on the owner. */
   const renew = (owner: string, ids: ReadonlyArray<string>, until: Date) =>

@@ -6,6 +6,7 @@
  * loop is supervised: whatever ends it other than shutdown (a database error, a bug) restarts it
  * with backoff, and its state is in every heartbeat.
  */
+import { SqlClient } from "@effect/sql"
 import {
   Cause,
   Clock,
@@ -28,6 +29,7 @@ import {
 import { hostname } from "node:os"
 import { describeFailure, type HandlerTimeout, oneLine } from "./Errors.js"
 import { type ApplyOutcome, Handlers } from "./Handlers.js"
+import * as Journal from "./Journal.js"
 import { Listener } from "./Listener.js"
 import * as Metrics from "./Metrics.js"
 import { OutboxConfig } from "./OutboxConfig.js"
@@ -126,6 +128,7 @@ const make = Effect.gen(function*() {
   const policy: Retry.Policy = { base: config.backoffBase, cap: config.backoffCap }
 
   const isStopping = Deferred.isDone(stopping)
+  let journaling = false
 
   // Transitions are decided on a plain Ref so that only a real change is published and logged:
   // fifty items failing together open the breaker once.
@@ -223,6 +226,7 @@ const make = Effect.gen(function*() {
       const completed: Array<string> = []
       const released: Array<string> = []
       const failures: Array<Failure> = []
+      const supersededBy = new Map<string, string>()
       let appliedCount = 0
       let supersededCount = 0
       let deadCount = 0
@@ -231,6 +235,7 @@ const make = Effect.gen(function*() {
         switch (outcome._tag) {
           case "Applied": {
             completed.push(outcome.event.id, ...outcome.superseded)
+            for (const id of outcome.superseded) supersededBy.set(id, outcome.event.id)
             appliedCount++
             supersededCount += outcome.superseded.length
             yield* Metric.update(Metrics.latency, Math.max(0, now - outcome.event.createdAt.getTime()))
@@ -239,12 +244,14 @@ const make = Effect.gen(function*() {
           case "Held": {
             // Older events it superseded are redundant whatever happens to the newest one.
             completed.push(...outcome.superseded)
+            for (const id of outcome.superseded) supersededBy.set(id, outcome.event.id)
             supersededCount += outcome.superseded.length
             yield* FiberSet.run(holds, hold(outcome))
             break
           }
           case "Failed": {
             completed.push(...outcome.superseded)
+            for (const id of outcome.superseded) supersededBy.set(id, outcome.event.id)
             supersededCount += outcome.superseded.length
             const attempt = outcome.event.retryCount + 1
             const dead = isDead(outcome.event, outcome.permanent)
@@ -278,7 +285,9 @@ const make = Effect.gen(function*() {
       // The outcomes are known; only writing them down can fail (Postgres restarting). The three
       // statements are idempotent, so retry them rather than leave rows leased until expiry.
       const statements = [
-        ...(completed.length > 0 ? [store.complete(owner, completed)] : []),
+        ...(completed.length > 0
+          ? [store.complete(owner, completed, journaling ? { appliedAt: new Date(now), supersededBy } : undefined)]
+          : []),
         ...(failures.length > 0 ? [store.fail(owner, failures)] : []),
         ...(released.length > 0 ? [store.release(owner, released)] : [])
       ]
@@ -488,6 +497,8 @@ const make = Effect.gen(function*() {
   }
 
   yield* Metric.set(Metrics.breakerOpen, 0)
+  // Completions journal what they delete while the retention is above zero; one pruner at a time.
+  journaling = yield* Journal.start(config.retention)
   yield* Effect.forkScoped(Stream.runForEach(listener.wakeups, () => wake))
 
   // Visible to `status` in other processes: registered now, refreshed on the poll interval and
@@ -552,6 +563,6 @@ export class Worker extends Context.Tag("sync-outbox/Worker")<Worker, WorkerShap
   static readonly layer: Layer.Layer<
     Worker,
     never,
-    OutboxConfig | Store | Handlers | Listener | RedisSink
+    OutboxConfig | Store | Handlers | Listener | RedisSink | SqlClient.SqlClient
   > = Layer.scoped(Worker, make)
 }
