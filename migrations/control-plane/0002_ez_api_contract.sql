@@ -45,3 +45,19 @@ CREATE TABLE IF NOT EXISTS cp_snapshot_fences (
   generation bigint NOT NULL DEFAULT 1
 );
 INSERT INTO cp_snapshot_fences (name) VALUES ('providers'), ('bindings') ON CONFLICT DO NOTHING;
+
+-- A model is filed under the binding key its name parses to (ParseModelRef, default namespace
+-- `default`): a name that does not parse (blank, or a blank half around its first dot) is refused.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'cp_models_name_routable') THEN
+    ALTER TABLE cp_models ADD CONSTRAINT cp_models_name_routable CHECK (
+      btrim(name) <> '' AND (
+        position('.' in name) = 0 OR (
+          btrim(split_part(name, '.', 1)) <> '' AND btrim(substr(name, position('.' in name) + 1)) <> ''
+        )
+      )
+    ) NOT VALID;
+  END IF;
+END
+$$;

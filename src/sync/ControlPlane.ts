@@ -132,29 +132,51 @@ export const snapshotSource = (
     return yield* sql.withTransaction(
       Effect.gen(function*() {
         yield* sql.unsafe(`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ`)
-        const groups = yield* sql.unsafe(`SELECT ${groupColumns} FROM cp_provider_groups ORDER BY id`).withoutTransform.pipe(
-          Effect.flatMap(decodeRows(ProviderGroup, "provider_group"))
-        )
-        const apiKeys = yield* sql.unsafe(`SELECT ${apiKeyColumns} FROM cp_api_keys ORDER BY id`).withoutTransform.pipe(
-          Effect.flatMap(decodeRows(ApiKey, "api_key"))
-        )
-        const bindings = which === "bindings"
-          ? yield* sql.unsafe(`SELECT ${bindingColumns} FROM cp_bindings ORDER BY id`).withoutTransform.pipe(
-            Effect.flatMap(decodeRows(Binding, "binding"))
-          )
-          : []
+        const rows = yield* readRows(which === "bindings")
         const [fence] = yield* sql.unsafe<{ generation: number }>(
           `INSERT INTO cp_snapshot_fences (name) VALUES ($1)
            ON CONFLICT (name) DO UPDATE SET generation = cp_snapshot_fences.generation + 1
            RETURNING generation::float8 AS generation`,
           [which]
         ).withoutTransform
-        return { groups, apiKeys, bindings, generation: fence!.generation }
+        return { ...rows, generation: fence!.generation }
       })
     ).pipe(
       Effect.retry({
         while: serializationFailure,
         schedule: Schedule.jittered(Schedule.exponential("5 millis")).pipe(Schedule.intersect(Schedule.recurs(30)))
+      })
+    )
+  })
+
+const readRows = (withBindings: boolean) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const groups = yield* sql.unsafe(`SELECT ${groupColumns} FROM cp_provider_groups ORDER BY id`).withoutTransform.pipe(
+      Effect.flatMap(decodeRows(ProviderGroup, "provider_group"))
+    )
+    const apiKeys = yield* sql.unsafe(`SELECT ${apiKeyColumns} FROM cp_api_keys ORDER BY id`).withoutTransform.pipe(
+      Effect.flatMap(decodeRows(ApiKey, "api_key"))
+    )
+    const bindings = withBindings
+      ? yield* sql.unsafe(`SELECT ${bindingColumns} FROM cp_bindings ORDER BY id`).withoutTransform.pipe(
+        Effect.flatMap(decodeRows(Binding, "binding"))
+      )
+      : []
+    return { groups, apiKeys, bindings }
+  })
+
+/**
+ * Groups, api keys and bindings as of one instant, read only and without a generation: what a
+ * check or a reconciler compares Redis against (it does not take part in the fence).
+ */
+export const snapshotRows: Effect.Effect<Omit<SnapshotSource, "generation">, SqlError.SqlError | InvalidRow, SqlClient.SqlClient> =
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    return yield* sql.withTransaction(
+      Effect.gen(function*() {
+        yield* sql.unsafe(`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY`)
+        return yield* readRows(true)
       })
     )
   })

@@ -11,8 +11,8 @@
  *   id) than the record's owner: a late delete of key 1 cannot remove key 2 that re-uses its token.
  *   A removal leaves its record as a tombstone with a TTL, so bookkeeping of gone rows is pruned.
  *   The record's name carries the entry's key as its hash tag, so both sit in one Cluster slot.
- * - indexes (`sync:key-index`: key id -> `<token hash>:<master id>`; `sync:master-index`: master
- *   ids) to find what to remove when a row is gone without an event naming it.
+ * - indexes (`sync:key-owners`: key id -> `<token hash>:<master id>`; `sync:masters`: master ids)
+ *   to find what to remove when a row is gone without an event naming it.
  *
  * Redis Cluster: the contract's names share no hash tag, and a snapshot is written with its meta
  * hash in one script. `layout({ cluster: true })` keeps the contract's `auth:*` names (their
@@ -69,8 +69,8 @@ export const layout = (options: LayoutOptions = {}): Layout => {
     modelRecord: (field) => `${record(models)}:field:${field}`,
     modelIdRecord: (id) => `${record(models)}:id:${id}`,
     modelsGeneration: `${record(models)}:generation`,
-    keyIndex: `${p}sync:key-index`,
-    masterIndex: `${p}sync:master-index`
+    keyIndex: `${p}sync:key-owners`,
+    masterIndex: `${p}sync:masters`
   }
 }
 
@@ -380,7 +380,7 @@ export const indexedKeys = (redis: RedisSinkShape, l: Layout): Effect.Effect<Rea
       const [next, flat] = yield* redis.use((c) => c.hscan(l.keyIndex, cursor, "COUNT", 1000))
       for (let i = 0; i < flat.length; i += 2) {
         const [tokenHash, masterId] = flat[i + 1]!.split(":")
-        out.push({ id: Number(flat[i]), tokenHash: tokenHash!, masterId: Number(masterId) })
+        out.push({ id: Number(flat[i]), tokenHash: tokenHash!, masterId: Number(masterId) || 0 })
       }
       cursor = next
     } while (cursor !== "0")

@@ -191,7 +191,13 @@ const make = (options: SyncServiceOptions) =>
       const models = yield* withSql(ControlPlane.allModels)
       const fields = new Set<string>()
       for (const m of models) {
-        fields.add(yield* fieldOf(m))
+        const field = Snapshots.modelField(m.name)
+        // One unroutable name (a row from before migration 0002's check) must not stop the rest.
+        if (field === undefined) {
+          yield* Effect.logWarning(`sync-all: model ${m.id} skipped: ${JSON.stringify(m.name)} is not a model reference`)
+          continue
+        }
+        fields.add(field)
         results.push(yield* writeOneModel(m))
       }
       for (const field of yield* redis.use((c) => c.hkeys(l.models))) {
