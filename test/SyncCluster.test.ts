@@ -39,7 +39,7 @@ afterAll(async () => {
 })
 
 const clusterSink = () => RedisSink.layer({ clusterNodes: nodes.map((n) => `127.0.0.1:${n.port}`) })
-const services = (p: string, cluster: boolean) =>
+const services = (p: string, cluster: boolean | undefined) =>
   SyncService.layer({ prefix: p, cluster }).pipe(Layer.provideMerge(Layer.merge(sqlLayer(url), clusterSink())))
 
 describe("SyncService on Redis Cluster", () => {
@@ -96,5 +96,16 @@ describe("SyncService on Redis Cluster", () => {
         expect(error._tag).toBe("SinkCommandError")
         expect(error.message).toMatch(/CROSSSLOT|same slot/)
       }).pipe(Effect.provide(services(p, false)))
+    }), 60_000)
+
+  it.live("without a choice, a cluster gets the cluster layout (the CLI's worker and sync-all)", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      yield* Effect.gen(function*() {
+        const sync = yield* SyncService
+        expect(sync.layout.providers).toBe(`${p}{dp}config:providers`)
+        yield* ControlPlane.createProviderGroup({ name: `auto-${p}`, type: "openai" })
+        expect(yield* sync.syncProviders).toBe("written")
+      }).pipe(Effect.provide(services(p, undefined)))
     }), 60_000)
 })

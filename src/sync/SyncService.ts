@@ -24,7 +24,10 @@ export type SyncError = SqlError.SqlError | ControlPlane.InvalidRow | SinkUnavai
 export interface SyncServiceOptions {
   /** Prepended as is to every Redis key and the refresh channel (default none: the contract's names). */
   readonly prefix?: string | undefined
-  /** The Redis Cluster layout: snapshot and meta hashes share the hash tag `{dp}` (default false). */
+  /**
+   * The Redis Cluster layout: snapshot and meta hashes share the hash tag `{dp}`. Default: true
+   * on a Redis Cluster, false on a single node (the contract's names exactly).
+   */
   readonly cluster?: boolean | undefined
   /** How long a removal's tombstone record guards against stale writes (default one day). */
   readonly tombstoneTtl?: Duration.DurationInput | undefined
@@ -55,7 +58,9 @@ const make = (options: SyncServiceOptions) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const redis = yield* RedisSink
-    const l = RedisLayout.layout({ prefix: options.prefix, cluster: options.cluster })
+    // On a Redis Cluster the contract's snapshot and meta names sit in different slots: unless told
+    // otherwise, use the Cluster layout there (see RedisLayout).
+    const l = RedisLayout.layout({ prefix: options.prefix, cluster: options.cluster ?? redis.client.isCluster })
     const tombstoneMs = Duration.toMillis(options.tombstoneTtl ?? Duration.days(1))
     const withSql = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
       Effect.provideService(effect, SqlClient.SqlClient, sql)
