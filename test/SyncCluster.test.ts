@@ -6,7 +6,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Context, Effect, Layer, Schedule } from "effect"
 import { Cluster } from "ioredis"
 import { execFileSync } from "node:child_process"
 import { afterAll, beforeAll } from "vitest"
@@ -38,7 +38,12 @@ afterAll(async () => {
   await Promise.all(nodes.map((n) => n.stop()))
 })
 
-const clusterSink = () => RedisSink.layer({ clusterNodes: nodes.map((n) => `127.0.0.1:${n.port}`) })
+/** Connected before use: RedisSink has no offline queue, so a command before the cluster is ready fails. */
+const clusterSink = () =>
+  Layer.tap(
+    RedisSink.layer({ clusterNodes: nodes.map((n) => `127.0.0.1:${n.port}`) }),
+    (ctx) => Effect.retry(Context.get(ctx, RedisSink).ping, Schedule.spaced("10 millis")).pipe(Effect.timeout("10 seconds"), Effect.orDie)
+  )
 const services = (p: string, cluster: boolean | undefined) =>
   SyncService.layer({ prefix: p, cluster }).pipe(Layer.provideMerge(Layer.merge(sqlLayer(url), clusterSink())))
 

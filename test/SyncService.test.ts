@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Metric, Redacted } from "effect"
+import { Context, Duration, Effect, Layer, Metric, Redacted, Schedule } from "effect"
 import { Redis } from "ioredis"
 import { existsSync, readFileSync, writeFileSync } from "node:fs"
 import { afterAll, beforeAll } from "vitest"
@@ -30,9 +30,17 @@ const syncWorker = (p: string, options: { redis?: string | Layer.Layer<RedisSink
     ...(options.config === undefined ? {} : { config: options.config }),
     handlers: SyncHandlers.layer.pipe(Layer.provideMerge(syncLayer(p)))
   }).pipe(Layer.provideMerge(Store.layer.pipe(Layer.provideMerge(sqlLayer(url)))))
+/**
+ * RedisSink does not wait for its connection (no offline queue): a first command issued before it
+ * is up fails as unavailable. Tests that call the service at once wait for it here.
+ */
+const connected = (redis: string = redisUrl(), commandTimeout?: Duration.DurationInput) =>
+  Layer.tap(
+    RedisSink.layer({ url: Redacted.make(redis), ...(commandTimeout === undefined ? {} : { commandTimeout }) }),
+    (ctx) => Effect.retry(Context.get(ctx, RedisSink).ping, Schedule.spaced("10 millis")).pipe(Effect.timeout("10 seconds"), Effect.orDie)
+  )
 /** `SyncService` alone (no worker), for calling it directly. */
-const direct_ = (p: string, db = url) =>
-  syncLayer(p).pipe(Layer.provideMerge(Layer.merge(sqlLayer(db), RedisSink.layer({ url: Redacted.make(redisUrl()) }))))
+const direct_ = (p: string, db = url) => syncLayer(p).pipe(Layer.provideMerge(Layer.merge(sqlLayer(db), connected())))
 
 const drained = eventually(countRows("pending"), (n) => n === 0, { timeout: 15_000 })
 const hgetall = (key: string) => Effect.promise(() => direct.hgetall(key))
@@ -262,6 +270,42 @@ describe("Revocation reaches the data plane", () => {
         yield* sync.syncAll
         expect(yield* authenticate(p, s)).toEqual({ _tag: "Refused", reason: "unknown_token" })
         expect(yield* Effect.promise(() => direct.exists(`${p}auth:master:${master}`))).toBe(0)
+      }).pipe(Effect.provide(direct_(p)))
+    }))
+
+  it.live("sync_all prunes what this service wrote for rows gone unannounced, and leaves other writers' entries", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const sync = yield* SyncService
+        const l = sync.layout
+        const model = yield* ControlPlane.createModel({ name: `gone-${p}` })
+        const master = yield* ControlPlane.createMaster({ name: "k" })
+        const s = secret()
+        const key = yield* ControlPlane.createKey({ masterId: master, secret: s })
+        yield* sync.syncAll
+        // Another writer of meta:models (ez-api's models.dev registry) has an entry of its own.
+        yield* Effect.promise(() => direct.hset(l.models, "models-dev.x", `{"name":"models-dev.x"}`))
+        yield* sql`DELETE FROM cp_models WHERE id = ${model}`
+        yield* sql`DELETE FROM cp_keys WHERE id = ${key}`
+        const result = yield* sync.syncAll
+        expect(result.removed).toBe(2)
+        const fields = Object.keys(yield* hgetall(l.models))
+        expect(fields).toContain("models-dev.x")
+        expect(fields).not.toContain(`default.gone-${p}`)
+        expect(yield* authenticate(p, s)).toEqual({ _tag: "Refused", reason: "unknown_token" })
+        // The meta's checksum covers the whole hash, whoever wrote it.
+        expect((yield* hgetall(l.modelsMeta))["checksum"]).toBe(Contract.checksumFromPayloads(Object.entries(yield* hgetall(l.models))))
+        // A key re-hashed behind the outbox's back, synced by an event that names no hash: the old entry goes.
+        const t = secret()
+        const other = yield* ControlPlane.createKey({ masterId: master, secret: t })
+        yield* sync.syncKey(other)
+        const u = secret()
+        yield* sql`UPDATE cp_keys SET token_hash = ${Contract.hashToken(u)} WHERE id = ${other}`
+        yield* sync.syncKey(other)
+        expect(yield* authenticated(p, t)).toBe(false)
+        expect(yield* authenticated(p, u)).toBe(true)
       }).pipe(Effect.provide(direct_(p)))
     }))
 
@@ -624,7 +668,10 @@ describe("Typed outcomes for bad input", () => {
           Effect.provide(
             SyncHandlers.layer.pipe(
               Layer.provide(syncLayer(p)),
-              Layer.provideMerge(Layer.merge(sqlLayer(url), RedisSink.layer({ url: Redacted.make(redis), commandTimeout: Duration.millis(300) })))
+              Layer.provideMerge(Layer.merge(
+                sqlLayer(url),
+                redis === redisUrl() ? connected(redis, Duration.millis(300)) : RedisSink.layer({ url: Redacted.make(redis), commandTimeout: Duration.millis(300) })
+              ))
             )
           )
         )

@@ -144,7 +144,12 @@ export const snapshotSource = (
     ).pipe(
       Effect.retry({
         while: serializationFailure,
-        schedule: Schedule.jittered(Schedule.exponential("5 millis")).pipe(Schedule.intersect(Schedule.recurs(30)))
+        // 5 ms doubling, at most 200 ms apart, jittered: rebuilds that collided do not collide again.
+        schedule: Schedule.exponential("5 millis").pipe(
+          Schedule.either(Schedule.spaced("200 millis")),
+          Schedule.jittered,
+          Schedule.intersect(Schedule.recurs(30))
+        )
       })
     )
   })

@@ -97,9 +97,11 @@ const make = (options: SyncServiceOptions) =>
           return result
         }
         const k = row.value
-        if (hint !== undefined && hint !== k.tokenHash) {
+        // Re-hashed since the event (or since the last write, for an event that named no hash): the old entry goes.
+        const previous = hint ?? (yield* RedisLayout.indexedKeyHash(redis, l, id))
+        if (previous !== undefined && previous !== k.tokenHash) {
           const version = yield* fresh
-          yield* RedisLayout.removeEntry(redis, l, l.token(hint), { version, owner: id }, tombstoneMs)
+          yield* RedisLayout.removeEntry(redis, l, l.token(previous), { version, owner: id }, tombstoneMs)
         }
         return yield* writeKey(k)
       }).pipe(Effect.withSpan("sync.key", { attributes: { id } }))
@@ -205,8 +207,12 @@ const make = (options: SyncServiceOptions) =>
         fields.add(field)
         results.push(yield* writeOneModel(m))
       }
+      // Only fields this service wrote (they have an owner): another writer of `meta:models`
+      // (ez-api's models.dev registry) keeps its own.
       for (const field of yield* redis.use((c) => c.hkeys(l.models))) {
-        if (!fields.has(field)) results.push(yield* removeModelField(field, 0))
+        if (fields.has(field)) continue
+        const owner = yield* RedisLayout.modelOwner(redis, l, field)
+        if (owner > 0) results.push(yield* removeModelField(field, owner))
       }
       yield* afterModels
       return {
