@@ -145,6 +145,8 @@ describe("§3.5 selector resolution", () => {
     expect(resolve("regex", "([", "x", ["a"])._tag).toBe("Unresolved")
     expect(resolve("regex", "(?=a)a", "x", ["a"])._tag).toBe("Unresolved") // no lookaround in RE2
     expect(resolve("regex", "(?i)GPT-4O$", "x", ["gpt-4o", "gpt-4o-mini"])).toEqual({ _tag: "Resolved", model: "gpt-4o" })
+    expect(resolve("regex", "\\Agpt-4o\\z", "x", ["gpt-4o", "gpt-4o-mini"])).toEqual({ _tag: "Resolved", model: "gpt-4o" })
+    expect(resolve("regex", "(?P<v>mini)", "x", ["gpt-4o", "gpt-4o-mini"])).toEqual({ _tag: "Resolved", model: "gpt-4o-mini" })
   })
   it("normalize_exact: exactly one hit, the original trimmed model", () => {
     expect(resolve("normalize_exact", "kimi2", "x", ["Moonshot/Kimi2 "])).toEqual({ _tag: "Resolved", model: "Moonshot/Kimi2" })

@@ -68,7 +68,11 @@ export const compileRe2 = (pattern: string): RegExp | undefined => {
     flags = [...new Set(lead[1]!.split(""))].join("")
     source = source.slice(lead[0].length)
   }
-  if (/\(\?<?[=!]/.test(source) || /\\[1-9]/.test(source) || /\(\?[a-zA-Z]/.test(source)) return undefined
+  if (/\(\?<?[=!]/.test(source) || /\\[1-9]/.test(source)) return undefined
+  // RE2 spellings JS lacks: named groups `(?P<n>`, text anchors `\A` and `\z`.
+  source = source.replace(/\(\?P</g, "(?<").replace(/(?<!\\)\\A/g, "^").replace(/(?<!\\)\\z/g, "$(?![\\s\\S])")
+  // Inline flag groups other than a leading one have no JS equivalent here.
+  if (/\(\?[a-zA-Z]/.test(source)) return undefined
   try {
     return new RegExp(source, flags)
   } catch {

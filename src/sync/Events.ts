@@ -3,7 +3,10 @@
  * the control plane when applied), so every type coalesces: a newer event of the same resource
  * makes older pending ones redundant. Ordering keys serialise what must not interleave: one
  * master, one key, one model *name* (so a delete never overtakes a newer create of that name),
- * and each snapshot.
+ * and each snapshot. Correctness does not rest on them alone: every write is versioned and owned
+ * by its row, and snapshots are fenced (see RedisLayout, ControlPlane.snapshotSource), so paths
+ * that bypass ordering (`sync-all`, `syncNowOrEnqueue`, `snapshot:all` beside `snapshot:providers`)
+ * cannot put older data back.
  */
 import { Schema } from "effect"
 import * as OutboxEvent from "../OutboxEvent.js"
