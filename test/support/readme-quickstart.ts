@@ -1,8 +1,8 @@
 // Type-checked by `tsc --noEmit -p .`: the README's quick start (handlers.ts and main.ts), kept
 // true to the API; scripts/pack-check.ts runs the README's own text against the packed package.
 import { SqlClient } from "@effect/sql"
-import { Effect, Schema } from "effect"
-import { enqueue, handle, Handlers, type HandlersModule, OutboxEvent, RedisSink, SyncOutbox } from "../../src/index.js"
+import { Effect, Layer, Schema } from "effect"
+import { enqueue, handle, Handlers, type HandlersModule, OutboxEvent, Prometheus, RedisSink, Store, SyncOutbox } from "../../src/index.js"
 
 // 1. An event type, shared by the code that enqueues and the code that applies.
 export const PlanChanged = OutboxEvent.make({
@@ -52,5 +52,11 @@ const program = Effect.gen(function*() {
   yield* Effect.log(`plan ${plan!.id} is ${tier} in Redis`)
 })
 
+// The README's /metrics example.
+const AppLive = Prometheus.layerServer({ port: 9464 }).pipe(
+  Layer.provide(Store.layer),
+  Layer.provideMerge(SyncOutbox.layerWorker(layer))
+)
+
 // The module shape the CLI loads with --handlers.
-export const _check = [program.pipe(Effect.provide(WorkerLive)), { layer, eventTypes } satisfies HandlersModule] as const
+export const _check = [program.pipe(Effect.provide(WorkerLive)), AppLive, { layer, eventTypes } satisfies HandlersModule] as const
