@@ -101,6 +101,15 @@ describe("sync-outbox CLI", () => {
       expect(result.stderr).not.toContain("    at ")
       expect(result.stderr.trim().split("\n")).toHaveLength(1)
     }
+    // A user's handlers on that database: the library's worker layer says the same.
+    const dir = join(root, ".tmp", `unmigrated-${Date.now()}`)
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, "handlers.js"), `import { Handlers } from "sync-outbox"\nexport const layer = Handlers.layer()\nexport const eventTypes = []\n`)
+    const own = await cli(["worker", "--handlers", join(dir, "handlers.js")], { DATABASE_URL: url, REDIS_URL: redisUrl() })
+    expect(own.code).toBe(1)
+    expect(own.stderr.trim()).toBe(
+      "sync-outbox: tables sync_outbox, sync_outbox_failures, sync_outbox_workers do not exist in this database: run `sync-outbox migrate` (or Migrations.run())"
+    )
     // The built-in sync needs the control plane as well.
     await cli(["migrate"], { DATABASE_URL: url })
     const worker = await cli(["worker"], { DATABASE_URL: url, REDIS_URL: redisUrl() })
