@@ -221,6 +221,9 @@ describe("sync-outbox CLI", () => {
     expect(notUrl.stderr.trim()).toBe(
       "sync-outbox: DATABASE_URL is not a Postgres URL; expected one such as postgres://user:password@127.0.0.1:5432/app"
     )
+    const redisNotUrl = await cli(["sync-all"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none", REDIS_URL: "not-a-url" })
+    expect(redisNotUrl.code).toBe(2)
+    expect(redisNotUrl.stderr.trim()).toMatch(/^sync-outbox: REDIS_URL is not a Redis URL; expected one such as redis:\/\/127\.0\.0\.1:6379/)
     const missing = await cli(["status"], { DATABASE_URL: undefined })
     expect(missing.code).toBe(2)
     expect(missing.stderr.trim()).toBe("sync-outbox: DATABASE_URL is not set")
