@@ -132,9 +132,11 @@ type Parsed =
   | { readonly _tag: "Run"; readonly input: Input }
 
 const parse = (argv: ReadonlyArray<string>): Parsed => {
-  const help = argv.includes("--help") || argv.includes("-h")
-  const words = argv.filter((a) => a !== "--help" && a !== "-h")
-  if (words.length === 0 || (words[0] === "help" && words.length === 1)) return { _tag: "Help", text: rootHelp }
+  // `sync-outbox help dead list` is `sync-outbox dead list --help`.
+  const asked = argv[0] === "help" ? [...argv.slice(1), "--help"] : argv
+  const help = asked.includes("--help") || asked.includes("-h")
+  const words = asked.filter((a) => a !== "--help" && a !== "-h")
+  if (words.length === 0) return { _tag: "Help", text: rootHelp }
   if (words[0] === "--version" || words[0] === "-V") return { _tag: "Version" }
   const first = words[0]!
   if (first.startsWith("-")) throw new UsageFailure(`unknown option ${first}; see sync-outbox --help`)

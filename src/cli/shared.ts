@@ -40,7 +40,6 @@ const specifierUrl = (specifier: string): string => {
   }
 }
 
-const isLayer = (u: unknown) => typeof u === "object" && u !== null && Symbol.for("effect/Layer") in u
 
 /**
  * The handlers the worker runs and `enqueue` checks against: the module named by `--handlers`
@@ -55,7 +54,7 @@ export const loadHandlers = (specifier: string | undefined): Effect.Effect<Handl
         ? loaded["default"]
         : loaded) as Record<string, unknown>
       const problems: Array<string> = []
-      if (!isLayer(source["layer"])) problems.push("`layer` (a Layer providing Handlers, e.g. Handlers.layer(handle(...)))")
+      if (!Layer.isLayer(source["layer"])) problems.push("`layer` (a Layer providing Handlers, e.g. Handlers.layer(handle(...)))")
       const types = source["eventTypes"]
       if (
         !Array.isArray(types) ||
