@@ -267,7 +267,8 @@ const main = async (argv: ReadonlyArray<string>) => {
     }
     case "Run": {
       const [{ runMain }, implementation] = await Promise.all([import("./run.js"), implementations[parsed.input.command.module]!()])
-      runMain(implementation.run(parsed.input))
+      const { command, options } = parsed.input
+      runMain(implementation.run(parsed.input), { stopIsSuccess: command.module === "worker" || options["watch"] === true })
     }
   }
 }

@@ -83,11 +83,18 @@ export const describe = (error: unknown): Report => {
   }
   if (tag === "SinkUnavailable") return { code: 1, message: `redis unavailable: ${message} (check REDIS_URL)` }
   if (tag === "MigrationError") return { code: 1, message }
-  return { code: usageTags.has(tag) ? 2 : 1, message: message || tag }
+  return { code: usageTags.has(tag) ? 2 : 1, message: configNames(message) || tag }
 }
 
-const report = (cause: Cause.Cause<unknown>): number => {
-  if (Cause.isInterruptedOnly(cause)) return 0 // SIGTERM or Ctrl-C: a clean stop
+/** Effect's `(Invalid data at SYNC_OUTBOX.INTERVAL: "…")` in the names an operator sets. */
+const configNames = (message: string) =>
+  message.replace(/\(?Invalid data at ([A-Z0-9_.]+): "(.*?)"\)?(?=$|\s*(?:and|or)?\s*\()/g, (_, path: string, detail: string) =>
+    `${path.replace(/\./g, "_")}: ${detail}`)
+
+const report = (cause: Cause.Cause<unknown>, stopIsSuccess: boolean): number => {
+  // SIGTERM or Ctrl-C: the way to stop a worker or a watch (a clean stop); a one-shot command cut
+  // short did not finish.
+  if (Cause.isInterruptedOnly(cause)) return stopIsSuccess ? 0 : 130
   const failure = Cause.failureOption(cause)
   const { code, message } = Option.isSome(failure)
     ? describe(failure.value)
@@ -98,7 +105,7 @@ const report = (cause: Cause.Cause<unknown>): number => {
   return code
 }
 
-export const runMain = (program: Effect.Effect<void, unknown>): void => {
+export const runMain = (program: Effect.Effect<void, unknown>, options: { readonly stopIsSuccess: boolean }): void => {
   const fiber = Effect.runFork(program)
   let signalled = false
   const onSignal = () => {
@@ -112,7 +119,7 @@ export const runMain = (program: Effect.Effect<void, unknown>): void => {
   fiber.addObserver((exit) => {
     process.off("SIGINT", onSignal)
     process.off("SIGTERM", onSignal)
-    const code = Exit.isSuccess(exit) ? 0 : report(exit.cause)
+    const code = Exit.isSuccess(exit) ? 0 : report(exit.cause, options.stopIsSuccess)
     process.exitCode = code
     // Everything the command opened is closed by now; a library's stray handle must not keep the
     // process alive, but what is written to stdout must get out first.
