@@ -4,11 +4,11 @@
  * Node process, and the machine may be busy.
  */
 import { execFile, execFileSync, spawn } from "node:child_process"
-import { mkdirSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { Redis } from "ioredis"
 import pg from "pg"
-import { beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { createDatabase, freePort } from "../scripts/services.js"
 import { freshDatabase, postgresUrl, prefix, redisUrl } from "./support/harness.js"
 
@@ -16,7 +16,14 @@ const root = new URL("..", import.meta.url).pathname
 const bin = join(root, "bin/sync-outbox.js")
 const callTimeout = 120_000
 
+// Files the tests write (handlers modules, migration folders, payloads): inside the package, so
+// that a handlers module resolves "sync-outbox" and "effect" as a user's would; removed after.
+let scratch = ""
+afterAll(() => rmSync(scratch, { recursive: true, force: true }))
+
 beforeAll(() => {
+  mkdirSync(join(root, ".tmp"), { recursive: true })
+  scratch = mkdtempSync(join(root, ".tmp", "cli-test-"))
   // The CLI users run is the compiled one; build it from the current sources.
   execFileSync(process.execPath, [join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"], { cwd: root, stdio: "inherit" })
 }, 300_000)
@@ -75,7 +82,7 @@ describe("sync-outbox CLI", () => {
     expect((await cli(["migrate"], { DATABASE_URL: url })).stdout.trim()).toBe("up to date")
 
     // A later control-plane file reaches a database that has the control plane, without the flag.
-    const dir = join(root, ".tmp", `migrations-${Date.now()}`)
+    const dir = join(scratch, "migrations")
     for (const set of ["outbox", "control-plane"]) mkdirSync(join(dir, set), { recursive: true })
     for (const file of ["0001_outbox.sql", "0002_workers.sql"]) writeFileSync(join(dir, "outbox", file), "SELECT 1;")
     writeFileSync(join(dir, "control-plane", "0001_control_plane.sql"), "SELECT 1;")
@@ -102,7 +109,7 @@ describe("sync-outbox CLI", () => {
       expect(result.stderr.trim().split("\n")).toHaveLength(1)
     }
     // A user's handlers on that database: the library's worker layer says the same.
-    const dir = join(root, ".tmp", `unmigrated-${Date.now()}`)
+    const dir = join(scratch, "unmigrated")
     mkdirSync(dir, { recursive: true })
     writeFileSync(join(dir, "handlers.js"), `import { Handlers } from "sync-outbox"\nexport const layer = Handlers.layer()\nexport const eventTypes = []\n`)
     const own = await cli(["worker", "--handlers", join(dir, "handlers.js")], { DATABASE_URL: url, REDIS_URL: redisUrl() })
@@ -157,8 +164,7 @@ describe("sync-outbox CLI", () => {
 
     // Large payloads come from a file or stdin (argv has a size limit).
     const big = JSON.stringify({ name: "m".repeat(200 * 1024) })
-    const file = join(root, ".tmp", `payload-${Date.now()}.json`)
-    mkdirSync(join(root, ".tmp"), { recursive: true })
+    const file = join(scratch, "payload.json")
     writeFileSync(file, big)
     expect((await cli(["enqueue", "model", "delete", "--payload", `@${file}`], env)).stdout).toMatch(/^enqueued \d+\n$/)
     expect((await cli(["enqueue", "model", "delete", "--payload", "-"], env, { input: big })).stdout).toMatch(/^enqueued \d+\n$/)
@@ -250,7 +256,7 @@ describe("sync-outbox CLI", () => {
   it("worker and enqueue run a user's handlers module (--handlers); the built-in sync needs no flag", async () => {
     const url = await freshDatabase("cli_handlers", ["outbox"])
     const p = prefix()
-    const dir = join(root, ".tmp", `handlers-${p}`)
+    const dir = join(scratch, "handlers")
     mkdirSync(dir, { recursive: true })
     // Inside the package, so "sync-outbox" resolves to this package (self-reference) and "effect" to ours.
     const module = join(dir, "handlers.js")
