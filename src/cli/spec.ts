@@ -42,6 +42,7 @@ export const environment: Record<string, string> = {
   SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT: "bound on every Redis command (2 seconds)",
   SYNC_OUTBOX_HANDLERS: "handlers module, as --handlers (default: the built-in control-plane sync)",
   SYNC_OUTBOX_MIGRATIONS_DIR: "folder of the migration files (the package's migrations/)",
+  SYNC_OUTBOX_INTERVAL: "poll interval; status shows a worker as live for three of them (5 seconds)",
   "SYNC_OUTBOX_*": "worker settings: ENABLED INTERVAL BATCH_SIZE MAX_RETRIES LEASE BACKOFF_BASE BACKOFF_CAP CONCURRENCY CHANNEL POLL_ONLY CALL_TIMEOUT PROBE_BASE PROBE_CAP (see the README)",
   NO_COLOR: "set (non-empty) to turn colours off; they are only used on a terminal anyway"
 }
