@@ -184,7 +184,15 @@ const main = async () => {
   const shell = async (line: string, timeoutMs = 120_000) =>
     expectOk(line, await run("bash", ["-c", line], { cwd: app, env, timeoutMs }))
   for (const line of shellLines(blocks.get("shell")!)) {
-    if (line.startsWith("npm i") || line.startsWith("export ")) continue // installed above at pinned versions; env given
+    if (line.startsWith("npm i")) {
+      // Installed above at the lockfile's versions; the README's own specs must resolve too
+      // (with today's registry: npm's `latest` of effect is 4.x, so unpinned specs fail).
+      const specs = line.replace(/^npm i(nstall)?\s+/, "").split(/\s+/).map((w) => (w === "sync-outbox" ? `../${info.filename}` : w))
+      log(`$ npm install --dry-run ${specs.join(" ")}`)
+      expectOk(`the README's "${line}"`, await run("npm", ["install", "--dry-run", "--no-audit", "--no-fund", ...specs], { cwd: app, env, timeoutMs: 180_000 }))
+      continue
+    }
+    if (line.startsWith("export ")) continue // the environment is given
     log(`$ ${line}`)
     process.stdout.write((await shell(line)).stdout)
   }
