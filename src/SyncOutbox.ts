@@ -1,11 +1,13 @@
 /**
  * The worker, assembled from the environment: `DATABASE_URL`, `REDIS_URL` (or
- * `REDIS_CLUSTER_NODES`) and the `SYNC_OUTBOX_*` settings. Give it your handlers.
+ * `REDIS_CLUSTER_NODES`) and the `SYNC_OUTBOX_*` settings. Give it your handlers. The outbox
+ * tables must exist (`sync-outbox migrate`): a database without them fails at start with the fix.
  */
-import { Config, Effect, Layer } from "effect"
+import { Effect, Layer } from "effect"
 import * as Database from "./Database.js"
 import type { Handlers } from "./Handlers.js"
 import { Listener } from "./Listener.js"
+import * as Migrations from "./Migrations.js"
 import { OutboxConfig } from "./OutboxConfig.js"
 import { RedisSink } from "./RedisSink.js"
 import { Store } from "./Store.js"
@@ -19,11 +21,13 @@ export const layerWorker = <E, R>(handlers: Layer.Layer<Handlers, E, R>) =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const outbox = yield* OutboxConfig
-      const url = yield* Config.redacted("DATABASE_URL")
+      const url = yield* Database.urlConfig()
       const listener = outbox.pollOnly ? Listener.off : Listener.layer({ url, channel: outbox.channel })
-      return Worker.layer.pipe(
+      const worker = Worker.layer.pipe(
         Layer.provide(Layer.mergeAll(Store.layerWith({ callTimeout: outbox.callTimeout }), listener, handlers)),
         Layer.provideMerge(Layer.succeed(OutboxConfig, outbox))
       )
+      // A database that was never migrated fails here, once, with the fix, rather than in every claim.
+      return Layer.flatMap(Layer.effectDiscard(Migrations.verify(["outbox"])), () => worker)
     }).pipe(Effect.provide(OutboxConfig.layerConfig()))
   ).pipe(Layer.provideMerge(Layer.merge(Database.layerConfig(), RedisSink.layerConfig())))
