@@ -1,0 +1,153 @@
+/**
+ * The test kit itself (`sync-outbox/testing`): no server at all. Its semantics are held to the
+ * real store's by test/Semantics.test.ts; here: the helpers, the sink and the breaker.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Data, Duration, Effect, Ref, Schema, TestClock } from "effect"
+import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink } from "../src/index.js"
+import { OutboxTest, layer as outboxTest } from "../src/testing/index.js"
+
+class Rejected extends Data.TaggedError("Rejected")<{ readonly message: string }> {}
+
+const SetValue = OutboxEvent.make({
+  resourceType: "thing",
+  action: "set",
+  payload: Schema.Struct({ key: Schema.String, value: Schema.String }),
+  orderingKey: ({ payload }) => `thing:${payload.key}`
+})
+const setValue = handle(SetValue, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value))))
+
+const start = Date.parse("2026-01-01T00:00:00Z")
+
+describe("sync-outbox/testing", () => {
+  it.effect("drain applies what is due and reports it; the handler's writes are in the sink", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(start)
+      const outbox = yield* OutboxTest
+      const sql = yield* SqlClient.SqlClient
+      const id = yield* sql.withTransaction(enqueue(SetValue, { payload: { key: "a", value: "1" } }))
+      expect(id).toBe("1") // every test starts from an empty outbox, ids from 1
+      const report = yield* outbox.drain
+      expect(report.applied.map((e) => e.id)).toEqual([id])
+      expect(report.failed).toEqual([])
+      expect(report.pending).toBe(0)
+      expect(yield* outbox.sink.keys).toEqual({ a: "1" })
+      const redis = yield* RedisSink
+      expect(yield* redis.use((c) => c.get("a"))).toBe("1")
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("a rolled-back transaction leaves nothing to drain", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const sql = yield* SqlClient.SqlClient
+      const result = yield* sql.withTransaction(
+        Effect.zipRight(enqueue(SetValue, { payload: { key: "a", value: "1" } }), Effect.fail("abort" as const))
+      ).pipe(Effect.flip)
+      expect(result).toBe("abort")
+      const report = yield* outbox.drain
+      expect(report.applied).toEqual([])
+      expect(yield* outbox.sink.keys).toEqual({})
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("advance walks the backoff: each attempt at its due time, then a dead letter with its history", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(start)
+      const outbox = yield* OutboxTest
+      const Flaky = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
+      void Flaky
+      const id = yield* enqueue(FlakyType, { payload: "x" })
+      const first = yield* outbox.drain
+      expect(first.failed.map((f) => [f.attempt, f.errorTag, f.message, f.dead])).toEqual([[1, "Rejected", "no", false]])
+      const due1 = first.failed[0]!.nextRetryAt!.getTime() - start
+      expect(due1).toBeGreaterThanOrEqual(500)
+      expect(due1).toBeLessThanOrEqual(1_000)
+      // One millisecond early: nothing.
+      const early = yield* outbox.advance(Duration.millis(due1 - 1))
+      expect(early.failed).toEqual([])
+      // A whole minute at once still stops at each due time: attempts 2 and 3, then dead.
+      const rest = yield* outbox.advance("1 minute")
+      expect(rest.failed.map((f) => f.attempt)).toEqual([2, 3])
+      expect(rest.dead.map((f) => f.event.id)).toEqual([id])
+      const attempt3At = rest.failed[1]!
+      expect(attempt3At.nextRetryAt).toBeNull()
+      const [dead] = yield* outbox.dead
+      expect(dead!.event.status).toBe("dead")
+      expect(dead!.failures.map((f) => f.attempt)).toEqual([1, 2, 3])
+      // Attempt 2 ran at its due time, attempt 3 in [1 s, 2 s] after it.
+      const [f1, f2, f3] = dead!.failures
+      expect(f1!.failedAt.getTime()).toBe(start)
+      expect(f2!.failedAt.getTime()).toBe(start + due1)
+      const gap = f3!.failedAt.getTime() - f2!.failedAt.getTime()
+      expect(gap).toBeGreaterThanOrEqual(1_000)
+      expect(gap).toBeLessThanOrEqual(2_000)
+      expect(yield* outbox.pending).toEqual([])
+    }).pipe(Effect.provide(outboxTest({
+      handlers: Handlers.layer(handle(FlakyType, () => new Rejected({ message: "no" }))),
+      config: { maxRetries: 3, backoffBase: Duration.seconds(1) }
+    }))))
+
+  it.effect("through a Redis blip: the breaker opens, no attempt is spent, and it all applies once Redis is back", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(start)
+      const outbox = yield* OutboxTest
+      yield* enqueueMany(Array.from({ length: 5 }, (_, i) => event(SetValue, { payload: { key: `k${i}`, value: "v" } })))
+      yield* outbox.sink.unavailable
+      const during = yield* outbox.drain
+      expect(during.breaker).toBe("open")
+      expect(during.applied).toEqual([])
+      expect(during.failed).toEqual([])
+      // Time passes while Redis is down: still no attempt counted against any event.
+      const later = yield* outbox.advance("1 second")
+      expect(later.failed).toEqual([])
+      expect((yield* outbox.pending).map((p) => p.event.retryCount)).toEqual([0, 0, 0, 0, 0])
+      yield* outbox.sink.available
+      // The breaker's probe runs on its schedule (probeCap apart at most, jittered up to 20% more).
+      const after = yield* outbox.advance("60 millis")
+      expect(after.breaker).toBe("closed")
+      expect(after.applied).toHaveLength(5)
+      expect(Object.keys(yield* outbox.sink.keys)).toHaveLength(5)
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("coalescing: ten edits of one resource are one apply and nine superseded", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const calls = yield* Ref.make<Array<number>>([])
+      void calls
+      yield* enqueueMany(Array.from({ length: 10 }, (_, i) => event(Synced, { resourceId: 7, payload: i })))
+      const report = yield* outbox.drain
+      expect(report.applied.map((e) => e.payload)).toEqual([9])
+      expect(report.superseded).toHaveLength(9)
+      expect(yield* outbox.sink.keys).toEqual({ "synced:7": "9" })
+    }).pipe(Effect.provide(outboxTest({
+      handlers: Handlers.layer(handle(Synced, ({ payload, resourceId }) =>
+        Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`synced:${resourceId}`, String(payload))))))
+    }))))
+
+  it.effect("the sink answers like Redis: a command on the wrong type is the item's failure, TTLs follow TestClock", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(start)
+      const redis = yield* RedisSink
+      yield* redis.use((c) => c.set("s", "v", "PX", 1_000))
+      const wrong = yield* redis.use((c) => c.hset("s", "f", "v")).pipe(Effect.flip)
+      expect(wrong._tag).toBe("SinkCommandError")
+      expect(wrong.message).toMatch(/^WRONGTYPE/)
+      const unknown = yield* redis.use((c) => c.zadd("z", 1, "m")).pipe(Effect.flip)
+      expect(unknown._tag).toBe("SinkCommandError")
+      expect(yield* redis.use((c) => c.pttl("s"))).toBe(1_000)
+      yield* TestClock.adjust("999 millis")
+      expect(yield* redis.use((c) => c.get("s"))).toBe("v")
+      yield* TestClock.adjust("1 millis")
+      expect(yield* redis.use((c) => c.get("s"))).toBeNull()
+      const results = yield* redis.use((c) => c.multi().hset("h", { a: "1", b: "2" }).incr("n").get("h").exec())
+      expect(results).toEqual([[null, 2], [null, 1], [expect.objectContaining({ name: "ReplyError" }), null]])
+      expect(yield* redis.use((c) => c.hgetall("h"))).toEqual({ a: "1", b: "2" })
+      const outbox = yield* OutboxTest
+      yield* outbox.sink.unavailable
+      const down = yield* redis.ping.pipe(Effect.flip)
+      expect(down._tag).toBe("SinkUnavailable")
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+})
+
+const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
+const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
