@@ -12,7 +12,7 @@
  */
 import { SqlClient, type SqlError } from "@effect/sql"
 import * as Reactivity from "@effect/experimental/Reactivity"
-import { Clock, Context, Data, DateTime, Duration, Effect, Layer, SubscriptionRef } from "effect"
+import { Clock, Context, Data, DateTime, Duration, Effect, Layer, Option, SubscriptionRef } from "effect"
 import type { TestClock } from "effect"
 import type { EventNotFound, FailureRecord, InvalidConfig, MigrationError } from "../Errors.js"
 import type { Handlers } from "../Handlers.js"
@@ -121,6 +121,12 @@ export interface OutboxTestShape {
 
 export class OutboxTest extends Context.Tag("sync-outbox/testing/OutboxTest")<OutboxTest, OutboxTestShape>() {}
 
+/** How a test takes the sink away and gives it back (the in-memory one flips a switch). */
+export class SinkControl extends Context.Tag("sync-outbox/testing/SinkControl")<SinkControl, {
+  readonly unavailable: Effect.Effect<void>
+  readonly available: Effect.Effect<void>
+}>() {}
+
 /** The in-memory Redis behind the test's `RedisSink`. */
 export class TestSink extends Context.Tag("sync-outbox/testing/TestSink")<TestSink, MemoryRedis.MemoryRedis>() {}
 
@@ -220,47 +226,123 @@ const summary = (row: SnapshotRow): EventSummary => ({
 
 const defaultStart = Date.parse("2026-01-01T00:00:00Z")
 
-const realPause = Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 1)))
+// Lets the worker's fibers and PGlite's promises run; a timer would cost milliseconds each.
+const realPause = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
 
 const isTestClock = (clock: Clock.Clock): clock is TestClock.TestClock => "adjust" in clock && "setTime" in clock
+
+/**
+ * Counts the worker's statements, so that a drain knows from memory when the worker has gone
+ * quiet and asks the database only then (a poll of its own would compete with the worker's).
+ */
+class Tracker {
+  inFlight = 0
+  done = 0
+  claimsStarted = 0
+  claimsDone = 0
+  lastClaimSize = 0
+}
+
+class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
+
+/** The same Store, every call counted (whatever its methods: the worker's use of it may change). */
+const trackStore = (store: Context.Tag.Service<Store>, tracker: Tracker): Context.Tag.Service<Store> => {
+  const track = (name: string, effect: Effect.Effect<unknown, unknown>) =>
+    Effect.suspend(() => {
+      tracker.inFlight++
+      if (name === "claim") tracker.claimsStarted++
+      return effect.pipe(
+        Effect.tap((result) =>
+          Effect.sync(() => {
+            if (name === "claim") {
+              tracker.claimsDone++
+              tracker.lastClaimSize = Array.isArray(result) ? result.length : 0
+            }
+          })
+        ),
+        Effect.ensuring(Effect.sync(() => {
+          tracker.inFlight--
+          tracker.done++
+        }))
+      )
+    })
+  const wrapped: Record<string, unknown> = {}
+  for (const [name, value] of Object.entries(store)) {
+    wrapped[name] = typeof value === "function"
+      ? (...args: Array<unknown>) => {
+        const result = (value as (...a: Array<unknown>) => unknown)(...args)
+        return Effect.isEffect(result) ? track(name, result as Effect.Effect<unknown, unknown>) : result
+      }
+      : Effect.isEffect(value)
+      ? track(name, value as Effect.Effect<unknown, unknown>)
+      : value
+  }
+  return wrapped as Context.Tag.Service<Store>
+}
 
 const make = (drainTimeout: Duration.Duration) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
+    const tracker = yield* StoreTracker
+    const batchSize = (yield* OutboxConfig).batchSize
     const store = yield* Store
     const worker = yield* Worker
-    const sink = yield* TestSink
+    const control = yield* SinkControl
+    const memory = yield* Effect.serviceOption(TestSink)
+    const inMemory = <A>(f: (sink: MemoryRedis.MemoryRedis) => A) =>
+      Option.match(memory, {
+        onNone: () => Effect.dieMessage("sync-outbox/testing: only the in-memory sink (OutboxTest.layer) lists its keys and messages"),
+        onSome: (sink) => Effect.sync(() => f(sink))
+      })
     const nowMs = Clock.currentTimeMillis
 
     const snapshot = Effect.map(sql.unsafe<SnapshotRow>(snapshotSql).withoutTransform, (rows) => new Map(rows.map((r) => [r.id, r] as const)))
 
     const settle = Effect.gen(function*() {
       const deadline = Date.now() + Duration.toMillis(drainTimeout)
-      let quiet = 0
+      const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
+      const waitUntil = (ready: Effect.Effect<boolean>) =>
+        Effect.gen(function*() {
+          while (!(yield* ready)) {
+            if (Date.now() > deadline) return false
+            yield* realPause
+          }
+          return true
+        })
       for (;;) {
-        const now = new Date(yield* nowMs)
-        const [row] = yield* sql.unsafe<{ leased: number; due: number; pending: number }>(quiescenceSql, [worker.owner, now]).withoutTransform
-        const open = (yield* SubscriptionRef.get(worker.breaker)) === "open"
-        // Settled: nothing of ours in flight, and nothing claimable left (or the sink is down
-        // and the worker is waiting for it). Seen three times running, so that a wake-up the
-        // worker has not acted on yet is not mistaken for calm.
-        if (row!.leased === 0 && (row!.due === 0 || open)) quiet++
-        else quiet = 0
-        if (quiet >= 3) return
-        if (Date.now() > deadline) {
-          const inFlight = yield* sql.unsafe<{ id: string }>(
-            `SELECT id::text AS id FROM sync_outbox WHERE lease_owner = $1 ORDER BY id`,
-            [worker.owner]
-          ).withoutTransform
-          return yield* new DrainTimeout({
-            inFlight: inFlight.map((r) => r.id),
-            message: `sync-outbox/testing: the worker did not settle within ${Duration.format(drainTimeout)} of real time ` +
-              `(${row!.leased} event(s) in flight, ${row!.due} due). A handler may still be running: under TestClock its ` +
-              `timeout fires only when the test advances past callTimeout. Or a transaction of the test's own holds the database.`
-          })
+        // Cheap, in memory: wait until the worker has claimed since being woken, the last claim
+        // came back short (it took all there was), and none of its statements is running; or
+        // until its breaker is open (it claims nothing until the sink answers again).
+        const mark = tracker.claimsStarted
+        yield* worker.wake
+        yield* waitUntil(Effect.map(isOpen, (open) =>
+          tracker.inFlight === 0 && (open || (tracker.claimsDone > mark && tracker.lastClaimSize < batchSize))
+        ))
+        for (;;) {
+          // The truth, from the database: nothing leased by this worker, nothing claimable left
+          // (or the sink is down and the worker waits for it, spending no attempt).
+          const now = new Date(yield* nowMs)
+          const [row] = yield* sql.unsafe<{ leased: number; due: number }>(quiescenceSql, [worker.owner, now]).withoutTransform
+          const openNow = yield* isOpen
+          if (row!.leased === 0 && (row!.due === 0 || openNow)) return
+          if (Date.now() > deadline) {
+            const inFlight = yield* sql.unsafe<{ id: string }>(
+              `SELECT id::text AS id FROM sync_outbox WHERE lease_owner = $1 ORDER BY id`,
+              [worker.owner]
+            ).withoutTransform
+            return yield* new DrainTimeout({
+              inFlight: inFlight.map((r) => r.id),
+              message: `sync-outbox/testing: the worker did not settle within ${Duration.format(drainTimeout)} of real time ` +
+                `(${row!.leased} event(s) in flight, ${row!.due} due). A handler may still be running: under TestClock its ` +
+                `timeout fires only when the test advances past callTimeout. Or a transaction of the test's own holds the database.`
+            })
+          }
+          // Handlers still running, or claimable rows the worker has not looked at yet: wait
+          // for its next statement to finish, then look again (waking it if it is idle).
+          if (row!.leased === 0 && row!.due > 0) break
+          const seen = tracker.done
+          yield* waitUntil(Effect.sync(() => tracker.done > seen && tracker.inFlight === 0))
         }
-        if (quiet === 0) yield* worker.wake
-        yield* realPause
       }
     })
 
@@ -382,10 +464,10 @@ const make = (drainTimeout: Duration.Duration) =>
       show: store.show,
       breaker: SubscriptionRef.get(worker.breaker),
       sink: {
-        unavailable: Effect.sync(() => sink.setAvailable(false)),
-        available: Effect.sync(() => sink.setAvailable(true)),
-        keys: Effect.sync(() => sink.dump()),
-        published: Effect.sync(() => sink.published())
+        unavailable: control.unavailable,
+        available: control.available,
+        keys: inMemory((sink) => sink.dump()),
+        published: inMemory((sink) => sink.published())
       }
     } satisfies OutboxTestShape
   })
@@ -411,14 +493,18 @@ export interface OutboxTestOptions<E, R> {
 }
 
 /** The in-memory Redis as a `RedisSink`, with the sink's own error classification. */
-const sinkLayer: Layer.Layer<RedisSink | TestSink> = Layer.effectContext(
+const sinkLayer: Layer.Layer<RedisSink | TestSink | SinkControl> = Layer.effectContext(
   Effect.gen(function*() {
     const clock = yield* Effect.clock
     const memory = MemoryRedis.make({ now: () => clock.unsafeCurrentTimeMillis() })
     const use = <A>(f: (client: RedisSinkShape["client"]) => Promise<A>) =>
       Effect.tryPromise({ try: () => f(memory.client), catch: classify })
     const sink: RedisSinkShape = { client: memory.client, use, ping: Effect.asVoid(use((c) => c.ping())) }
-    return Context.make(RedisSink, sink).pipe(Context.add(TestSink, memory))
+    const control = {
+      unavailable: Effect.sync(() => memory.setAvailable(false)),
+      available: Effect.sync(() => memory.setAvailable(true))
+    }
+    return Context.make(RedisSink, sink).pipe(Context.add(TestSink, memory), Context.add(SinkControl, control))
   })
 )
 
@@ -429,9 +515,26 @@ const sinkLayer: Layer.Layer<RedisSink | TestSink> = Layer.effectContext(
 export const layer = <E, R>(
   options: OutboxTestOptions<E, R>
 ): Layer.Layer<
-  OutboxTest | Worker | Store | SqlClient.SqlClient | RedisSink | TestSink | OutboxConfig | PgliteClient.Pglite,
+  OutboxTest | Worker | Store | SqlClient.SqlClient | RedisSink | TestSink | SinkControl | OutboxConfig | PgliteClient.Pglite,
   E | InvalidConfig | PgliteClient.PgliteMissing | SqlError.SqlError | MigrationError | SchemaFailed,
   Exclude<R, SqlClient.SqlClient | RedisSink>
+> => {
+  const database = Layer.scoped(PgliteClient.Pglite, acquireDatabase(options.schema ?? ""))
+  const sql = PgliteClient.layer.pipe(Layer.provideMerge(database))
+  return layerWith(options).pipe(Layer.provideMerge(Layer.merge(sql, sinkLayer))) as never
+}
+
+/**
+ * The same driver (`drain`, `advance`, inspection) and worker over the `SqlClient`, `RedisSink`
+ * and `SinkControl` in context: e.g. a real Postgres and Redis, to hold the test kit to the
+ * real thing. Rows are not emptied: that is the caller's business there.
+ */
+export const layerWith = <E, R>(
+  options: Omit<OutboxTestOptions<E, R>, "schema">
+): Layer.Layer<
+  OutboxTest | Worker | Store | OutboxConfig,
+  E | InvalidConfig,
+  Exclude<R, SqlClient.SqlClient | RedisSink> | SqlClient.SqlClient | RedisSink | SinkControl
 > => {
   // The worker's poll and heartbeat interval: the kit wakes the worker itself (drain, advance),
   // so a long one only spares `advance` from stepping through timers that find nothing.
@@ -442,10 +545,12 @@ export const layer = <E, R>(
     if (options.startAt !== undefined) return yield* clock.setTime(DateTime.toEpochMillis(DateTime.unsafeMake(options.startAt)))
     if ((yield* Clock.currentTimeMillis) === 0) yield* clock.setTime(defaultStart)
   }))
-  const database = Layer.scoped(PgliteClient.Pglite, acquireDatabase(options.schema ?? ""))
-  const sql = PgliteClient.layer.pipe(Layer.provideMerge(database))
-  const store = Layer.unwrapEffect(Effect.map(OutboxConfig, (c) => Store.layerWith({ callTimeout: c.callTimeout })))
-  const base = Layer.mergeAll(config, sql, sinkLayer, startClock)
+  const realStore = Layer.unwrapEffect(Effect.map(OutboxConfig, (c) => Store.layerWith({ callTimeout: c.callTimeout })))
+  const store = Layer.effectContext(Effect.gen(function*() {
+    const tracker = new Tracker()
+    const store = trackStore(yield* Store, tracker)
+    return Context.make(Store, store).pipe(Context.add(StoreTracker, tracker))
+  })).pipe(Layer.provide(realStore))
   const worker = Worker.layer.pipe(
     // No LISTEN: the test decides when the worker looks (drain, advance), so nothing happens
     // behind its back between two steps.
@@ -454,7 +559,6 @@ export const layer = <E, R>(
   const drainTimeout = Duration.decode(options.drainTimeout ?? Duration.seconds(10))
   return Layer.effect(OutboxTest, make(drainTimeout)).pipe(
     Layer.provideMerge(worker),
-    Layer.provideMerge(base)
+    Layer.provideMerge(Layer.merge(config, startClock))
   ) as never
 }
-

@@ -8,7 +8,9 @@ export {
   DrainTimeout,
   layer,
   OutboxTest,
+  layerWith,
   SchemaFailed,
+  SinkControl,
   TestSink
 } from "./OutboxTest.js"
 export type { DrainReport, EventSummary, FailedAttempt, Inspected, OutboxTestOptions, OutboxTestShape } from "./OutboxTest.js"
