@@ -119,7 +119,6 @@ export interface OutboxTestShape {
   }
 }
 
-export class OutboxTest extends Context.Tag("sync-outbox/testing/OutboxTest")<OutboxTest, OutboxTestShape>() {}
 
 /** How a test takes the sink away and gives it back (the in-memory one flips a switch). */
 export class SinkControl extends Context.Tag("sync-outbox/testing/SinkControl")<SinkControl, {
@@ -561,4 +560,11 @@ export const layerWith = <E, R>(
     Layer.provideMerge(worker),
     Layer.provideMerge(Layer.merge(config, startClock))
   ) as never
+}
+
+export class OutboxTest extends Context.Tag("sync-outbox/testing/OutboxTest")<OutboxTest, OutboxTestShape>() {
+  /** The test kit: PGlite, the in-memory Redis, the worker and the given handlers. */
+  static readonly layer = layer
+  /** The same driver over the `SqlClient`, `RedisSink` and `SinkControl` in context. */
+  static readonly layerWith = layerWith
 }
