@@ -4,7 +4,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Duration, Effect, Ref, Schema, TestClock } from "effect"
+import { Data, Duration, Effect, Schema, TestClock } from "effect"
 import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink } from "../src/index.js"
 import { OutboxTest, layer as outboxTest } from "../src/testing/index.js"
 
@@ -54,8 +54,6 @@ describe("sync-outbox/testing", () => {
     Effect.gen(function*() {
       yield* TestClock.setTime(start)
       const outbox = yield* OutboxTest
-      const Flaky = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
-      void Flaky
       const id = yield* enqueue(FlakyType, { payload: "x" })
       const first = yield* outbox.drain
       expect(first.failed.map((f) => [f.attempt, f.errorTag, f.message, f.dead])).toEqual([[1, "Rejected", "no", false]])
@@ -112,8 +110,6 @@ describe("sync-outbox/testing", () => {
   it.effect("coalescing: ten edits of one resource are one apply and nine superseded", () =>
     Effect.gen(function*() {
       const outbox = yield* OutboxTest
-      const calls = yield* Ref.make<Array<number>>([])
-      void calls
       yield* enqueueMany(Array.from({ length: 10 }, (_, i) => event(Synced, { resourceId: 7, payload: i })))
       const report = yield* outbox.drain
       expect(report.applied.map((e) => e.payload)).toEqual([9])
@@ -149,5 +145,61 @@ describe("sync-outbox/testing", () => {
     }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
 })
 
+describe("sync-outbox/testing: the user's own tables, hung handlers, the live clock", () => {
+  const PlanChanged = OutboxEvent.make({ resourceType: "plan", action: "update", payload: Schema.Null, requiresResourceId: true, coalesce: true })
+  // A handler as in production: it reads the control plane's current state, then writes Redis.
+  const planHandler = handle(PlanChanged, ({ resourceId }) =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const [plan] = yield* sql<{ tier: string }>`SELECT tier FROM plans WHERE id = ${resourceId}`
+      yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.hset(`plan:${resourceId}`, "tier", plan!.tier)))
+    }))
+  const planKit = outboxTest({
+    handlers: Handlers.layer(planHandler),
+    schema: "CREATE TABLE plans (id bigserial PRIMARY KEY, tier text NOT NULL)"
+  })
+
+  for (const round of [1, 2]) {
+    it.effect(`the test's own schema, emptied before each test (round ${round}): ids restart, nothing leaks`, () =>
+      Effect.gen(function*() {
+        const outbox = yield* OutboxTest
+        const sql = yield* SqlClient.SqlClient
+        expect(yield* sql`SELECT * FROM plans`).toEqual([])
+        const [plan] = yield* sql<{ id: string }>`INSERT INTO plans (tier) VALUES ('free') RETURNING id`
+        expect(plan!.id).toBe("1") // int8 comes back as text, as with node-postgres
+        yield* sql.withTransaction(Effect.gen(function*() {
+          yield* sql`UPDATE plans SET tier = 'pro' WHERE id = 1`
+          yield* enqueue(PlanChanged, { resourceId: 1, payload: null })
+        }))
+        expect((yield* outbox.drain).applied).toHaveLength(1)
+        expect(yield* outbox.sink.keys).toEqual({ "plan:1": { tier: "pro" } })
+      }).pipe(Effect.provide(planKit)))
+  }
+
+  it.effect("a handler that never finishes: drain says so in real time; past callTimeout it is the item's HandlerTimeout", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(Hangs, { payload: "x" })
+      const timeout = yield* outbox.drain.pipe(Effect.flip)
+      expect(timeout._tag).toBe("DrainTimeout")
+      expect(timeout._tag === "DrainTimeout" && timeout.inFlight).toEqual([id])
+      const report = yield* outbox.advance("2 seconds")
+      expect(report.failed.map((f) => [f.event.id, f.errorTag])).toEqual([[id, "HandlerTimeout"]])
+    }).pipe(Effect.provide(outboxTest({
+      handlers: Handlers.layer(handle(Hangs, () => Effect.never)),
+      config: { callTimeout: Duration.seconds(2), leaseDuration: Duration.seconds(10) },
+      drainTimeout: Duration.millis(300)
+    }))))
+
+  it.live("under the live clock, drain works the same", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      yield* enqueue(SetValue, { payload: { key: "live", value: "yes" } })
+      expect((yield* outbox.drain).applied).toHaveLength(1)
+      expect(yield* outbox.sink.keys).toEqual({ live: "yes" })
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+})
+
+const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
 const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
 const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })

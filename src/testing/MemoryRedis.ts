@@ -366,14 +366,23 @@ export const make = (options: MemoryRedisOptions): MemoryRedis => {
   const engine = new Engine(options.now)
   let available = true
 
-  const call = (name: string, args: ReadonlyArray<unknown>): Promise<unknown> => {
-    // ioredis takes an optional node-style callback last; handlers on Effect use promises.
-    if (!available) return Promise.reject(closed())
-    try {
-      return Promise.resolve(engine.run(name, args))
-    } catch (error) {
-      return Promise.reject(error)
+  const call = (name: string, given: ReadonlyArray<unknown>): Promise<unknown> => {
+    // ioredis takes an optional node-style callback last, besides returning a promise.
+    const last = given[given.length - 1]
+    const callback = typeof last === "function" ? (last as (error: unknown, result?: unknown) => void) : undefined
+    const args = callback === undefined ? given : given.slice(0, -1)
+    let result: Promise<unknown>
+    if (!available) {
+      result = Promise.reject(closed())
+    } else {
+      try {
+        result = Promise.resolve(engine.run(name, args))
+      } catch (error) {
+        result = Promise.reject(error)
+      }
     }
+    if (callback !== undefined) result.then((value) => callback(null, value), (error) => callback(error))
+    return result
   }
 
   // A pipeline or MULTI: commands queued, run in order on exec, each reply [error, result].

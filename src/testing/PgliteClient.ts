@@ -42,7 +42,7 @@ export class PgliteMissing extends Data.TaggedError("PgliteMissing")<{ readonly 
 // (it may not fit a double). Timestamps, json, ±infinity already agree.
 const INT8 = 20
 
-/** Start a fresh, empty PGlite database in memory. */
+/** Start a fresh, empty PGlite database in memory, tuned for tests (no fsync). */
 export const create: Effect.Effect<PgliteDatabase, PgliteMissing | SqlError.SqlError> = Effect.gen(function*() {
   const module = yield* Effect.tryPromise({
     try: () => import("@electric-sql/pglite"),
@@ -50,7 +50,12 @@ export const create: Effect.Effect<PgliteDatabase, PgliteMissing | SqlError.SqlE
   })
   return yield* Effect.tryPromise({
     try: () =>
-      module.PGlite.create({ parsers: { [INT8]: (value: string) => value } }) as unknown as Promise<PgliteDatabase>,
+      module.PGlite.create({
+        parsers: { [INT8]: (value: string) => value },
+        // A database for tests, gone with the process: durability is not worth its cost here.
+        relaxedDurability: true,
+        postgresqlconf: ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+      }) as unknown as Promise<PgliteDatabase>,
     catch: (cause) => new SqlError.SqlError({ cause, message: "PGlite failed to start" })
   })
 })
