@@ -119,7 +119,6 @@ export interface OutboxTestShape {
   }
 }
 
-
 /** How a test takes the sink away and gives it back (the in-memory one flips a switch). */
 export class SinkControl extends Context.Tag("sync-outbox/testing/SinkControl")<SinkControl, {
   readonly unavailable: Effect.Effect<void>
@@ -164,17 +163,21 @@ const acquireDatabase = (schema: string) =>
     Effect.gen(function*() {
       const free = idle.get(schema)?.pop()
       if (free !== undefined) {
+        // A transaction a failed test left open would swallow everything after it: end it first.
+        yield* Effect.tryPromise({ try: () => free.exec("ROLLBACK"), catch: (cause) => cause }).pipe(Effect.ignore)
         yield* Effect.tryPromise({ try: () => free.exec(resetSql), catch: (cause) => cause }).pipe(Effect.orDie)
         return free
       }
       const db = yield* PgliteClient.create
-      yield* withClient(db, Migrations.run(["outbox"]))
-      if (schema.trim() !== "") {
-        yield* Effect.tryPromise({
-          try: () => db.exec(schema),
-          catch: (cause) => new SchemaFailed({ cause })
-        })
-      }
+      yield* Effect.gen(function*() {
+        yield* withClient(db, Migrations.run(["outbox"]))
+        if (schema.trim() !== "") {
+          yield* Effect.tryPromise({
+            try: () => db.exec(schema),
+            catch: (cause) => new SchemaFailed({ cause })
+          })
+        }
+      }).pipe(Effect.tapError(() => Effect.promise(() => db.close().catch(() => undefined))))
       return db
     }),
     (db) =>
@@ -186,18 +189,6 @@ const acquireDatabase = (schema: string) =>
   )
 
 // ---------------------------------------------------------------------------------------------
-
-const quiescenceSql = `
-SELECT
-  count(*) FILTER (WHERE c.lease_owner = $1)::int AS leased,
-  count(*) FILTER (WHERE c.status = 'pending' AND c.next_retry_at <= $2
-    AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $2)
-    AND NOT EXISTS (SELECT 1 FROM sync_outbox l
-      WHERE l.ordering_key = c.ordering_key AND l.status = 'pending' AND l.lease_expires_at > $2)
-    AND (c.coalesce OR NOT EXISTS (SELECT 1 FROM sync_outbox e
-      WHERE e.ordering_key = c.ordering_key AND e.status = 'pending' AND e.id < c.id)))::int AS due,
-  count(*) FILTER (WHERE c.status = 'pending')::int AS pending
-FROM sync_outbox c`
 
 const nextDueSql = `
 SELECT least(
@@ -239,8 +230,8 @@ const realPause = Effect.promise(() => new Promise<void>((resolve) => setImmedia
 const isTestClock = (clock: Clock.Clock): clock is TestClock.TestClock => "adjust" in clock && "setTime" in clock
 
 /**
- * Counts the worker's statements, so that a drain knows from memory when the worker has gone
- * quiet and asks the database only then (a poll of its own would compete with the worker's).
+ * Counts the worker's statements, so that a drain sees from memory when the worker has gone
+ * quiet (a database poll of its own would compete with the worker's statements).
  */
 class Tracker {
   inFlight = 0
@@ -291,7 +282,6 @@ const make = (drainTimeout: Duration.Duration) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const tracker = yield* StoreTracker
-    const batchSize = (yield* OutboxConfig).batchSize
     const store = yield* Store
     const worker = yield* Worker
     const control = yield* SinkControl
@@ -305,52 +295,45 @@ const make = (drainTimeout: Duration.Duration) =>
 
     const snapshot = Effect.map(sql.unsafe<SnapshotRow>(snapshotSql).withoutTransform, (rows) => new Map(rows.map((r) => [r.id, r] as const)))
 
+    const leasedByWorker = Effect.map(
+      sql.unsafe<{ id: string }>(`SELECT id::text AS id FROM sync_outbox WHERE lease_owner = $1 ORDER BY id`, [worker.owner])
+        .withoutTransform,
+      (rows) => rows.map((r) => r.id)
+    )
+
+    /**
+     * Wait until the worker has nothing left to do now. The engine's own claim is the judge of
+     * what is claimable: settled means a claim that began after our last wake-up came back
+     * empty and none of the worker's statements is still running (it claims again only once a
+     * batch is applied and recorded). While its breaker is open it claims nothing: then settled
+     * means nothing it holds is still leased (that batch was handed back).
+     */
     const settle = Effect.gen(function*() {
       const deadline = Date.now() + Duration.toMillis(drainTimeout)
       const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
-      const waitUntil = (ready: Effect.Effect<boolean>) =>
-        Effect.gen(function*() {
-          while (!(yield* ready)) {
-            if (Date.now() > deadline) return false
-            yield* realPause
+      let mark = tracker.claimsStarted
+      yield* worker.wake
+      while (Date.now() <= deadline) {
+        if (tracker.inFlight === 0) {
+          if (tracker.claimsDone > mark && tracker.lastClaimSize === 0) return
+          if (yield* isOpen) {
+            if ((yield* leasedByWorker).length === 0) return
+          } else if (tracker.claimsDone > mark) {
+            // It claimed something: once that is applied, look again (what it applied may have
+            // unblocked the next event of a key).
+            mark = tracker.claimsStarted
+            yield* worker.wake
           }
-          return true
-        })
-      for (;;) {
-        // Cheap, in memory: wait until the worker has claimed since being woken, the last claim
-        // came back short (it took all there was), and none of its statements is running; or
-        // until its breaker is open (it claims nothing until the sink answers again).
-        const mark = tracker.claimsStarted
-        yield* worker.wake
-        yield* waitUntil(Effect.map(isOpen, (open) =>
-          tracker.inFlight === 0 && (open || (tracker.claimsDone > mark && tracker.lastClaimSize < batchSize))
-        ))
-        for (;;) {
-          // The truth, from the database: nothing leased by this worker, nothing claimable left
-          // (or the sink is down and the worker waits for it, spending no attempt).
-          const now = new Date(yield* nowMs)
-          const [row] = yield* sql.unsafe<{ leased: number; due: number }>(quiescenceSql, [worker.owner, now]).withoutTransform
-          const openNow = yield* isOpen
-          if (row!.leased === 0 && (row!.due === 0 || openNow)) return
-          if (Date.now() > deadline) {
-            const inFlight = yield* sql.unsafe<{ id: string }>(
-              `SELECT id::text AS id FROM sync_outbox WHERE lease_owner = $1 ORDER BY id`,
-              [worker.owner]
-            ).withoutTransform
-            return yield* new DrainTimeout({
-              inFlight: inFlight.map((r) => r.id),
-              message: `sync-outbox/testing: the worker did not settle within ${Duration.format(drainTimeout)} of real time ` +
-                `(${row!.leased} event(s) in flight, ${row!.due} due). A handler may still be running: under TestClock its ` +
-                `timeout fires only when the test advances past callTimeout. Or a transaction of the test's own holds the database.`
-            })
-          }
-          // Handlers still running, or claimable rows the worker has not looked at yet: wait
-          // for its next statement to finish, then look again (waking it if it is idle).
-          if (row!.leased === 0 && row!.due > 0) break
-          const seen = tracker.done
-          yield* waitUntil(Effect.sync(() => tracker.done > seen && tracker.inFlight === 0))
         }
+        yield* realPause
       }
+      const inFlight = yield* leasedByWorker
+      return yield* new DrainTimeout({
+        inFlight,
+        message: `sync-outbox/testing: the worker did not settle within ${Duration.format(drainTimeout)} of real time ` +
+          `(${inFlight.length} event(s) in flight). A handler may still be running: under TestClock its timeout fires ` +
+          `only when the test advances past callTimeout. Or a transaction of the test's own holds the database.`
+      })
     })
 
     const report = (before: Map<string, SnapshotRow>) =>
@@ -408,7 +391,6 @@ const make = (drainTimeout: Duration.Duration) =>
     // `TestClock` moves, and that belongs in the report too.
     const drainFrom = (before: Map<string, SnapshotRow>) =>
       Effect.gen(function*() {
-        yield* worker.wake
         yield* settle
         return yield* report(before)
       })

@@ -46,8 +46,14 @@ const INT8 = 20
 export const create: Effect.Effect<PgliteDatabase, PgliteMissing | SqlError.SqlError> = Effect.gen(function*() {
   const module = yield* Effect.tryPromise({
     try: () => import("@electric-sql/pglite"),
-    catch: (cause) => new PgliteMissing({ cause })
-  })
+    catch: (cause) => cause
+  }).pipe(
+    Effect.mapError((cause): PgliteMissing | SqlError.SqlError =>
+      (cause as { code?: unknown } | null)?.code === "ERR_MODULE_NOT_FOUND"
+        ? new PgliteMissing({ cause })
+        : new SqlError.SqlError({ cause, message: "PGlite could not be loaded" })
+    )
+  )
   return yield* Effect.tryPromise({
     try: () =>
       module.PGlite.create({
