@@ -190,14 +190,13 @@ const acquireDatabase = (schema: string) =>
 
 // ---------------------------------------------------------------------------------------------
 
-const nextDueSql = `
-SELECT least(
-  (SELECT min(next_retry_at) FROM sync_outbox WHERE status = 'pending' AND next_retry_at > $1),
-  (SELECT min(lease_expires_at) FROM sync_outbox WHERE status = 'pending' AND lease_expires_at > $1)
-) AS at`
-
-const snapshotSql = `SELECT id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key,
-  payload, coalesce, retry_count, status, last_error, next_retry_at FROM sync_outbox ORDER BY id`
+// Every event, with the failure of its latest attempt (its tag and message as recorded).
+const snapshotSql = `SELECT o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
+  o.payload, o.coalesce, o.retry_count, o.status, o.last_error, o.next_retry_at, o.lease_expires_at,
+  f.error_tag, f.message
+FROM sync_outbox o
+LEFT JOIN sync_outbox_failures f ON f.outbox_id = o.id AND f.attempt = o.retry_count
+ORDER BY o.id`
 
 interface SnapshotRow {
   readonly id: string
@@ -211,6 +210,21 @@ interface SnapshotRow {
   readonly status: "pending" | "dead"
   readonly last_error: string | null
   readonly next_retry_at: Date | number
+  readonly lease_expires_at: Date | null
+  readonly error_tag: string | null
+  readonly message: string | null
+}
+
+/** When something next falls due after `now`: a scheduled retry or a lease running out. */
+const nextDueAt = (rows: Map<string, SnapshotRow>, now: number): number | null => {
+  let next: number | null = null
+  for (const row of rows.values()) {
+    if (row.status !== "pending") continue
+    for (const at of [row.next_retry_at, row.lease_expires_at]) {
+      if (at instanceof Date && at.getTime() > now && (next === null || at.getTime() < next)) next = at.getTime()
+    }
+  }
+  return next
 }
 
 const summary = (row: SnapshotRow): EventSummary => ({
@@ -343,18 +357,13 @@ const make = (drainTimeout: Duration.Duration) =>
           const old = before.get(row.id)
           return row.retry_count > 0 && (old === undefined || old.retry_count !== row.retry_count || old.status !== row.status)
         })
-        const history = changed.length === 0 ? [] : yield* sql.unsafe<{ id: string; attempt: number; error_tag: string; message: string }>(
-          `SELECT outbox_id::text AS id, attempt, error_tag, message FROM sync_outbox_failures WHERE outbox_id = ANY($1::bigint[])`,
-          [changed.map((r) => r.id)]
-        ).withoutTransform
         const failed = changed.map((row): FailedAttempt => {
-          const entry = history.find((h) => h.id === row.id && h.attempt === row.retry_count)
           const [tag, ...rest] = (row.last_error ?? "").split(": ")
           return {
             event: summary(row),
             attempt: row.retry_count,
-            errorTag: entry?.error_tag ?? tag ?? "",
-            message: entry?.message ?? rest.join(": "),
+            errorTag: row.error_tag ?? tag ?? "",
+            message: row.message ?? rest.join(": "),
             dead: row.status === "dead",
             nextRetryAt: row.status === "dead" || !(row.next_retry_at instanceof Date) ? null : row.next_retry_at
           }
@@ -375,7 +384,7 @@ const make = (drainTimeout: Duration.Duration) =>
         )
         const pending = [...after.values()].filter((r) => r.status === "pending")
         const scheduled = pending.map((r) => r.next_retry_at).filter((at): at is Date => at instanceof Date)
-        return {
+        const result: DrainReport = {
           at: new Date(yield* nowMs),
           applied: gone.filter((r) => !supersededIds.has(r.id)).map(summary),
           superseded: gone.filter((r) => supersededIds.has(r.id)).map(summary),
@@ -384,7 +393,8 @@ const make = (drainTimeout: Duration.Duration) =>
           breaker: yield* SubscriptionRef.get(worker.breaker),
           pending: pending.length,
           nextRetryAt: scheduled.length === 0 ? null : new Date(Math.min(...scheduled.map((d) => d.getTime())))
-        } satisfies DrainReport
+        }
+        return [result, after] as const
       })
 
     // From a snapshot taken before the clock moved: the worker acts on its own due timers while
@@ -395,7 +405,7 @@ const make = (drainTimeout: Duration.Duration) =>
         return yield* report(before)
       })
 
-    const drain = Effect.flatMap(snapshot, drainFrom)
+    const drain = Effect.map(Effect.flatMap(snapshot, drainFrom), ([result]) => result)
 
     const merge = (reports: ReadonlyArray<DrainReport>): DrainReport => {
       const last = reports[reports.length - 1]!
@@ -420,19 +430,20 @@ const make = (drainTimeout: Duration.Duration) =>
         const target = (yield* nowMs) + Duration.toMillis(duration)
         const reports: Array<DrainReport> = []
         // Step to each due time on the way, as a worker awake all along would have acted there.
+        // What one step ends with is what the next starts from: nothing runs in between.
+        let before = yield* snapshot
         for (;;) {
           const now = yield* nowMs
-          const [row] = yield* sql.unsafe<{ at: Date | null }>(nextDueSql, [new Date(now)]).withoutTransform
-          const at = row?.at instanceof Date ? row.at.getTime() : null
+          const at = nextDueAt(before, now)
           if (at === null || at >= target) break
-          const before = yield* snapshot
           yield* clock.adjust(Duration.millis(at - now))
-          reports.push(yield* drainFrom(before))
+          const [result, after] = yield* drainFrom(before)
+          reports.push(result)
+          before = after
         }
-        const before = yield* snapshot
         const now = yield* nowMs
         if (target > now) yield* clock.adjust(Duration.millis(target - now))
-        reports.push(yield* drainFrom(before))
+        reports.push((yield* drainFrom(before))[0])
         return merge(reports)
       })
 
