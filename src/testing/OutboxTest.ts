@@ -238,9 +238,6 @@ const summary = (row: SnapshotRow): EventSummary => ({
 
 const defaultStart = Date.parse("2026-01-01T00:00:00Z")
 
-// Lets the worker's fibers and PGlite's promises run; a timer would cost milliseconds each.
-const realPause = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
-
 const isTestClock = (clock: Clock.Clock): clock is TestClock.TestClock => "adjust" in clock && "setTime" in clock
 
 /**
@@ -253,6 +250,31 @@ class Tracker {
   claimsStarted = 0
   claimsDone = 0
   lastClaimSize = 0
+  private readonly waiters = new Set<() => void>()
+
+  finished() {
+    this.inFlight--
+    this.done++
+    for (const wake of this.waiters) wake()
+  }
+
+  /** Resumes once a statement has finished since `seen` was read from `done`, or at `deadline`. */
+  changed(seen: number, deadline: number): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      if (this.done !== seen) return resume(Effect.void)
+      const wake = () => {
+        this.waiters.delete(wake)
+        clearTimeout(timer)
+        resume(Effect.void)
+      }
+      const timer = setTimeout(wake, Math.max(0, deadline - Date.now()))
+      this.waiters.add(wake)
+      return Effect.sync(() => {
+        this.waiters.delete(wake)
+        clearTimeout(timer)
+      })
+    })
+  }
 }
 
 class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
@@ -272,10 +294,7 @@ const trackStore = (store: Context.Tag.Service<Store>, tracker: Tracker): Contex
             }
           })
         ),
-        Effect.ensuring(Effect.sync(() => {
-          tracker.inFlight--
-          tracker.done++
-        }))
+        Effect.ensuring(Effect.sync(() => tracker.finished()))
       )
     })
   const wrapped: Record<string, unknown> = {}
@@ -327,7 +346,9 @@ const make = (drainTimeout: Duration.Duration) =>
       const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
       let mark = tracker.claimsStarted
       yield* worker.wake
+      // Looked at again each time one of the worker's statements finishes: nothing else moves it.
       while (Date.now() <= deadline) {
+        const seen = tracker.done
         if (tracker.inFlight === 0) {
           if (tracker.claimsDone > mark && tracker.lastClaimSize === 0) return
           if (yield* isOpen) {
@@ -339,7 +360,7 @@ const make = (drainTimeout: Duration.Duration) =>
             yield* worker.wake
           }
         }
-        yield* realPause
+        yield* tracker.changed(seen, deadline)
       }
       const inFlight = yield* leasedByWorker
       return yield* new DrainTimeout({
