@@ -6,7 +6,7 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Data, Duration, Effect, Schema, TestClock } from "effect"
 import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink } from "../src/index.js"
-import { OutboxTest, layer as outboxTest } from "../src/testing/index.js"
+import { OutboxTest, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
 class Rejected extends Data.TaggedError("Rejected")<{ readonly message: string }> {}
 
@@ -203,3 +203,15 @@ describe("sync-outbox/testing: the user's own tables, hung handlers, the live cl
 const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
 const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
 const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+
+describe("sync-outbox/testing without PGlite installed", () => {
+  it.effect("fails with PgliteMissing, which says what to install", () =>
+    Effect.gen(function*() {
+      const missing = Object.assign(new Error("Cannot find package '@electric-sql/pglite'"), { code: "ERR_MODULE_NOT_FOUND" })
+      const error = yield* PgliteClient.createWith(() => Promise.reject(missing)).pipe(Effect.flip)
+      expect(error._tag).toBe("PgliteMissing")
+      expect(error.message).toContain("npm install -D @electric-sql/pglite")
+      const broken = yield* PgliteClient.createWith(() => Promise.reject(new Error("wasm exploded"))).pipe(Effect.flip)
+      expect(broken._tag).toBe("SqlError")
+    }))
+})

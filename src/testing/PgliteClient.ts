@@ -42,29 +42,40 @@ export class PgliteMissing extends Data.TaggedError("PgliteMissing")<{ readonly 
 // (it may not fit a double). Timestamps, json, ±infinity already agree.
 const INT8 = 20
 
-/** Start a fresh, empty PGlite database in memory, tuned for tests (no fsync). */
-export const create: Effect.Effect<PgliteDatabase, PgliteMissing | SqlError.SqlError> = Effect.gen(function*() {
-  const module = yield* Effect.tryPromise({
-    try: () => import("@electric-sql/pglite"),
-    catch: (cause) => cause
-  }).pipe(
-    Effect.mapError((cause): PgliteMissing | SqlError.SqlError =>
-      (cause as { code?: unknown } | null)?.code === "ERR_MODULE_NOT_FOUND"
-        ? new PgliteMissing({ cause })
-        : new SqlError.SqlError({ cause, message: "PGlite could not be loaded" })
+/** What `createWith` needs of the `@electric-sql/pglite` module. */
+export interface PgliteModule {
+  readonly PGlite: { readonly create: (options: Record<string, unknown>) => Promise<unknown> }
+}
+
+const loadPglite = (): Promise<PgliteModule> => import("@electric-sql/pglite") as Promise<unknown> as Promise<PgliteModule>
+
+/**
+ * Start a fresh, empty PGlite database in memory, tuned for tests (no fsync), from the module
+ * `load` gives (by default the installed `@electric-sql/pglite`).
+ */
+export const createWith = (load: () => Promise<PgliteModule>): Effect.Effect<PgliteDatabase, PgliteMissing | SqlError.SqlError> =>
+  Effect.gen(function*() {
+    const module = yield* Effect.tryPromise({ try: load, catch: (cause) => cause }).pipe(
+      Effect.mapError((cause): PgliteMissing | SqlError.SqlError =>
+        (cause as { code?: unknown } | null)?.code === "ERR_MODULE_NOT_FOUND"
+          ? new PgliteMissing({ cause })
+          : new SqlError.SqlError({ cause, message: "PGlite could not be loaded" })
+      )
     )
-  )
-  return yield* Effect.tryPromise({
-    try: () =>
-      module.PGlite.create({
-        parsers: { [INT8]: (value: string) => value },
-        // A database for tests, gone with the process: durability is not worth its cost here.
-        relaxedDurability: true,
-        postgresqlconf: ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
-      }) as unknown as Promise<PgliteDatabase>,
-    catch: (cause) => new SqlError.SqlError({ cause, message: "PGlite failed to start" })
+    return yield* Effect.tryPromise({
+      try: () =>
+        module.PGlite.create({
+          parsers: { [INT8]: (value: string) => value },
+          // A database for tests, gone with the process: durability is not worth its cost here.
+          relaxedDurability: true,
+          postgresqlconf: ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+        }) as Promise<PgliteDatabase>,
+      catch: (cause) => new SqlError.SqlError({ cause, message: "PGlite failed to start" })
+    })
   })
-})
+
+/** Start a fresh, empty PGlite database in memory, tuned for tests (no fsync). */
+export const create: Effect.Effect<PgliteDatabase, PgliteMissing | SqlError.SqlError> = createWith(loadPglite)
 
 const failed = (cause: unknown) => new SqlError.SqlError({ cause, message: "Failed to execute statement" })
 
