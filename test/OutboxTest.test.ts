@@ -4,7 +4,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Duration, Effect, Schema, TestClock } from "effect"
+import { Data, Duration, Effect, Layer, Schema, TestClock } from "effect"
 import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink } from "../src/index.js"
 import { OutboxTest, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
@@ -203,6 +203,23 @@ describe("sync-outbox/testing: the user's own tables, hung handlers, the live cl
 const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
 const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
 const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+
+describe("sync-outbox/testing: bad input", () => {
+  it.effect("advance by infinity is a typed InvalidAdvance, and the clock has not moved", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const before = yield* TestClock.currentTimeMillis
+      const error = yield* outbox.advance(Duration.infinity).pipe(Effect.flip)
+      expect(error._tag).toBe("InvalidAdvance")
+      expect(yield* TestClock.currentTimeMillis).toBe(before)
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("an invalid configuration fails the layer with InvalidConfig, as in production", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Layer.build(outboxTest({ handlers: Handlers.layer(setValue), config: { maxRetries: 0 } })))
+      expect(error._tag).toBe("InvalidConfig")
+    }).pipe(Effect.scoped))
+})
 
 describe("sync-outbox/testing without PGlite installed", () => {
   it.effect("fails with PgliteMissing, which says what to install", () =>

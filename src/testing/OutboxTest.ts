@@ -91,6 +91,9 @@ export class SchemaFailed extends Data.TaggedError("SchemaFailed")<{ readonly ca
   }
 }
 
+/** `advance` was given a duration it cannot move the clock by (infinity). */
+export class InvalidAdvance extends Data.TaggedError("InvalidAdvance")<{ readonly message: string }> {}
+
 export interface OutboxTestShape {
   /** Apply everything due now (at the current `Clock` time) and report what happened. */
   readonly drain: Effect.Effect<DrainReport, DrainTimeout | SqlError.SqlError>
@@ -98,7 +101,7 @@ export interface OutboxTestShape {
    * Move `TestClock` forward by `duration`, stopping at every retry or lease expiry that falls
    * due on the way and draining there, then drain at the end. Under the live clock, waits.
    */
-  readonly advance: (duration: Duration.DurationInput) => Effect.Effect<DrainReport, DrainTimeout | SqlError.SqlError>
+  readonly advance: (duration: Duration.DurationInput) => Effect.Effect<DrainReport, DrainTimeout | InvalidAdvance | SqlError.SqlError>
   /** Pending events (due or scheduled), oldest first, with their failure history. */
   readonly pending: Effect.Effect<ReadonlyArray<Inspected>, SqlError.SqlError>
   /** Dead letters, oldest first, with their failure history. */
@@ -391,11 +394,13 @@ const make = (drainTimeout: Duration.Duration) =>
         })
         const gone = [...before.values()].filter((row) => !after.has(row.id))
         // The engine collapses older coalescing events of a key into the newest one it holds:
-        // a deleted event with a newer event of its key handled in the same drain was superseded.
+        // a deleted coalescing event with a newer coalescing event of its key handled in the
+        // same drain was superseded.
         const handled = [...gone.map((r) => r.id), ...changed.map((r) => r.id)]
         const byKey = new Map<string, Array<bigint>>()
         for (const id of handled) {
           const row = before.get(id) ?? after.get(id)!
+          if (!row.coalesce) continue
           const list = byKey.get(row.ordering_key) ?? []
           list.push(BigInt(id))
           byKey.set(row.ordering_key, list)
@@ -442,6 +447,9 @@ const make = (drainTimeout: Duration.Duration) =>
     const advance = (input: Duration.DurationInput) =>
       Effect.gen(function*() {
         const duration = Duration.decode(input)
+        if (!Duration.isFinite(duration)) {
+          return yield* new InvalidAdvance({ message: `sync-outbox/testing: advance needs a finite duration, got ${Duration.format(duration)}` })
+        }
         const clock = yield* Effect.clock
         if (!isTestClock(clock)) {
           // The live clock moves by itself: let it, then drain what is due.

@@ -6,6 +6,7 @@
 export * as MemoryRedis from "./MemoryRedis.js"
 export {
   DrainTimeout,
+  InvalidAdvance,
   layer,
   OutboxTest,
   layerWith,
