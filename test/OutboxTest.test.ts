@@ -4,8 +4,8 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Duration, Effect, Layer, Schema, TestClock } from "effect"
-import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink } from "../src/index.js"
+import { Data, Duration, Effect, Layer, Ref, Schema, TestClock } from "effect"
+import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store } from "../src/index.js"
 import { OutboxTest, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
 class Rejected extends Data.TaggedError("Rejected")<{ readonly message: string }> {}
@@ -200,9 +200,28 @@ describe("sync-outbox/testing: the user's own tables, hung handlers, the live cl
     }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
 })
 
+const Counted = OutboxEvent.make({ resourceType: "counted", action: "apply", payload: Schema.String })
 const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
 const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
 const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+
+describe("sync-outbox/testing: reports", () => {
+  it.effect("a requeued dead letter that fails again is reported with its new failure", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(Counted, { payload: "x" })
+      yield* outbox.drain
+      expect((yield* outbox.advance("10 seconds")).dead.map((f) => f.message)).toEqual(["call 2"])
+      expect(yield* Effect.flatMap(Store, (s) => s.requeue({ _tag: "One", id }))).toBe(1)
+      const again = yield* outbox.drain
+      expect(again.failed.map((f) => [f.attempt, f.message])).toEqual([[1, "call 3"]])
+    }).pipe(Effect.provide(outboxTest({
+      handlers: Layer.unwrapEffect(Effect.map(Ref.make(0), (calls) =>
+        Handlers.layer(handle(Counted, () =>
+          Effect.flatMap(Ref.updateAndGet(calls, (n) => n + 1), (n) => new Rejected({ message: `call ${n}` })))))),
+      config: { maxRetries: 2, backoffBase: Duration.seconds(1) }
+    }))))
+})
 
 describe("sync-outbox/testing: bad input", () => {
   it.effect("advance by infinity is a typed InvalidAdvance, and the clock has not moved", () =>

@@ -193,13 +193,8 @@ const acquireDatabase = (schema: string) =>
 
 // ---------------------------------------------------------------------------------------------
 
-// Every event, with the failure of its latest attempt (its tag and message as recorded).
-const snapshotSql = `SELECT o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
-  o.payload, o.coalesce, o.retry_count, o.status, o.last_error, o.next_retry_at, o.lease_expires_at,
-  f.error_tag, f.message
-FROM sync_outbox o
-LEFT JOIN sync_outbox_failures f ON f.outbox_id = o.id AND f.attempt = o.retry_count
-ORDER BY o.id`
+const snapshotSql = `SELECT id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key,
+  payload, coalesce, retry_count, status, last_error, next_retry_at, lease_expires_at FROM sync_outbox ORDER BY id`
 
 interface SnapshotRow {
   readonly id: string
@@ -214,8 +209,6 @@ interface SnapshotRow {
   readonly last_error: string | null
   readonly next_retry_at: Date | number
   readonly lease_expires_at: Date | null
-  readonly error_tag: string | null
-  readonly message: string | null
 }
 
 /** When something next falls due after `now`: a scheduled retry or a lease running out. */
@@ -382,12 +375,15 @@ const make = (drainTimeout: Duration.Duration) =>
           return row.retry_count > 0 && (old === undefined || old.retry_count !== row.retry_count || old.status !== row.status)
         })
         const failed = changed.map((row): FailedAttempt => {
+          // `last_error` is the latest failure, written with it: "<tag>: <message>" (a tag has
+          // no ": "). The history table may hold an older attempt of the same number after a
+          // requeue, so it is not read here.
           const [tag, ...rest] = (row.last_error ?? "").split(": ")
           return {
             event: summary(row),
             attempt: row.retry_count,
-            errorTag: row.error_tag ?? tag ?? "",
-            message: row.message ?? rest.join(": "),
+            errorTag: tag ?? "",
+            message: rest.join(": "),
             dead: row.status === "dead",
             nextRetryAt: row.status === "dead" || !(row.next_retry_at instanceof Date) ? null : row.next_retry_at
           }
