@@ -1,0 +1,598 @@
+/**
+ * Everything a user's test needs to run its outbox code with no server: the real `Worker`, the
+ * real `Store` and the real SQL on PGlite (Postgres in this process), the user's `Handlers`, and
+ * an in-memory Redis the test controls. The same statements as in production mean the same
+ * semantics by construction: ordering keys, coalescing, leases, backoff, dead letters and their
+ * history. The library takes time only from Effect's `Clock` (times are statement parameters,
+ * never `now()`), so `TestClock` drives retries and leases.
+ *
+ * The test drives the worker with `drain` (apply what is due now, report what happened) and
+ * `advance` (move `TestClock`, stopping at every due time on the way, as a worker that never
+ * sleeps late would).
+ */
+import { SqlClient, type SqlError } from "@effect/sql"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import { Clock, Context, Data, DateTime, Duration, Effect, Layer, Option, SubscriptionRef } from "effect"
+import type { TestClock } from "effect"
+import type { EventNotFound, FailureRecord, InvalidConfig, MigrationError } from "../Errors.js"
+import type { Handlers } from "../Handlers.js"
+import * as InFlight from "../InFlight.js"
+import { Listener } from "../Listener.js"
+import * as Migrations from "../Migrations.js"
+import { OutboxConfig, type OutboxConfigShape } from "../OutboxConfig.js"
+import type { StoredEvent } from "../OutboxEvent.js"
+import { classify, RedisSink, type RedisSinkShape } from "../RedisSink.js"
+import { Store } from "../Store.js"
+import { type BreakerState, Worker } from "../Worker.js"
+import * as MemoryRedis from "./MemoryRedis.js"
+import * as PgliteClient from "./PgliteClient.js"
+
+/** An event as a drain report names it. */
+export interface EventSummary {
+  readonly id: string
+  readonly resourceType: string
+  readonly action: string
+  readonly resourceId: number | null
+  readonly orderingKey: string
+  readonly payload: unknown
+}
+
+/** One failed attempt recorded during a drain. */
+export interface FailedAttempt {
+  readonly event: EventSummary
+  readonly attempt: number
+  readonly errorTag: string
+  readonly message: string
+  /** True when this attempt made the event a dead letter. */
+  readonly dead: boolean
+  /** When the next attempt is due; null for a dead letter. */
+  readonly nextRetryAt: Date | null
+}
+
+/** What a `drain` (or an `advance`) did. */
+export interface DrainReport {
+  /** The `Clock` time the drain ended at. */
+  readonly at: Date
+  /** Applied by their handler and deleted. */
+  readonly applied: ReadonlyArray<EventSummary>
+  /** Deleted without their own apply: collapsed into a newer coalescing event of the same key. */
+  readonly superseded: ReadonlyArray<EventSummary>
+  /** Every failed attempt, in order, including those that ended dead. */
+  readonly failed: ReadonlyArray<FailedAttempt>
+  /** The failed attempts that made their event a dead letter. */
+  readonly dead: ReadonlyArray<FailedAttempt>
+  /** "open" while the worker waits for the sink to answer again (no attempt is spent meanwhile). */
+  readonly breaker: BreakerState
+  /** Pending events left, due or not. */
+  readonly pending: number
+  /** The earliest scheduled retry, if any. */
+  readonly nextRetryAt: Date | null
+}
+
+/** An event with its whole failure history. */
+export interface Inspected {
+  readonly event: StoredEvent
+  readonly failures: ReadonlyArray<FailureRecord>
+}
+
+/**
+ * The worker did not settle in real time: a handler still runs (under `TestClock` its timeout
+ * only fires when the test moves time past `callTimeout`), or the session is held by an open
+ * transaction of the test's own.
+ */
+export class DrainTimeout extends Data.TaggedError("DrainTimeout")<{
+  readonly message: string
+  readonly inFlight: ReadonlyArray<string>
+}> {}
+
+/** The `schema` given to `OutboxTest.layer` did not apply. */
+export class SchemaFailed extends Data.TaggedError("SchemaFailed")<{ readonly cause: unknown }> {
+  override get message() {
+    return `sync-outbox/testing: the schema given to the test layer failed to apply: ${this.cause instanceof Error ? this.cause.message : String(this.cause)}`
+  }
+}
+
+/** `advance` was given a duration it cannot move the clock by (infinity). */
+export class InvalidAdvance extends Data.TaggedError("InvalidAdvance")<{ readonly message: string }> {}
+
+export interface OutboxTestShape {
+  /** Apply everything due now (at the current `Clock` time) and report what happened. */
+  readonly drain: Effect.Effect<DrainReport, DrainTimeout | SqlError.SqlError>
+  /**
+   * Move `TestClock` forward by `duration`, stopping at every retry or lease expiry that falls
+   * due on the way and draining there, then drain at the end. Under the live clock, waits.
+   */
+  readonly advance: (duration: Duration.DurationInput) => Effect.Effect<DrainReport, DrainTimeout | InvalidAdvance | SqlError.SqlError>
+  /** Pending events (due or scheduled), oldest first, with their failure history. */
+  readonly pending: Effect.Effect<ReadonlyArray<Inspected>, SqlError.SqlError>
+  /** Dead letters, oldest first, with their failure history. */
+  readonly dead: Effect.Effect<ReadonlyArray<Inspected>, SqlError.SqlError>
+  /** One event and its failure history. */
+  readonly show: (id: string) => Effect.Effect<Inspected, EventNotFound | SqlError.SqlError>
+  /** The worker's breaker. */
+  readonly breaker: Effect.Effect<BreakerState>
+  readonly sink: {
+    /** From now on every Redis command fails as on a lost connection (the worker's breaker opens). */
+    readonly unavailable: Effect.Effect<void>
+    /** Redis answers again; the breaker closes at its next probe (within `probeCap`). */
+    readonly available: Effect.Effect<void>
+    /** Every live key and its value (strings, hashes as objects, sets sorted, lists). */
+    readonly keys: Effect.Effect<Record<string, unknown>>
+    /** Messages published by handlers. */
+    readonly published: Effect.Effect<ReadonlyArray<{ readonly channel: string; readonly message: string }>>
+  }
+}
+
+/** How a test takes the sink away and gives it back (the in-memory one flips a switch). */
+export class SinkControl extends Context.Tag("sync-outbox/testing/SinkControl")<SinkControl, {
+  readonly unavailable: Effect.Effect<void>
+  readonly available: Effect.Effect<void>
+}>() {}
+
+/** The in-memory Redis behind the test's `RedisSink`. */
+export class TestSink extends Context.Tag("sync-outbox/testing/TestSink")<TestSink, MemoryRedis.MemoryRedis>() {}
+
+// ---------------------------------------------------------------------------------------------
+// Databases: starting PGlite costs a second or more, so a migrated instance is kept per schema
+// and handed to the next test with its rows emptied (ids start at 1 again).
+// ---------------------------------------------------------------------------------------------
+
+const idle = new Map<string, Array<PgliteClient.PgliteDatabase>>()
+
+const withClient = <A, E>(db: PgliteClient.PgliteDatabase, effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
+  Effect.flatMap(PgliteClient.make(db), (sql) => Effect.provideService(effect, SqlClient.SqlClient, sql)).pipe(
+    Effect.provide(Reactivity.layer)
+  )
+
+// DELETE rather than TRUNCATE: on tables this small it is far cheaper (TRUNCATE makes new files
+// for every table and index). Foreign keys are not checked meanwhile: every table is emptied.
+const resetSql = `
+DO $$
+DECLARE t record;
+BEGIN
+  PERFORM set_config('session_replication_role', 'replica', true);
+  FOR t IN SELECT schemaname, tablename FROM pg_tables
+    WHERE schemaname = 'public' AND tablename <> 'sync_outbox_migrations'
+  LOOP
+    EXECUTE format('DELETE FROM %I.%I', t.schemaname, t.tablename);
+  END LOOP;
+  FOR t IN SELECT schemaname, sequencename FROM pg_sequences WHERE schemaname = 'public' LOOP
+    PERFORM setval(format('%I.%I', t.schemaname, t.sequencename), 1, false);
+  END LOOP;
+END $$;
+RESET ALL;`
+
+const acquireDatabase = (schema: string) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const free = idle.get(schema)?.pop()
+      if (free !== undefined) {
+        // A transaction a failed test left open would swallow everything after it: end it first.
+        yield* Effect.tryPromise({ try: () => free.exec("ROLLBACK"), catch: (cause) => cause }).pipe(Effect.ignore)
+        yield* Effect.tryPromise({ try: () => free.exec(resetSql), catch: (cause) => cause }).pipe(Effect.orDie)
+        return free
+      }
+      const db = yield* PgliteClient.create
+      yield* Effect.gen(function*() {
+        yield* withClient(db, Migrations.run(["outbox"]))
+        if (schema.trim() !== "") {
+          yield* Effect.tryPromise({
+            try: () => db.exec(schema),
+            catch: (cause) => new SchemaFailed({ cause })
+          })
+        }
+      }).pipe(Effect.tapError(() => Effect.promise(() => db.close().catch(() => undefined))))
+      return db
+    }),
+    (db) =>
+      Effect.sync(() => {
+        const list = idle.get(schema)
+        if (list === undefined) idle.set(schema, [db])
+        else list.push(db)
+      })
+  )
+
+// ---------------------------------------------------------------------------------------------
+
+const snapshotSql = `SELECT id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key,
+  payload, coalesce, retry_count, status, last_error, next_retry_at, lease_expires_at FROM sync_outbox ORDER BY id`
+
+interface SnapshotRow {
+  readonly id: string
+  readonly resource_type: string
+  readonly action: string
+  readonly resource_id: number | null
+  readonly ordering_key: string
+  readonly payload: unknown
+  readonly coalesce: boolean
+  readonly retry_count: number
+  readonly status: "pending" | "dead"
+  readonly last_error: string | null
+  readonly next_retry_at: Date | number
+  readonly lease_expires_at: Date | null
+}
+
+/** When something next falls due after `now`: a scheduled retry or a lease running out. */
+const nextDueAt = (rows: Map<string, SnapshotRow>, now: number): number | null => {
+  let next: number | null = null
+  for (const row of rows.values()) {
+    if (row.status !== "pending") continue
+    for (const at of [row.next_retry_at, row.lease_expires_at]) {
+      if (at instanceof Date && at.getTime() > now && (next === null || at.getTime() < next)) next = at.getTime()
+    }
+  }
+  return next
+}
+
+const summary = (row: SnapshotRow): EventSummary => ({
+  id: row.id,
+  resourceType: row.resource_type,
+  action: row.action,
+  resourceId: row.resource_id,
+  orderingKey: row.ordering_key,
+  payload: row.payload
+})
+
+const defaultStart = Date.parse("2026-01-01T00:00:00Z")
+
+const isTestClock = (clock: Clock.Clock): clock is TestClock.TestClock => "adjust" in clock && "setTime" in clock
+
+/**
+ * Counts the worker's statements, so that a drain sees from memory when the worker has gone
+ * quiet (a database poll of its own would compete with the worker's statements).
+ */
+class Tracker {
+  inFlight = 0
+  done = 0
+  claimsStarted = 0
+  claimsDone = 0
+  lastClaimSize = 0
+  private readonly waiters = new Set<() => void>()
+
+  finished() {
+    this.inFlight--
+    this.done++
+    for (const wake of this.waiters) wake()
+  }
+
+  /** Resumes once a statement has finished since `seen` was read from `done`, or at `deadline`. */
+  changed(seen: number, deadline: number): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      if (this.done !== seen) return resume(Effect.void)
+      const wake = () => {
+        this.waiters.delete(wake)
+        clearTimeout(timer)
+        resume(Effect.void)
+      }
+      const timer = setTimeout(wake, Math.max(0, deadline - Date.now()))
+      this.waiters.add(wake)
+      return Effect.sync(() => {
+        this.waiters.delete(wake)
+        clearTimeout(timer)
+      })
+    })
+  }
+}
+
+class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
+
+/** The same Store, every call counted (whatever its methods: the worker's use of it may change). */
+const trackStore = (store: Context.Tag.Service<Store>, tracker: Tracker): Context.Tag.Service<Store> => {
+  const track = (name: string, effect: Effect.Effect<unknown, unknown>) =>
+    Effect.suspend(() => {
+      tracker.inFlight++
+      if (name === "claim") tracker.claimsStarted++
+      return effect.pipe(
+        Effect.tap((result) =>
+          Effect.sync(() => {
+            if (name === "claim") {
+              tracker.claimsDone++
+              tracker.lastClaimSize = Array.isArray(result) ? result.length : 0
+            }
+          })
+        ),
+        Effect.ensuring(Effect.sync(() => tracker.finished()))
+      )
+    })
+  const wrapped: Record<string, unknown> = {}
+  for (const [name, value] of Object.entries(store)) {
+    wrapped[name] = typeof value === "function"
+      ? (...args: Array<unknown>) => {
+        const result = (value as (...a: Array<unknown>) => unknown)(...args)
+        return Effect.isEffect(result) ? track(name, result as Effect.Effect<unknown, unknown>) : result
+      }
+      : Effect.isEffect(value)
+      ? track(name, value as Effect.Effect<unknown, unknown>)
+      : value
+  }
+  return wrapped as Context.Tag.Service<Store>
+}
+
+const make = (drainTimeout: Duration.Duration) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const tracker = yield* StoreTracker
+    const store = yield* Store
+    const worker = yield* Worker
+    const control = yield* SinkControl
+    const memory = yield* Effect.serviceOption(TestSink)
+    const inMemory = <A>(f: (sink: MemoryRedis.MemoryRedis) => A) =>
+      Option.match(memory, {
+        onNone: () => Effect.dieMessage("sync-outbox/testing: only the in-memory sink (OutboxTest.layer) lists its keys and messages"),
+        onSome: (sink) => Effect.sync(() => f(sink))
+      })
+    const nowMs = Clock.currentTimeMillis
+
+    const snapshot = Effect.map(sql.unsafe<SnapshotRow>(snapshotSql).withoutTransform, (rows) => new Map(rows.map((r) => [r.id, r] as const)))
+
+    const leasedByWorker = Effect.map(
+      sql.unsafe<{ id: string }>(`SELECT id::text AS id FROM sync_outbox WHERE lease_owner = $1 ORDER BY id`, [worker.owner])
+        .withoutTransform,
+      (rows) => rows.map((r) => r.id)
+    )
+
+    /**
+     * Wait until the worker has nothing left to do now. The engine's own claim is the judge of
+     * what is claimable: settled means a claim that began after our last wake-up came back
+     * empty and none of the worker's statements is still running (it claims again only once a
+     * batch is applied and recorded). While its breaker is open it claims nothing: then settled
+     * means nothing it holds is still leased (that batch was handed back).
+     */
+    const settle = Effect.gen(function*() {
+      const deadline = Date.now() + Duration.toMillis(drainTimeout)
+      const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
+      let mark = tracker.claimsStarted
+      yield* worker.wake
+      // Looked at again each time one of the worker's statements finishes: nothing else moves it.
+      while (Date.now() <= deadline) {
+        const seen = tracker.done
+        if (tracker.inFlight === 0) {
+          if (tracker.claimsDone > mark && tracker.lastClaimSize === 0) return
+          if (yield* isOpen) {
+            if ((yield* leasedByWorker).length === 0) return
+          } else if (tracker.claimsDone > mark) {
+            // It claimed something: once that is applied, look again (what it applied may have
+            // unblocked the next event of a key).
+            mark = tracker.claimsStarted
+            yield* worker.wake
+          }
+        }
+        yield* tracker.changed(seen, deadline)
+      }
+      const inFlight = yield* leasedByWorker
+      return yield* new DrainTimeout({
+        inFlight,
+        message: `sync-outbox/testing: the worker did not settle within ${Duration.format(drainTimeout)} of real time ` +
+          `(${inFlight.length} event(s) in flight). A handler may still be running: under TestClock its timeout fires ` +
+          `only when the test advances past callTimeout. Or a transaction of the test's own holds the database.`
+      })
+    })
+
+    const report = (before: Map<string, SnapshotRow>) =>
+      Effect.gen(function*() {
+        const after = yield* snapshot
+        const changed = [...after.values()].filter((row) => {
+          const old = before.get(row.id)
+          return row.retry_count > 0 && (old === undefined || old.retry_count !== row.retry_count || old.status !== row.status)
+        })
+        const failed = changed.map((row): FailedAttempt => {
+          // `last_error` is the latest failure, written with it: "<tag>: <message>" (a tag has
+          // no ": "). The history table may hold an older attempt of the same number after a
+          // requeue, so it is not read here.
+          const [tag, ...rest] = (row.last_error ?? "").split(": ")
+          return {
+            event: summary(row),
+            attempt: row.retry_count,
+            errorTag: tag ?? "",
+            message: rest.join(": "),
+            dead: row.status === "dead",
+            nextRetryAt: row.status === "dead" || !(row.next_retry_at instanceof Date) ? null : row.next_retry_at
+          }
+        })
+        const gone = [...before.values()].filter((row) => !after.has(row.id))
+        // The engine collapses older coalescing events of a key into the newest one it holds:
+        // a deleted coalescing event with a newer coalescing event of its key handled in the
+        // same drain was superseded.
+        const handled = [...gone.map((r) => r.id), ...changed.map((r) => r.id)]
+        const byKey = new Map<string, Array<bigint>>()
+        for (const id of handled) {
+          const row = before.get(id) ?? after.get(id)!
+          if (!row.coalesce) continue
+          const list = byKey.get(row.ordering_key) ?? []
+          list.push(BigInt(id))
+          byKey.set(row.ordering_key, list)
+        }
+        const supersededIds = new Set(
+          gone.filter((row) => row.coalesce && (byKey.get(row.ordering_key) ?? []).some((id) => id > BigInt(row.id))).map((r) => r.id)
+        )
+        const pending = [...after.values()].filter((r) => r.status === "pending")
+        const scheduled = pending.map((r) => r.next_retry_at).filter((at): at is Date => at instanceof Date)
+        const result: DrainReport = {
+          at: new Date(yield* nowMs),
+          applied: gone.filter((r) => !supersededIds.has(r.id)).map(summary),
+          superseded: gone.filter((r) => supersededIds.has(r.id)).map(summary),
+          failed,
+          dead: failed.filter((f) => f.dead),
+          breaker: yield* SubscriptionRef.get(worker.breaker),
+          pending: pending.length,
+          nextRetryAt: scheduled.length === 0 ? null : new Date(Math.min(...scheduled.map((d) => d.getTime())))
+        }
+        return [result, after] as const
+      })
+
+    // From a snapshot taken before the clock moved: the worker acts on its own due timers while
+    // `TestClock` moves, and that belongs in the report too.
+    const drainFrom = (before: Map<string, SnapshotRow>) =>
+      Effect.gen(function*() {
+        yield* settle
+        return yield* report(before)
+      })
+
+    const drain = Effect.map(Effect.flatMap(snapshot, drainFrom), ([result]) => result)
+
+    const merge = (reports: ReadonlyArray<DrainReport>): DrainReport => {
+      const last = reports[reports.length - 1]!
+      return {
+        ...last,
+        applied: reports.flatMap((r) => r.applied),
+        superseded: reports.flatMap((r) => r.superseded),
+        failed: reports.flatMap((r) => r.failed),
+        dead: reports.flatMap((r) => r.dead)
+      }
+    }
+
+    const advance = (input: Duration.DurationInput) =>
+      Effect.gen(function*() {
+        const duration = Duration.decode(input)
+        if (!Duration.isFinite(duration)) {
+          return yield* new InvalidAdvance({ message: `sync-outbox/testing: advance needs a finite duration, got ${Duration.format(duration)}` })
+        }
+        const clock = yield* Effect.clock
+        if (!isTestClock(clock)) {
+          // The live clock moves by itself: let it, then drain what is due.
+          yield* Effect.sleep(duration)
+          return yield* drain
+        }
+        const target = (yield* nowMs) + Duration.toMillis(duration)
+        const reports: Array<DrainReport> = []
+        // Step to each due time on the way, as a worker awake all along would have acted there.
+        // What one step ends with is what the next starts from: nothing runs in between.
+        let before = yield* snapshot
+        for (;;) {
+          const now = yield* nowMs
+          const at = nextDueAt(before, now)
+          if (at === null || at >= target) break
+          yield* clock.adjust(Duration.millis(at - now))
+          const [result, after] = yield* drainFrom(before)
+          reports.push(result)
+          before = after
+        }
+        const now = yield* nowMs
+        if (target > now) yield* clock.adjust(Duration.millis(target - now))
+        reports.push((yield* drainFrom(before))[0])
+        return merge(reports)
+      })
+
+    const inspect = (ids: ReadonlyArray<string>) =>
+      Effect.forEach(ids, (id) => Effect.orDie(store.show(id)))
+
+    const idsWhere = (status: "pending" | "dead") =>
+      Effect.map(
+        sql.unsafe<{ id: string }>(`SELECT id::text AS id FROM sync_outbox WHERE status = $1 ORDER BY id`, [status]).withoutTransform,
+        (rows) => rows.map((r) => r.id)
+      )
+
+    return {
+      drain,
+      advance,
+      pending: Effect.flatMap(idsWhere("pending"), inspect),
+      dead: Effect.flatMap(idsWhere("dead"), inspect),
+      show: store.show,
+      breaker: SubscriptionRef.get(worker.breaker),
+      sink: {
+        unavailable: control.unavailable,
+        available: control.available,
+        keys: inMemory((sink) => sink.dump()),
+        published: inMemory((sink) => sink.published())
+      }
+    } satisfies OutboxTestShape
+  })
+
+export interface OutboxTestOptions<E, R> {
+  /** The handlers under test; they may use `RedisSink` and `SqlClient`, which the kit provides. */
+  readonly handlers: Layer.Layer<Handlers, E, R>
+  /** The worker's settings (maxRetries, backoffBase, ...), validated as in production. */
+  readonly config?: Partial<OutboxConfigShape> | undefined
+  /**
+   * SQL for the test's own tables, applied once per database after the outbox's migrations.
+   * Every table's rows are emptied before each test (ids restart at 1); the schema stays.
+   */
+  readonly schema?: string | undefined
+  /** Real time a `drain` may wait for the worker to settle before failing. Default 10 s. */
+  readonly drainTimeout?: Duration.DurationInput | undefined
+  /**
+   * Under `TestClock`, the time the worker starts at, when the clock still reads 0 (the epoch):
+   * default 2026-01-01T00:00:00Z. Set the start here rather than with `TestClock.setTime` in
+   * the test: moving the clock years ahead after the worker started walks its timers one by one.
+   */
+  readonly startAt?: DateTime.DateTime.Input | undefined
+}
+
+/** The in-memory Redis as a `RedisSink`, with the sink's own error classification. */
+const sinkLayer: Layer.Layer<RedisSink | TestSink | SinkControl> = Layer.effectContext(
+  Effect.gen(function*() {
+    const clock = yield* Effect.clock
+    const memory = MemoryRedis.make({ now: () => clock.unsafeCurrentTimeMillis() })
+    // As the real sink: the call is tracked by InFlight, so a timed-out call keeps its event held.
+    const use = <A>(f: (client: RedisSinkShape["client"], signal: AbortSignal) => Promise<A>) =>
+      InFlight.tryPromise({ try: (signal) => f(memory.client, signal), catch: classify })
+    const sink: RedisSinkShape = { client: memory.client, use, ping: Effect.asVoid(use((c) => c.ping())) }
+    const control = {
+      unavailable: Effect.sync(() => memory.setAvailable(false)),
+      available: Effect.sync(() => memory.setAvailable(true))
+    }
+    return Context.make(RedisSink, sink).pipe(Context.add(TestSink, memory), Context.add(SinkControl, control))
+  })
+)
+
+/**
+ * The test kit: a worker over PGlite and an in-memory Redis, with the given handlers. Provide
+ * it to each test (it is cheap after the first in a file: the database is reused and emptied).
+ */
+export const layer = <E, R>(
+  options: OutboxTestOptions<E, R>
+): Layer.Layer<
+  OutboxTest | Worker | Store | SqlClient.SqlClient | RedisSink | TestSink | SinkControl | OutboxConfig | PgliteClient.Pglite,
+  E | InvalidConfig | PgliteClient.PgliteMissing | SqlError.SqlError | MigrationError | SchemaFailed,
+  Exclude<R, SqlClient.SqlClient | RedisSink>
+> => {
+  const database = Layer.scoped(PgliteClient.Pglite, acquireDatabase(options.schema ?? ""))
+  const sql = PgliteClient.layer.pipe(Layer.provideMerge(database))
+  return layerWith(options).pipe(Layer.provideMerge(Layer.merge(sql, sinkLayer))) as never
+}
+
+/**
+ * The same driver (`drain`, `advance`, inspection) and worker over the `SqlClient`, `RedisSink`
+ * and `SinkControl` in context: e.g. a real Postgres and Redis, to hold the test kit to the
+ * real thing. Rows are not emptied: that is the caller's business there.
+ */
+export const layerWith = <E, R>(
+  options: Omit<OutboxTestOptions<E, R>, "schema">
+): Layer.Layer<
+  OutboxTest | Worker | Store | OutboxConfig,
+  E | InvalidConfig,
+  Exclude<R, SqlClient.SqlClient | RedisSink> | SqlClient.SqlClient | RedisSink | SinkControl
+> => {
+  // The worker's poll and heartbeat interval: the kit wakes the worker itself (drain, advance),
+  // so a long one only spares `advance` from stepping through timers that find nothing.
+  const config = OutboxConfig.layer({ interval: Duration.days(1), ...options.config })
+  const startClock = Layer.effectDiscard(Effect.gen(function*() {
+    const clock = yield* Effect.clock
+    if (!isTestClock(clock)) return
+    if (options.startAt !== undefined) return yield* clock.setTime(DateTime.toEpochMillis(DateTime.unsafeMake(options.startAt)))
+    if ((yield* Clock.currentTimeMillis) === 0) yield* clock.setTime(defaultStart)
+  }))
+  const realStore = Layer.unwrapEffect(Effect.map(OutboxConfig, (c) => Store.layerWith({ callTimeout: c.callTimeout })))
+  const store = Layer.effectContext(Effect.gen(function*() {
+    const tracker = new Tracker()
+    const store = trackStore(yield* Store, tracker)
+    return Context.make(Store, store).pipe(Context.add(StoreTracker, tracker))
+  })).pipe(Layer.provide(realStore))
+  const worker = Worker.layer.pipe(
+    // No LISTEN: the test decides when the worker looks (drain, advance), so nothing happens
+    // behind its back between two steps.
+    Layer.provideMerge(Layer.mergeAll(store, Listener.off, options.handlers))
+  )
+  const drainTimeout = Duration.decode(options.drainTimeout ?? Duration.seconds(10))
+  return Layer.effect(OutboxTest, make(drainTimeout)).pipe(
+    Layer.provideMerge(worker),
+    Layer.provideMerge(Layer.merge(config, startClock))
+  ) as never
+}
+
+export class OutboxTest extends Context.Tag("sync-outbox/testing/OutboxTest")<OutboxTest, OutboxTestShape>() {
+  /** The test kit: PGlite, the in-memory Redis, the worker and the given handlers. */
+  static readonly layer = layer
+  /** The same driver over the `SqlClient`, `RedisSink` and `SinkControl` in context. */
+  static readonly layerWith = layerWith
+}

@@ -1,0 +1,123 @@
+/**
+ * The test kit's in-memory Redis against a real Redis: the same commands, the same replies
+ * (errors compared by their first word, which is what a handler or classification reads).
+ */
+import { describe, expect, it } from "vitest"
+import { Redis } from "ioredis"
+import { afterAll, beforeAll } from "vitest"
+import { MemoryRedis } from "../src/testing/index.js"
+import { prefix, redisUrl } from "./support/harness.js"
+
+let real: Redis
+beforeAll(() => {
+  real = new Redis(redisUrl())
+})
+afterAll(() => {
+  real.disconnect()
+})
+
+type Step = readonly [command: string, ...args: Array<unknown>]
+
+/** Run each step on a client, replies or error first words, key names prefixed on the real one. */
+const run = async (client: Redis, steps: ReadonlyArray<Step>) => {
+  const out: Array<unknown> = []
+  for (const [command, ...args] of steps) {
+    try {
+      const reply = await (client as unknown as Record<string, (...a: Array<unknown>) => Promise<unknown>>)[command]!(...args)
+      out.push(Array.isArray(reply) && (command === "smembers" || command === "keys") ? [...reply].sort() : reply)
+    } catch (error) {
+      out.push(`error ${String((error as Error).message).split(" ")[0]}`)
+    }
+  }
+  return out
+}
+
+describe("MemoryRedis speaks Redis", () => {
+  it("strings, hashes, sets, lists, expiry and errors reply as a real Redis does", async () => {
+    const p = prefix()
+    const k = (name: string) => `${p}${name}`
+    let now = Date.now()
+    const memory = MemoryRedis.make({ now: () => now })
+    const steps: ReadonlyArray<Step> = [
+      ["set", k("s"), "1"],
+      ["get", k("s")],
+      ["incr", k("s")],
+      ["incrby", k("s"), 10],
+      ["decr", k("s")],
+      ["set", k("s"), "x", "NX"],
+      ["set", k("n"), "y", "XX"],
+      ["set", k("s"), "z", "GET"],
+      ["incr", k("s")],
+      ["mget", k("s"), k("missing")],
+      ["hset", k("h"), "a", "1", "b", "2"],
+      ["hset", k("h"), { b: "3", c: "4" }],
+      ["hget", k("h"), "b"],
+      ["hmget", k("h"), "a", "zz"],
+      ["hgetall", k("h")],
+      ["hincrby", k("h"), "a", 5],
+      ["hdel", k("h"), "a", "zz"],
+      ["hexists", k("h"), "a"],
+      ["hlen", k("h")],
+      ["hgetall", k("nothing")],
+      ["get", k("h")],
+      ["hset", k("s"), "f", "v"],
+      ["sadd", k("set"), "a", "b", "a"],
+      ["sismember", k("set"), "b"],
+      ["srem", k("set"), "a", "q"],
+      ["smembers", k("set")],
+      ["scard", k("set")],
+      ["rpush", k("l"), "1", "2"],
+      ["lpush", k("l"), "0"],
+      ["lrange", k("l"), 0, -1],
+      ["lrange", k("l"), -2, -1],
+      ["llen", k("l")],
+      ["lpop", k("l")],
+      ["type", k("l")],
+      ["type", k("h")],
+      ["type", k("none")],
+      ["exists", k("s"), k("h"), k("none")],
+      ["del", k("s"), k("none")],
+      ["exists", k("s")],
+      ["pexpire", k("h"), 60_000],
+      ["persist", k("h")],
+      ["pttl", k("h")],
+      ["ttl", k("none")],
+      ["srem", k("set"), "b"],
+      ["exists", k("set")],
+      ["ping"]
+    ]
+    expect(await run(memory.client, steps)).toEqual(await run(real, steps))
+    // Expiry on the given clock: due exactly at its time.
+    await memory.client.set("e", "v", "PX", 100)
+    now += 99
+    expect(await memory.client.get("e")).toBe("v")
+    now += 1
+    expect(await memory.client.get("e")).toBeNull()
+  })
+
+  it("MULTI and pipelines reply [error, result] per command, as ioredis gives them", async () => {
+    const p = prefix()
+    const memory = MemoryRedis.make({ now: Date.now })
+    const script = (c: Redis) => c.multi().set(`${p}a`, "1").hset(`${p}a`, "f", "v").incr(`${p}a`).exec()
+    const simplify = (replies: Array<[Error | null, unknown]> | null) =>
+      (replies ?? []).map(([error, value]) => (error === null ? value : `error ${error.message.split(" ")[0]}`))
+    expect(simplify(await script(memory.client))).toEqual(simplify(await script(real)))
+    const pipelined = (c: Redis) => c.pipeline().set(`${p}b`, "2").get(`${p}b`).exec()
+    expect(simplify(await pipelined(memory.client))).toEqual(simplify(await pipelined(real)))
+  })
+
+  it("unavailable: every command, pipeline and ping fails as ioredis does on a closed connection", async () => {
+    const memory = MemoryRedis.make({ now: Date.now })
+    memory.setAvailable(false)
+    await expect(memory.client.get("a")).rejects.toThrow("Connection is closed.")
+    await expect(memory.client.pipeline().get("a").exec()).rejects.toThrow("Connection is closed.")
+    memory.setAvailable(true)
+    expect(await memory.client.ping()).toBe("PONG")
+  })
+
+  it("a command it does not implement fails with Redis's unknown-command reply, never a silent success", async () => {
+    const memory = MemoryRedis.make({ now: Date.now })
+    await expect(memory.client.zadd("z", 1, "m")).rejects.toThrow(/^ERR unknown command 'zadd'/)
+    await expect(memory.client.eval("return 1", 0)).rejects.toThrow(/^ERR unknown command 'eval'/)
+  })
+})

@@ -1,0 +1,253 @@
+/**
+ * The test kit itself (`sync-outbox/testing`): no server at all. Its semantics are held to the
+ * real store's by test/Semantics.test.ts; here: the helpers, the sink and the breaker.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Data, Duration, Effect, Layer, Ref, Schema, TestClock } from "effect"
+import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store } from "../src/index.js"
+import { OutboxTest, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
+
+class Rejected extends Data.TaggedError("Rejected")<{ readonly message: string }> {}
+
+const SetValue = OutboxEvent.make({
+  resourceType: "thing",
+  action: "set",
+  payload: Schema.Struct({ key: Schema.String, value: Schema.String }),
+  orderingKey: ({ payload }) => `thing:${payload.key}`
+})
+const setValue = handle(SetValue, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value))))
+
+const start = Date.parse("2026-01-01T00:00:00Z")
+
+describe("sync-outbox/testing", () => {
+  it.effect("drain applies what is due and reports it; the handler's writes are in the sink", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(start)
+      const outbox = yield* OutboxTest
+      const sql = yield* SqlClient.SqlClient
+      const id = yield* sql.withTransaction(enqueue(SetValue, { payload: { key: "a", value: "1" } }))
+      expect(id).toBe("1") // every test starts from an empty outbox, ids from 1
+      const report = yield* outbox.drain
+      expect(report.applied.map((e) => e.id)).toEqual([id])
+      expect(report.failed).toEqual([])
+      expect(report.pending).toBe(0)
+      expect(yield* outbox.sink.keys).toEqual({ a: "1" })
+      const redis = yield* RedisSink
+      expect(yield* redis.use((c) => c.get("a"))).toBe("1")
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("a rolled-back transaction leaves nothing to drain", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const sql = yield* SqlClient.SqlClient
+      const result = yield* sql.withTransaction(
+        Effect.zipRight(enqueue(SetValue, { payload: { key: "a", value: "1" } }), Effect.fail("abort" as const))
+      ).pipe(Effect.flip)
+      expect(result).toBe("abort")
+      const report = yield* outbox.drain
+      expect(report.applied).toEqual([])
+      expect(yield* outbox.sink.keys).toEqual({})
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("advance walks the backoff: each attempt at its due time, then a dead letter with its history", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(start)
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(FlakyType, { payload: "x" })
+      const first = yield* outbox.drain
+      expect(first.failed.map((f) => [f.attempt, f.errorTag, f.message, f.dead])).toEqual([[1, "Rejected", "no", false]])
+      const due1 = first.failed[0]!.nextRetryAt!.getTime() - start
+      expect(due1).toBeGreaterThanOrEqual(500)
+      expect(due1).toBeLessThanOrEqual(1_000)
+      // One millisecond early: nothing.
+      const early = yield* outbox.advance(Duration.millis(due1 - 1))
+      expect(early.failed).toEqual([])
+      // A whole minute at once still stops at each due time: attempts 2 and 3, then dead.
+      const rest = yield* outbox.advance("1 minute")
+      expect(rest.failed.map((f) => f.attempt)).toEqual([2, 3])
+      expect(rest.dead.map((f) => f.event.id)).toEqual([id])
+      const attempt3At = rest.failed[1]!
+      expect(attempt3At.nextRetryAt).toBeNull()
+      const [dead] = yield* outbox.dead
+      expect(dead!.event.status).toBe("dead")
+      expect(dead!.failures.map((f) => f.attempt)).toEqual([1, 2, 3])
+      // Attempt 2 ran at its due time, attempt 3 in [1 s, 2 s] after it.
+      const [f1, f2, f3] = dead!.failures
+      expect(f1!.failedAt.getTime()).toBe(start)
+      expect(f2!.failedAt.getTime()).toBe(start + due1)
+      const gap = f3!.failedAt.getTime() - f2!.failedAt.getTime()
+      expect(gap).toBeGreaterThanOrEqual(1_000)
+      expect(gap).toBeLessThanOrEqual(2_000)
+      expect(yield* outbox.pending).toEqual([])
+    }).pipe(Effect.provide(outboxTest({
+      handlers: Handlers.layer(handle(FlakyType, () => new Rejected({ message: "no" }))),
+      config: { maxRetries: 3, backoffBase: Duration.seconds(1) }
+    }))))
+
+  it.effect("through a Redis blip: the breaker opens, no attempt is spent, and it all applies once Redis is back", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(start)
+      const outbox = yield* OutboxTest
+      yield* enqueueMany(Array.from({ length: 5 }, (_, i) => event(SetValue, { payload: { key: `k${i}`, value: "v" } })))
+      yield* outbox.sink.unavailable
+      const during = yield* outbox.drain
+      expect(during.breaker).toBe("open")
+      expect(during.applied).toEqual([])
+      expect(during.failed).toEqual([])
+      // Time passes while Redis is down: still no attempt counted against any event.
+      const later = yield* outbox.advance("1 second")
+      expect(later.failed).toEqual([])
+      expect((yield* outbox.pending).map((p) => p.event.retryCount)).toEqual([0, 0, 0, 0, 0])
+      yield* outbox.sink.available
+      // The breaker's probe runs on its schedule (probeCap apart at most, jittered up to 20% more).
+      const after = yield* outbox.advance("60 millis")
+      expect(after.breaker).toBe("closed")
+      expect(after.applied).toHaveLength(5)
+      expect(Object.keys(yield* outbox.sink.keys)).toHaveLength(5)
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("coalescing: ten edits of one resource are one apply and nine superseded", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      yield* enqueueMany(Array.from({ length: 10 }, (_, i) => event(Synced, { resourceId: 7, payload: i })))
+      const report = yield* outbox.drain
+      expect(report.applied.map((e) => e.payload)).toEqual([9])
+      expect(report.superseded).toHaveLength(9)
+      expect(yield* outbox.sink.keys).toEqual({ "synced:7": "9" })
+    }).pipe(Effect.provide(outboxTest({
+      handlers: Handlers.layer(handle(Synced, ({ payload, resourceId }) =>
+        Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`synced:${resourceId}`, String(payload))))))
+    }))))
+
+  it.effect("the sink answers like Redis: a command on the wrong type is the item's failure, TTLs follow TestClock", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(start)
+      const redis = yield* RedisSink
+      yield* redis.use((c) => c.set("s", "v", "PX", 1_000))
+      const wrong = yield* redis.use((c) => c.hset("s", "f", "v")).pipe(Effect.flip)
+      expect(wrong._tag).toBe("SinkCommandError")
+      expect(wrong.message).toMatch(/^WRONGTYPE/)
+      const unknown = yield* redis.use((c) => c.zadd("z", 1, "m")).pipe(Effect.flip)
+      expect(unknown._tag).toBe("SinkCommandError")
+      expect(yield* redis.use((c) => c.pttl("s"))).toBe(1_000)
+      yield* TestClock.adjust("999 millis")
+      expect(yield* redis.use((c) => c.get("s"))).toBe("v")
+      yield* TestClock.adjust("1 millis")
+      expect(yield* redis.use((c) => c.get("s"))).toBeNull()
+      const results = yield* redis.use((c) => c.multi().hset("h", { a: "1", b: "2" }).incr("n").get("h").exec())
+      expect(results).toEqual([[null, 2], [null, 1], [expect.objectContaining({ name: "ReplyError" }), null]])
+      expect(yield* redis.use((c) => c.hgetall("h"))).toEqual({ a: "1", b: "2" })
+      const outbox = yield* OutboxTest
+      yield* outbox.sink.unavailable
+      const down = yield* redis.ping.pipe(Effect.flip)
+      expect(down._tag).toBe("SinkUnavailable")
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+})
+
+describe("sync-outbox/testing: the user's own tables, hung handlers, the live clock", () => {
+  const PlanChanged = OutboxEvent.make({ resourceType: "plan", action: "update", payload: Schema.Null, requiresResourceId: true, coalesce: true })
+  // A handler as in production: it reads the control plane's current state, then writes Redis.
+  const planHandler = handle(PlanChanged, ({ resourceId }) =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const [plan] = yield* sql<{ tier: string }>`SELECT tier FROM plans WHERE id = ${resourceId}`
+      yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.hset(`plan:${resourceId}`, "tier", plan!.tier)))
+    }))
+  const planKit = outboxTest({
+    handlers: Handlers.layer(planHandler),
+    schema: "CREATE TABLE plans (id bigserial PRIMARY KEY, tier text NOT NULL)"
+  })
+
+  for (const round of [1, 2]) {
+    it.effect(`the test's own schema, emptied before each test (round ${round}): ids restart, nothing leaks`, () =>
+      Effect.gen(function*() {
+        const outbox = yield* OutboxTest
+        const sql = yield* SqlClient.SqlClient
+        expect(yield* sql`SELECT * FROM plans`).toEqual([])
+        const [plan] = yield* sql<{ id: string }>`INSERT INTO plans (tier) VALUES ('free') RETURNING id`
+        expect(plan!.id).toBe("1") // int8 comes back as text, as with node-postgres
+        yield* sql.withTransaction(Effect.gen(function*() {
+          yield* sql`UPDATE plans SET tier = 'pro' WHERE id = 1`
+          yield* enqueue(PlanChanged, { resourceId: 1, payload: null })
+        }))
+        expect((yield* outbox.drain).applied).toHaveLength(1)
+        expect(yield* outbox.sink.keys).toEqual({ "plan:1": { tier: "pro" } })
+      }).pipe(Effect.provide(planKit)))
+  }
+
+  it.effect("a handler that never finishes: drain says so in real time; past callTimeout it is the item's HandlerTimeout", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(Hangs, { payload: "x" })
+      const timeout = yield* outbox.drain.pipe(Effect.flip)
+      expect(timeout._tag).toBe("DrainTimeout")
+      expect(timeout._tag === "DrainTimeout" && timeout.inFlight).toEqual([id])
+      const report = yield* outbox.advance("2 seconds")
+      expect(report.failed.map((f) => [f.event.id, f.errorTag])).toEqual([[id, "HandlerTimeout"]])
+    }).pipe(Effect.provide(outboxTest({
+      handlers: Handlers.layer(handle(Hangs, () => Effect.never)),
+      config: { callTimeout: Duration.seconds(2), leaseDuration: Duration.seconds(10) },
+      drainTimeout: Duration.millis(300)
+    }))))
+
+  it.live("under the live clock, drain works the same", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      yield* enqueue(SetValue, { payload: { key: "live", value: "yes" } })
+      expect((yield* outbox.drain).applied).toHaveLength(1)
+      expect(yield* outbox.sink.keys).toEqual({ live: "yes" })
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+})
+
+const Counted = OutboxEvent.make({ resourceType: "counted", action: "apply", payload: Schema.String })
+const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
+const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
+const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+
+describe("sync-outbox/testing: reports", () => {
+  it.effect("a requeued dead letter that fails again is reported with its new failure", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(Counted, { payload: "x" })
+      yield* outbox.drain
+      expect((yield* outbox.advance("10 seconds")).dead.map((f) => f.message)).toEqual(["call 2"])
+      expect(yield* Effect.flatMap(Store, (s) => s.requeue({ _tag: "One", id }))).toBe(1)
+      const again = yield* outbox.drain
+      expect(again.failed.map((f) => [f.attempt, f.message])).toEqual([[1, "call 3"]])
+    }).pipe(Effect.provide(outboxTest({
+      handlers: Layer.unwrapEffect(Effect.map(Ref.make(0), (calls) =>
+        Handlers.layer(handle(Counted, () =>
+          Effect.flatMap(Ref.updateAndGet(calls, (n) => n + 1), (n) => new Rejected({ message: `call ${n}` })))))),
+      config: { maxRetries: 2, backoffBase: Duration.seconds(1) }
+    }))))
+})
+
+describe("sync-outbox/testing: bad input", () => {
+  it.effect("advance by infinity is a typed InvalidAdvance, and the clock has not moved", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const before = yield* TestClock.currentTimeMillis
+      const error = yield* outbox.advance(Duration.infinity).pipe(Effect.flip)
+      expect(error._tag).toBe("InvalidAdvance")
+      expect(yield* TestClock.currentTimeMillis).toBe(before)
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("an invalid configuration fails the layer with InvalidConfig, as in production", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Layer.build(outboxTest({ handlers: Handlers.layer(setValue), config: { maxRetries: 0 } })))
+      expect(error._tag).toBe("InvalidConfig")
+    }).pipe(Effect.scoped))
+})
+
+describe("sync-outbox/testing without PGlite installed", () => {
+  it.effect("fails with PgliteMissing, which says what to install", () =>
+    Effect.gen(function*() {
+      const missing = Object.assign(new Error("Cannot find package '@electric-sql/pglite'"), { code: "ERR_MODULE_NOT_FOUND" })
+      const error = yield* PgliteClient.createWith(() => Promise.reject(missing)).pipe(Effect.flip)
+      expect(error._tag).toBe("PgliteMissing")
+      expect(error.message).toContain("npm install -D @electric-sql/pglite")
+      const broken = yield* PgliteClient.createWith(() => Promise.reject(new Error("wasm exploded"))).pipe(Effect.flip)
+      expect(broken._tag).toBe("SqlError")
+    }))
+})

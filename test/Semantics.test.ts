@@ -1,0 +1,222 @@
+/**
+ * The engine's semantics (ordering, coalescing, leases, retries, dead letters, the breaker),
+ * written once and run against two layers: the real store (a real Postgres and a real Redis,
+ * the sink cut through a TCP proxy) and the test kit users get from `sync-outbox/testing`
+ * (PGlite and the in-memory Redis). Both run the same worker under TestClock, driven by the
+ * same `drain` / `advance`: what differs is only what the kit replaces, which is what must agree.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Data, Duration, Effect, Layer, Redacted, Ref, Schema } from "effect"
+import { beforeAll } from "vitest"
+import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store, type OutboxConfigShape } from "../src/index.js"
+import { layer as testKit, layerWith, OutboxTest, SinkControl } from "../src/testing/index.js"
+import { eventually, freshDatabase, prefix, redisUrl, sqlLayer } from "./support/harness.js"
+import { startProxy } from "./support/proxy.js"
+
+let url: string
+beforeAll(async () => {
+  url = await freshDatabase("semantics")
+})
+
+class Refused extends Data.TaggedError("Refused")<{ readonly message: string }> {}
+
+type Kit = <E, R>(options: {
+  readonly handlers: Layer.Layer<Handlers, E, R>
+  readonly config?: Partial<OutboxConfigShape>
+}) => Layer.Layer<OutboxTest | Store | SqlClient.SqlClient | RedisSink, unknown>
+
+/** A real Redis behind a proxy the test can cut, as the sink's outage. */
+const realSink = Layer.unwrapScoped(Effect.gen(function*() {
+  const proxy = yield* Effect.acquireRelease(
+    Effect.promise(() => startProxy(Number(new URL(redisUrl()).port))),
+    (p) => Effect.promise(p.close)
+  )
+  const redis = RedisSink.layer({ url: Redacted.make(proxy.url("redis")), commandTimeout: Duration.seconds(1) })
+  const control = Layer.effect(SinkControl, Effect.map(RedisSink, (sink) => ({
+    // Real time: the client must have seen the connection go (or come back) before the test
+    // moves its clock, or the breaker's probe would race the reconnect.
+    unavailable: Effect.zipRight(
+      Effect.promise(proxy.cut),
+      Effect.orDie(eventually(Effect.sync(() => sink.client.status), (s) => s !== "ready"))
+    ),
+    available: Effect.zipRight(
+      Effect.promise(proxy.restore),
+      Effect.orDie(eventually(Effect.sync(() => sink.client.status), (s) => s === "ready"))
+    )
+  })))
+  return Layer.provideMerge(control, redis)
+}))
+
+// Each test starts from an empty outbox, before its worker starts.
+const emptied = Layer.effectDiscard(
+  Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox, sync_outbox_workers RESTART IDENTITY CASCADE`)
+)
+
+const real: Kit = (options) =>
+  layerWith(options).pipe(
+    Layer.provideMerge(emptied.pipe(Layer.provideMerge(Layer.mergeAll(sqlLayer(url), realSink)))),
+    Layer.orDie
+  ) as never
+
+const kit: Kit = (options) => testKit(options).pipe(Layer.orDie) as never
+
+const get = (key: string) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.get(key)))
+const list = (key: string) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.lrange(key, 0, -1)))
+
+describe.each([
+  ["the real store (Postgres, Redis)", real],
+  ["the test kit (PGlite, in-memory Redis)", kit]
+] as const)("engine semantics on %s", (_, layer) => {
+  it.effect("ordering: one key's events apply one at a time, in order; a failure holds the ones behind it", () => {
+    const p = prefix()
+    const Append = OutboxEvent.make({
+      resourceType: "ledger",
+      action: "append",
+      payload: Schema.Struct({ key: Schema.String, entry: Schema.String }),
+      orderingKey: ({ payload }) => `ledger:${payload.key}`
+    })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const ids = yield* enqueueMany([
+        event(Append, { payload: { key: "a", entry: "1" } }),
+        event(Append, { payload: { key: "a", entry: "2" } }),
+        event(Append, { payload: { key: "a", entry: "3" } }),
+        event(Append, { payload: { key: "b", entry: "x" } })
+      ])
+      const first = yield* outbox.drain
+      // a:1 and b:x apply; a:2 fails once; a:3 waits behind it without an attempt.
+      expect(first.applied.map((e) => e.id).sort()).toEqual([ids[0], ids[3]].sort())
+      expect(first.failed.map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[ids[1], 1, "Refused"]])
+      expect((yield* outbox.show(ids[2]!)).event.retryCount).toBe(0)
+      const second = yield* outbox.advance("1 second")
+      expect(second.applied.map((e) => e.id)).toEqual([ids[1], ids[2]])
+      expect(yield* list(`${p}a`)).toEqual(["1", "2", "3"])
+      expect(yield* list(`${p}b`)).toEqual(["x"])
+    }).pipe(Effect.provide(layer({
+      handlers: Layer.unwrapEffect(Effect.map(Ref.make(new Set<string>()), (failed) =>
+        Handlers.layer(handle(Append, ({ id, payload }) =>
+          Effect.gen(function*() {
+            if (payload.entry === "2" && !(yield* Ref.modify(failed, (s) => [s.has(id), new Set([...s, id])]))) {
+              return yield* new Refused({ message: "not yet" })
+            }
+            yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.rpush(`${p}${payload.key}`, payload.entry)))
+          }))))),
+      config: { backoffBase: Duration.seconds(1) }
+    })))
+  })
+
+  it.effect("coalescing: ten pending edits of one resource are one apply of the newest, nine superseded", () => {
+    const p = prefix()
+    const Sync = OutboxEvent.make({ resourceType: "profile", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      yield* enqueueMany(Array.from({ length: 10 }, (_, i) => event(Sync, { resourceId: 1, payload: i })))
+      yield* enqueue(Sync, { resourceId: 2, payload: 100 })
+      const report = yield* outbox.drain
+      expect(report.applied.map((e) => e.payload).sort()).toEqual([100, 9])
+      expect(report.superseded.map((e) => e.payload)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8])
+      expect(yield* get(`${p}1`)).toBe("9")
+      expect(yield* get(`${p}2`)).toBe("100")
+      expect(report.pending).toBe(0)
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Sync, ({ payload, resourceId }) =>
+        Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${resourceId}`, String(payload))))))
+    })))
+  })
+
+  it.effect("retries: each attempt at its jittered, capped, doubling due time and not a millisecond before; then dead, with its history", () => {
+    const Flaky = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(Flaky, { payload: "x" })
+      const times: Array<number> = []
+      let report = yield* outbox.drain
+      for (let attempt = 1; attempt <= 4; attempt++) {
+        expect(report.failed.map((f) => [f.event.id, f.attempt, f.errorTag, f.message])).toEqual([[id, attempt, "Refused", `attempt ${attempt}`]])
+        times.push(report.at.getTime())
+        if (attempt === 4) break
+        const due = report.failed[0]!.nextRetryAt!.getTime() - report.at.getTime()
+        // base 1 s doubling, capped at 3 s, in the upper half: [ceiling / 2, ceiling].
+        const ceiling = Math.min(1_000 * 2 ** (attempt - 1), 3_000)
+        expect(due).toBeGreaterThanOrEqual(ceiling / 2)
+        expect(due).toBeLessThanOrEqual(ceiling)
+        expect((yield* outbox.advance(Duration.millis(due - 1))).failed).toEqual([])
+        report = yield* outbox.advance(Duration.millis(1))
+      }
+      expect(report.dead.map((f) => f.event.id)).toEqual([id])
+      const [dead] = yield* outbox.dead
+      expect(dead!.event.lastError).toBe("Refused: attempt 4")
+      expect(dead!.failures.map((f) => [f.attempt, f.failedAt.getTime()])).toEqual(times.map((t, i) => [i + 1, t]))
+      // Nothing more happens to a dead letter, however long we wait.
+      expect((yield* outbox.advance("1 hour")).failed).toEqual([])
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Flaky, ({ attempt }) => new Refused({ message: `attempt ${attempt}` }))),
+      config: { maxRetries: 4, backoffBase: Duration.seconds(1), backoffCap: Duration.seconds(3) }
+    })))
+  })
+
+  it.effect("dead letters: an undecodable payload is dead at once; a requeued dead letter applies, its history kept until then", () => {
+    const p = prefix()
+    const Named = OutboxEvent.make({ resourceType: "named", action: "set", payload: Schema.Struct({ name: Schema.String }) })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const sql = yield* SqlClient.SqlClient
+      const [row] = yield* sql<{ id: string }>`SELECT sync_outbox_enqueue('named', 'set', NULL, '{"name": 1}'::jsonb)::text AS id`
+      const report = yield* outbox.drain
+      expect(report.dead.map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[row!.id, 1, "MalformedPayload"]])
+      const good = yield* enqueue(Named, { payload: { name: "ok" } })
+      expect((yield* outbox.drain).applied.map((e) => e.id)).toEqual([good])
+      // Fix the data, requeue: applied.
+      yield* sql`UPDATE sync_outbox SET payload = '{"name": "fixed"}'::jsonb WHERE id = ${row!.id}::bigint`
+      expect(yield* Effect.flatMap(Store, (s) => s.requeue({ _tag: "One", id: row!.id }))).toBe(1)
+      expect((yield* outbox.pending).map((i) => i.failures.map((f) => f.errorTag))).toEqual([["MalformedPayload"]])
+      expect((yield* outbox.drain).applied.map((e) => e.id)).toEqual([row!.id])
+      expect(yield* get(`${p}fixed`)).toBe("1")
+      expect(yield* outbox.dead).toEqual([])
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Named, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload.name}`, "1")))))
+    })))
+  })
+
+  it.effect("leases: an event held by a worker that died is applied once its lease expires, not before", () => {
+    const p = prefix()
+    const KvSet = OutboxEvent.make({ resourceType: "kv", action: "set", payload: Schema.String })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const store = yield* Store
+      const id = yield* enqueue(KvSet, { payload: "v" })
+      expect((yield* store.claim("a-worker-that-dies", 30_000, 10)).map((e) => e.id)).toEqual([id])
+      expect((yield* outbox.drain).applied).toEqual([])
+      expect((yield* outbox.advance("29999 millis")).applied).toEqual([])
+      expect((yield* outbox.advance("1 millis")).applied.map((e) => e.id)).toEqual([id])
+      expect(yield* get(`${p}kv`)).toBe("v")
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(KvSet, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}kv`, payload)))))
+    })))
+  })
+
+  it.effect("the breaker: while Redis is away nothing is attempted, nothing dies; when it is back everything applies", () => {
+    const p = prefix()
+    const KvSet = OutboxEvent.make({ resourceType: "kv", action: "set", payload: Schema.Number })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      yield* outbox.sink.unavailable
+      yield* enqueueMany(Array.from({ length: 20 }, (_, i) => event(KvSet, { resourceId: i + 1, payload: i })))
+      const during = yield* outbox.drain
+      expect(during.breaker).toBe("open")
+      expect(during.failed).toEqual([])
+      expect((yield* outbox.advance("500 millis")).failed).toEqual([])
+      expect((yield* outbox.pending).every((i) => i.event.retryCount === 0 && i.failures.length === 0)).toBe(true)
+      yield* outbox.sink.available
+      const after = yield* outbox.advance("100 millis")
+      expect(after.breaker).toBe("closed")
+      expect(after.applied).toHaveLength(20)
+      expect(after.failed).toEqual([])
+      expect(yield* get(`${p}19`)).toBe("19")
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(KvSet, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload}`, String(payload))))))
+    })))
+  }, 30_000)
+})
+
