@@ -125,6 +125,25 @@ const make = (options: RedisOptions) =>
           Effect.ensuring(Effect.sync(() => client.disconnect()))
         )
     )
+    // Wait for the first connection, briefly: with no offline queue, a command sent before it
+    // fails as "unavailable" although Redis is up. Redis down answers at once (refused), and then
+    // the layer is built all the same: the breaker is what reports and waits out an outage.
+    yield* Effect.async<void>((resume) => {
+      if (client.status === "ready") return resume(Effect.void)
+      const settle = () => {
+        forget()
+        resume(Effect.void)
+      }
+      const forget = () => {
+        client.off("ready", settle)
+        client.off("error", settle)
+        client.off("end", settle)
+      }
+      client.once("ready", settle)
+      client.once("error", settle)
+      client.once("end", settle)
+      return Effect.sync(forget)
+    }).pipe(Effect.timeoutOption(options.connectTimeout ?? Duration.seconds(2)))
     const use = <A>(f: (client: RedisClient, signal: AbortSignal) => Promise<A>) =>
       InFlight.tryPromise({ try: (signal) => f(client, signal), catch: classify })
     const ping = Effect.asVoid(use((c) => c.ping()))

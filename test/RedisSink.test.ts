@@ -5,7 +5,7 @@ import { Cluster, ReplyError } from "ioredis"
 import { afterAll, beforeAll } from "vitest"
 import { startRedis, type PrivateRedis } from "../scripts/services.js"
 import { classify, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, SinkCommandError, SinkUnavailable } from "../src/index.js"
-import { countRows, eventually, freshDatabase, prefix, sqlLayer, workerLayer } from "./support/harness.js"
+import { countRows, eventually, freshDatabase, prefix, redisUrl, sqlLayer, workerLayer } from "./support/harness.js"
 
 const replyError = (message: string) => new (ReplyError as new (m: string) => Error)(message)
 const withCode = (message: string, code: string) => Object.assign(new Error(message), { code })
@@ -43,6 +43,29 @@ describe("RedisSink: classification", () => {
       const error = yield* Effect.flip(redis.ping)
       expect(error._tag).toBe("SinkUnavailable")
     }).pipe(Effect.provide(RedisSink.layer({ url: Redacted.make("redis://127.0.0.1:1") }))))
+})
+
+describe("RedisSink: start-up", () => {
+  it.live("the first command after the layer is built is served: the sink waits for its connection", () =>
+    Effect.gen(function*() {
+      // Without the wait, with no offline queue, these failed as "not connected" on a fresh client.
+      for (let i = 0; i < 20; i++) {
+        const pong = yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.ping())).pipe(
+          Effect.provide(RedisSink.layer({ url: Redacted.make(redisUrl()) }))
+        )
+        expect(pong).toBe("PONG")
+      }
+    }))
+
+  it.live("an unreachable Redis does not hold the layer up: it is built at once, and commands fail typed", () =>
+    Effect.gen(function*() {
+      const started = Date.now()
+      const error = yield* Effect.flip(
+        Effect.flatMap(RedisSink, (r) => r.ping).pipe(Effect.provide(RedisSink.layer({ url: Redacted.make("redis://127.0.0.1:1") })))
+      )
+      expect(error._tag).toBe("SinkUnavailable")
+      expect(Date.now() - started).toBeLessThan(1_900)
+    }))
 })
 
 describe("RedisSink: Redis Cluster", () => {
