@@ -59,7 +59,8 @@ describe("Redis outages", () => {
         yield* Effect.promise(proxy.restore)
         yield* eventually(countRows(), (n) => n === 0, { interval: 5 })
         const recoveryMs = Date.now() - restoredAt
-        expect(recoveryMs).toBeLessThan(2_000)
+        // About 100 ms on a quiet machine; generous for a loaded one, and far below the one-minute poll.
+        expect(recoveryMs).toBeLessThan(10_000)
         expect(yield* Ref.get(breaker)).toEqual(["closed", "open", "closed"])
         const values = yield* Effect.promise(() => direct.mget(Array.from({ length: 1_000 }, (_, i) => `${p}${i}`)))
         expect(values.filter((v) => v === "v")).toHaveLength(1_000)

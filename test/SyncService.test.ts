@@ -250,7 +250,7 @@ describe("Revocation reaches the data plane", () => {
           // Not only through the missing master: the key hashes themselves go.
           yield* eventually(Effect.promise(() => direct.exists(`${p}auth:token:${Contract.hashToken(s)}`)), (n) => n === 0, { timeout: 5_000 })
         }
-        expect(Date.now() - start).toBeLessThan(3_000) // "within a second" on an idle machine; generous on a busy one
+        expect(Date.now() - start).toBeLessThan(5_000) // "within a second" on an idle machine; generous on a busy one
         expect(yield* authenticated(p, other)).toBe(true)
       }).pipe(Effect.provide(syncWorker(p)))
     }))

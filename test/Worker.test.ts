@@ -49,7 +49,8 @@ describe("Worker", () => {
       const sql = yield* SqlClient.SqlClient
       yield* sql.withTransaction(enqueue(SetValue, { payload: { key: `${p}fast`, value: "yes" } }))
       yield* eventually(get(`${p}fast`), (v) => v === "yes", { interval: 1 })
-      expect(Date.now() - start).toBeLessThan(1_000)
+      // Generous for a loaded machine, and still far below the one-minute poll.
+      expect(Date.now() - start).toBeLessThan(10_000)
       yield* eventually(countRows(), (n) => n === 0)
     }).pipe(Effect.provide(workerLayer({ url, handlers: Handlers.layer(setValueHandler) }))))
 
@@ -508,7 +509,9 @@ describe("Worker: a resource's events go back to back", () => {
         yield* sql.withTransaction(enqueueMany(Array.from({ length: 20 }, (_, i) => event(Step, { resourceId: 1, payload: i }))))
         const committedAt = Date.now()
         yield* eventually(Ref.get(applied), (a) => a.length === 20, { timeout: 10_000, interval: 5 })
-        expect(Date.now() - committedAt).toBeLessThan(2_000)
+        // 2 s on a quiet machine; the bound is what a loaded one needs, and stays under one 5 s poll:
+        // one event per poll would take 100 s.
+        expect(Date.now() - committedAt).toBeLessThan(4_500)
         expect(yield* Ref.get(applied)).toEqual(Array.from({ length: 20 }, (_, i) => i))
       }).pipe(Effect.provide(workerLayer({ url, handlers, config: { interval: Duration.seconds(5) } })))
     }), 30_000)
@@ -527,7 +530,8 @@ describe("Worker: a resource's events go back to back", () => {
         yield* eventually(countRows("dead"), (n) => n === 1, { timeout: 10_000, interval: 5 })
         const deadAt = Date.now()
         yield* eventually(Ref.get(applied), (a) => a.length === 5, { timeout: 10_000, interval: 5 })
-        expect(Date.now() - deadAt).toBeLessThan(2_000)
+        // Below one poll interval (5 s): they did not wait for it, one per poll.
+        expect(Date.now() - deadAt).toBeLessThan(4_500)
         expect(yield* Ref.get(applied)).toEqual([1, 2, 3, 4, 5])
       }).pipe(
         Effect.provide(
