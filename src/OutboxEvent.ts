@@ -102,6 +102,29 @@ const findUnstorable = (value: unknown, path: string): string | undefined => {
   return undefined
 }
 
+/**
+ * Where a value would not survive JSON as itself: NaN and ±Infinity become `null`, and so does
+ * `undefined` in an array. Stored, they would come back as something the schema never accepted.
+ */
+const findNotJson = (value: unknown, path: string): string | undefined => {
+  if (typeof value === "number") return Number.isFinite(value) ? undefined : `${path} is ${value}, which JSON cannot carry (it would be stored as null)`
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      if (value[i] === undefined) return `${path}[${i}] is undefined, which JSON cannot carry in an array (it would be stored as null)`
+      const found = findNotJson(value[i], `${path}[${i}]`)
+      if (found !== undefined) return found
+    }
+    return undefined
+  }
+  if (typeof value === "object" && value !== null && typeof (value as { toJSON?: unknown }).toJSON !== "function") {
+    for (const [key, item] of Object.entries(value)) {
+      const found = findNotJson(item, `${path}.${key}`)
+      if (found !== undefined) return found
+    }
+  }
+  return undefined
+}
+
 const validResourceId = (id: number | null | undefined): id is number | null | undefined =>
   id === null || id === undefined || (Number.isSafeInteger(id) && id > 0)
 
@@ -126,6 +149,12 @@ export const encode = <A, I>(
           message: ParseResult.TreeFormatter.formatErrorSync(error)
         })
       ),
+      Effect.flatMap((encoded) => {
+        const notJson = findNotJson(encoded, "payload")
+        return notJson === undefined
+          ? Effect.succeed(encoded)
+          : Effect.fail(new InvalidPayload({ resourceType: type.resourceType, action: type.action, message: notJson }))
+      }),
       Effect.flatMap((encoded) =>
         Effect.try({
           try: (): EncodedEvent => ({
@@ -147,7 +176,8 @@ export const encode = <A, I>(
       ),
       Effect.flatMap((event) => {
         // The ordering key is usually built from the payload, and is stored as text.
-        const problem = findUnstorable(event.payload, "payload") ?? findUnstorable(event.orderingKey, "the ordering key")
+        const problem = findUnstorable(event.payload, "payload") ?? findUnstorable(event.orderingKey, "the ordering key") ??
+          (event.orderingKey.trim() === "" ? "the ordering key is empty: events of every resource would share it" : undefined)
         return problem === undefined
           ? Effect.succeed(event)
           : Effect.fail(new InvalidPayload({ resourceType: type.resourceType, action: type.action, message: problem }))

@@ -130,6 +130,35 @@ describe("Store: enqueue", () => {
       expect((yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM business`)[0]!.n).toBe(bad.length * 2)
     })))
 
+  it.live("NaN, Infinity and undefined in an array are InvalidPayload: JSON would store them as null", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const Loose = OutboxEvent.make({ resourceType: "loose", action: "set", payload: Schema.Unknown })
+      const Count = OutboxEvent.make({ resourceType: "count", action: "set", payload: Schema.Number })
+      for (const [label, error] of [
+        ["NaN", yield* enqueue(Count, { payload: NaN }).pipe(Effect.flip)],
+        ["Infinity", yield* enqueue(Count, { payload: Infinity }).pipe(Effect.flip)],
+        ["nested -Infinity", yield* enqueue(Loose, { payload: { a: { b: -Infinity } } }).pipe(Effect.flip)],
+        ["undefined in an array", yield* enqueue(Loose, { payload: [1, undefined] }).pipe(Effect.flip)],
+        ["in a batch", yield* enqueueMany([event(Count, { payload: 1 }), event(Count, { payload: NaN })]).pipe(Effect.flip)]
+      ] as const) {
+        expect(error._tag, label).toBe("InvalidPayload")
+        expect(error.message, label).toMatch(/JSON cannot carry/)
+      }
+      expect(yield* countRows()).toBe(0)
+      // An undefined property is simply absent, as JSON has it; a date goes through its toJSON.
+      yield* enqueue(Loose, { payload: { a: 1, b: undefined, at: new Date(0) } })
+      expect(yield* countRows()).toBe(1)
+    })))
+
+  it.live("an empty ordering key is refused: it would put every resource of the type in one line", () =>
+    withDb(Effect.gen(function*() {
+      const Keyless = OutboxEvent.make({ resourceType: "keyless", action: "set", payload: Schema.String, orderingKey: () => " " })
+      const error = yield* enqueue(Keyless, { payload: "x" }).pipe(Effect.flip)
+      expect(error._tag).toBe("InvalidPayload")
+      expect(error.message).toMatch(/ordering key is empty/)
+    })))
+
   it.live("an ordering key built from a payload with a NUL is InvalidPayload too", () =>
     withDb(Effect.gen(function*() {
       const error = yield* enqueue(SetValue, { payload: { key: "a\u0000", value: "v" } }).pipe(Effect.flip)
