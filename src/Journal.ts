@@ -5,7 +5,7 @@
  * reads them back (`history`), enqueues them again (`replay`) and measures the table.
  */
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Clock, Data, Duration, Effect, Metric, Option, Schedule, type Scope } from "effect"
+import { Cause, Clock, Data, Duration, Effect, Either, Metric, Option, ParseResult, Schedule, Schema, type Scope } from "effect"
 import * as Metrics from "./Metrics.js"
 import { parseDuration } from "./OutboxConfig.js"
 
@@ -158,9 +158,21 @@ export const start = (
       )
       return false
     }
+    // A failing pruner is said once per streak of failures (and once when it recovers): a journal
+    // that silently stops shrinking would only be noticed when the disk fills.
+    let failing = false
     const round = prune(retention).pipe(
       Effect.zipRight(refreshMetrics),
-      Effect.catchAllCause((cause) => Effect.logDebug("sync-outbox: journal pruning failed, will try again", cause))
+      Effect.zipRight(Effect.suspend(() => {
+        if (!failing) return Effect.void
+        failing = false
+        return Effect.logInfo("sync-outbox: journal pruning works again")
+      })),
+      Effect.catchAllCause((cause) => {
+        if (failing) return Effect.logDebug("sync-outbox: journal pruning failed again", cause)
+        failing = true
+        return Effect.logWarning(`sync-outbox: journal pruning failed, will try again every ${Duration.format(pruneInterval(retention))}: ${Cause.squash(cause) instanceof Error ? (Cause.squash(cause) as Error).message : String(Cause.squash(cause))}`)
+      })
     )
     yield* Effect.forkScoped(Effect.repeat(round, Schedule.spaced(pruneInterval(retention))))
     return true
@@ -294,7 +306,9 @@ export interface ReplayOptions {
    * The registered (resource type, action) pairs: every event replayed must have a handler, so a
    * replay cannot fill the outbox with events no worker can apply. Unchecked when absent.
    */
-  readonly registered?: ReadonlyArray<{ readonly resourceType: string; readonly action: string }> | undefined
+  readonly registered?:
+    | ReadonlyArray<{ readonly resourceType: string; readonly action: string; readonly payload?: Schema.Schema<any, any, never> }>
+    | undefined
   /** Refuse a selection larger than this (default 100,000): narrow it instead. */
   readonly maxEvents?: number | undefined
 }
@@ -384,6 +398,26 @@ export const replay = (
         .map((r) => `${r.resource_type}/${r.action}`))]
       if (unknown.length > 0) {
         return yield* new InvalidJournalQuery({ message: `no handler is registered for ${unknown.join(", ")}: nothing replayed` })
+      }
+    }
+    if (options.registered !== undefined) {
+      // A payload the handler's schema no longer accepts would only go dead: say so now instead.
+      const schemas = new Map(options.registered.map((t) => [`${t.resourceType}\u0000${t.action}`, t.payload] as const))
+      const misfits: Array<string> = []
+      for (const row of rows) {
+        const schema = schemas.get(`${row.resource_type}\u0000${row.action}`)
+        if (schema === undefined) continue
+        const decoded = Schema.decodeUnknownEither(schema)(row.payload)
+        if (Either.isLeft(decoded)) {
+          misfits.push(`${row.id} (${row.resource_type}/${row.action}): ${ParseResult.TreeFormatter.formatErrorSync(decoded.left).replace(/\s*\n\s*/g, " ")}`)
+        }
+      }
+      if (misfits.length > 0) {
+        return yield* new InvalidJournalQuery({
+          message: `payloads the current handlers no longer accept, nothing replayed: ${misfits.slice(0, 3).join("; ")}${
+            misfits.length > 3 ? `; and ${misfits.length - 3} more` : ""
+          }`
+        })
       }
     }
     const events = rows.map(toEntry).sort((a, b) => a.id.length - b.id.length || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))

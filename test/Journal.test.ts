@@ -70,7 +70,9 @@ const latestHandler = handle(Latest, ({ payload }) =>
 const handlers = Handlers.layer(pushHandler, latestHandler)
 // Events of one key after the first are claimed on the next poll (or wake-up): keep it short.
 const quickPoll = Duration.millis(200)
-const registered = [Pushed, Latest].map((t) => ({ resourceType: t.resourceType, action: t.action }))
+const registered = [Pushed, Latest].map((t) => ({ resourceType: t.resourceType, action: t.action, payload: t.payload }))
+/** The same registry after a change of `Latest`'s schema that old payloads no longer fit. */
+const registeredLater = [Pushed, { resourceType: "latest", action: "set", payload: Schema.Struct({ key: Schema.String, value: Schema.Literal("only") }) }]
 
 describe("Journal: written by the completing statement", () => {
   it.effect("an applied event's journal row carries its fields, the completing worker, the Clock's time and its attempts", () =>
@@ -391,6 +393,7 @@ describe("Journal: replay", () => {
       yield* TestClock.setTime(Date.now())
       yield* journalRow(10, new Date(Date.now() - 60_000), "pushed")
       yield* journalRow(11, new Date(Date.now() - 60_000), "unregistered")
+      yield* journalRow(12, new Date(Date.now() - 60_000), "latest", "set")
       const since = new Date(Date.now() - 3_600_000)
       const cases: Array<[Effect.Effect<unknown, Journal.InvalidJournalQuery | unknown, SqlClient.SqlClient>, string]> = [
         [Journal.replay({ _tag: "Ids", ids: ["abc"] }), "not an event id: abc"],
@@ -399,6 +402,7 @@ describe("Journal: replay", () => {
         [Journal.replay({ _tag: "Ids", ids: [] }), "names no event"],
         [Journal.replay({ _tag: "Ids", ids: ["10", "424242"] }), "not in the journal (never applied, or pruned): 424242"],
         [Journal.replay({ _tag: "Ids", ids: ["11"] }, { registered }), "no handler is registered for unregistered/set"],
+        [Journal.replay({ _tag: "Ids", ids: ["12"] }, { registered: registeredLater }), "payloads the current handlers no longer accept, nothing replayed: 12 (latest/set)"],
         [Journal.replay({ _tag: "Range", resourceType: "tenant", since }, { registered }), `unknown resource type "tenant"`],
         [Journal.replay({ _tag: "Range", resourceType: " ", since }), "must not be empty"],
         [Journal.replay({ _tag: "Range", resourceType: "pushed", since: new Date(NaN) }), "not a valid time"],
