@@ -78,14 +78,35 @@ export const parseDuration = (text: string): Option.Option<Duration.Duration> =>
 
 const channelRe = /^[a-z_][a-z0-9_]{0,62}$/
 
+/** The environment variable (after `SYNC_OUTBOX_`) of each setting. */
+const variables: Record<keyof OutboxConfigShape, string> = {
+  enabled: "ENABLED",
+  interval: "INTERVAL",
+  batchSize: "BATCH_SIZE",
+  maxRetries: "MAX_RETRIES",
+  leaseDuration: "LEASE",
+  backoffBase: "BACKOFF_BASE",
+  backoffCap: "BACKOFF_CAP",
+  concurrency: "CONCURRENCY",
+  channel: "CHANNEL",
+  pollOnly: "POLL_ONLY",
+  callTimeout: "CALL_TIMEOUT",
+  probeBase: "PROBE_BASE",
+  probeCap: "PROBE_CAP",
+  retention: "RETENTION"
+}
+
 /** Check a configuration; every rule says which value is wrong and why. */
 export const validate = (config: OutboxConfigShape): Effect.Effect<OutboxConfigShape, InvalidConfig> => {
   const problems: Array<string> = []
-  const positive = (name: string, d: Duration.Duration) => {
-    if (!Duration.isFinite(d) || Duration.toMillis(d) <= 0) problems.push(`${name} must be a positive, finite duration`)
+  // Each rule names the field and the variable that sets it: a user of the library sees the
+  // first, an operator the second.
+  const named = (name: keyof OutboxConfigShape) => `${name} (SYNC_OUTBOX_${variables[name]})`
+  const positive = (name: keyof OutboxConfigShape, d: Duration.Duration) => {
+    if (!Duration.isFinite(d) || Duration.toMillis(d) <= 0) problems.push(`${named(name)} must be a positive, finite duration`)
   }
-  const integer = (name: string, n: number, min: number, max: number) => {
-    if (!Number.isInteger(n) || n < min || n > max) problems.push(`${name} must be an integer from ${min} to ${max}, got ${n}`)
+  const integer = (name: keyof OutboxConfigShape, n: number, min: number, max: number) => {
+    if (!Number.isInteger(n) || n < min || n > max) problems.push(`${named(name)} must be an integer from ${min} to ${max}, got ${n}`)
   }
   positive("interval", config.interval)
   positive("leaseDuration", config.leaseDuration)
@@ -94,18 +115,24 @@ export const validate = (config: OutboxConfigShape): Effect.Effect<OutboxConfigS
   positive("callTimeout", config.callTimeout)
   positive("probeBase", config.probeBase)
   positive("probeCap", config.probeCap)
+  // A poll of a few microseconds would run hundreds of idle transactions a second.
+  if (Duration.isFinite(config.interval) && Duration.toMillis(config.interval) > 0 && Duration.toMillis(config.interval) < 10) {
+    problems.push(`${named("interval")} must be at least 10 millis, got ${Duration.format(config.interval)}`)
+  }
   if (!Duration.isFinite(config.retention) || Duration.toMillis(config.retention) < 0) {
-    problems.push("retention must be a finite duration, or 0 to keep no journal")
+    problems.push(`${named("retention")} must be a finite duration, or 0 to keep no journal`)
+  } else if (Duration.greaterThan(config.retention, Duration.days(3_650))) {
+    problems.push(`${named("retention")} must be at most 3650 days, got ${Duration.format(config.retention)}`)
   }
   integer("batchSize", config.batchSize, 1, 10_000)
   integer("maxRetries", config.maxRetries, 1, 1_000)
   integer("concurrency", config.concurrency, 1, 10_000)
-  if (Duration.lessThan(config.backoffCap, config.backoffBase)) problems.push("backoffCap must not be below backoffBase")
-  if (Duration.lessThan(config.probeCap, config.probeBase)) problems.push("probeCap must not be below probeBase")
+  if (Duration.lessThan(config.backoffCap, config.backoffBase)) problems.push(`${named("backoffCap")} must not be below ${named("backoffBase")}`)
+  if (Duration.lessThan(config.probeCap, config.probeBase)) problems.push(`${named("probeCap")} must not be below ${named("probeBase")}`)
   if (Duration.lessThanOrEqualTo(config.leaseDuration, config.callTimeout)) {
-    problems.push("leaseDuration must exceed callTimeout, or a slow call outlives its lease")
+    problems.push(`${named("leaseDuration")} must exceed ${named("callTimeout")}, or a slow call outlives its lease`)
   }
-  if (!channelRe.test(config.channel)) problems.push(`channel must be a lower-case SQL identifier, got "${config.channel}"`)
+  if (!channelRe.test(config.channel)) problems.push(`${named("channel")} must be a lower-case SQL identifier, got "${config.channel}"`)
   return problems.length === 0
     ? Effect.succeed(config)
     : Effect.fail(new InvalidConfig({ message: `invalid sync-outbox configuration: ${problems.join("; ")}` }))

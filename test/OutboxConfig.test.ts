@@ -42,12 +42,14 @@ describe("OutboxConfig", () => {
 
   it.effect.each([
     [{ SYNC_OUTBOX_BATCH_SIZE: "many" }, "BATCH_SIZE"],
-    [{ SYNC_OUTBOX_BATCH_SIZE: "0" }, "batchSize must be an integer from 1"],
+    [{ SYNC_OUTBOX_BATCH_SIZE: "0" }, "batchSize (SYNC_OUTBOX_BATCH_SIZE) must be an integer from 1"],
     [{ SYNC_OUTBOX_MAX_RETRIES: "-3" }, "maxRetries"],
     [{ SYNC_OUTBOX_INTERVAL: "soon" }, "INTERVAL"],
-    [{ SYNC_OUTBOX_BACKOFF_BASE: "10 seconds", SYNC_OUTBOX_BACKOFF_CAP: "1 second" }, "backoffCap must not be below backoffBase"],
-    [{ SYNC_OUTBOX_LEASE: "1 second" }, "leaseDuration must exceed callTimeout"],
-    [{ SYNC_OUTBOX_CHANNEL: "Robert'); DROP TABLE" }, "channel must be a lower-case SQL identifier"],
+    [{ SYNC_OUTBOX_BACKOFF_BASE: "10 seconds", SYNC_OUTBOX_BACKOFF_CAP: "1 second" }, "backoffCap (SYNC_OUTBOX_BACKOFF_CAP) must not be below backoffBase (SYNC_OUTBOX_BACKOFF_BASE)"],
+    [{ SYNC_OUTBOX_LEASE: "1 second" }, "leaseDuration (SYNC_OUTBOX_LEASE) must exceed callTimeout (SYNC_OUTBOX_CALL_TIMEOUT)"],
+    [{ SYNC_OUTBOX_CHANNEL: "Robert'); DROP TABLE" }, "channel (SYNC_OUTBOX_CHANNEL) must be a lower-case SQL identifier"],
+    [{ SYNC_OUTBOX_INTERVAL: "1 nanos" }, "interval (SYNC_OUTBOX_INTERVAL) must be at least 10 millis"],
+    [{ SYNC_OUTBOX_RETENTION: "999999999 days" }, "retention (SYNC_OUTBOX_RETENTION) must be at most 3650 days"],
     [{ SYNC_OUTBOX_ENABLED: "maybe" }, "ENABLED"]
   ] as const)("a bad value fails at startup with InvalidConfig naming it: %o", ([env, fragment]) =>
     Effect.gen(function*() {
