@@ -6,7 +6,7 @@
  */
 import { Config, Context, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { Cluster, Redis } from "ioredis"
-import { SinkCommandError, SinkUnavailable } from "./Errors.js"
+import { InvalidConfig, SinkCommandError, SinkUnavailable } from "./Errors.js"
 import * as InFlight from "./InFlight.js"
 
 export type RedisClient = Redis | Cluster
@@ -128,11 +128,18 @@ const make = (options: RedisOptions) =>
     // Wait for the first connection, briefly: with no offline queue, a command sent before it
     // fails as "unavailable" although Redis is up. Redis down answers at once (refused), and then
     // the layer is built all the same: the breaker is what reports and waits out an outage.
-    yield* Effect.async<void>((resume) => {
+    yield* Effect.async<void, InvalidConfig>((resume) => {
       if (client.status === "ready") return resume(Effect.void)
-      const settle = () => {
+      const settle = (error?: unknown) => {
         forget()
-        resume(Effect.void)
+        // The server answered and refused the connection's set-up (SELECT of a database it does
+        // not have, AUTH with a wrong password): ioredis would go on, on database 0 or forever
+        // retrying. That is a configuration to fix, not an outage to wait out.
+        resume(
+          error instanceof Error && error.name === "ReplyError"
+            ? Effect.fail(new InvalidConfig({ message: `Redis refused the connection: ${error.message} (check REDIS_URL)` }))
+            : Effect.void
+        )
       }
       const forget = () => {
         client.off("ready", settle)
@@ -155,14 +162,16 @@ export const isRedisUrl = (value: string): boolean => {
   if (value.startsWith("/")) return true
   try {
     const url = new URL(value)
-    return url.protocol === "redis:" || url.protocol === "rediss:"
+    // The path names a database by its index: `/abc` would be sent as SELECT NaN.
+    const db = url.pathname.replace(/^\//, "")
+    return (url.protocol === "redis:" || url.protocol === "rediss:") && (db === "" || /^(0|[1-9][0-9]{0,4})$/.test(db))
   } catch {
     return false
   }
 }
 
 export class RedisSink extends Context.Tag("sync-outbox/RedisSink")<RedisSink, RedisSinkShape>() {
-  static readonly layer = (options: RedisOptions = {}): Layer.Layer<RedisSink> => Layer.scoped(RedisSink, make(options))
+  static readonly layer = (options: RedisOptions = {}): Layer.Layer<RedisSink, InvalidConfig> => Layer.scoped(RedisSink, make(options))
 
   /** REDIS_URL, REDIS_CLUSTER_NODES (comma separated), SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT. */
   static readonly layerConfig = (

@@ -140,7 +140,7 @@ describe("sync-outbox CLI", () => {
       [["enqueue", "model", "delete", "--payload", "@/nonexistent/p.json"], "cannot read /nonexistent/p.json: ENOENT"],
       [["enqueue", "model", "delete", "--bogus"], "unknown option --bogus"],
       [["dead", "show", "12345"], "no outbox event with id 12345"],
-      [["dead", "show", "abc"], "no outbox event with id abc"],
+      [["dead", "show", "abc"], "not an event id: abc"],
       [["dead", "requeue"], "exactly one of"],
       [["dead", "frob"], `unknown command "dead frob"`],
       [["frobnicate"], `unknown command "frobnicate"`]
@@ -212,6 +212,19 @@ describe("sync-outbox CLI", () => {
     expect(pending.stdout).toBe("")
     expect(pending.stderr).toContain(`event ${rows[3]!.id} is pending, not a dead letter`)
 
+    // A pending event named to requeue or purge is said to be pending, not missing; a non-id is not an id.
+    for (const verb of ["requeue", "purge"]) {
+      const refused = await cli(["dead", verb, rows[3]!.id], env)
+      expect(refused.code, verb).toBe(2)
+      expect(refused.stderr.trim(), verb).toBe(`sync-outbox: event ${rows[3]!.id} is pending, not a dead letter: nothing done`)
+    }
+    for (const args of [["dead", "show", "abc"], ["dead", "requeue", "-1"], ["dead", "purge", "1.5"]]) {
+      const bad = await cli(args, env)
+      expect(bad.code, args.join(" ")).toBe(2)
+      expect(bad.stderr, args.join(" ")).toContain("not an event id")
+    }
+    expect((await cli(["dead", "requeue", "999999"], env)).stderr).toContain("no outbox event with id 999999")
+
     expect((await cli(["dead", "requeue", rows[0]!.id], env)).stdout.trim()).toBe("requeued 1")
     expect((await cli(["dead", "purge", "--resource-type", "key"], env)).stdout.trim()).toBe("purged 2")
     expect((await cli(["dead", "list"], env)).stdout.trim()).toBe("no dead letters")
@@ -232,6 +245,16 @@ describe("sync-outbox CLI", () => {
     const missing = await cli(["status"], { DATABASE_URL: undefined })
     expect(missing.code).toBe(2)
     expect(missing.stderr.trim()).toBe("sync-outbox: DATABASE_URL is not set")
+    // A database index that is not a number would be sent as SELECT NaN.
+    const badIndex = await cli(["sync-all"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none", REDIS_URL: "redis://127.0.0.1:6379/abc" })
+    expect(badIndex.code).toBe(2)
+    expect(badIndex.stderr).toContain("REDIS_URL is not a Redis URL")
+    const badPort = await cli(["worker", "--metrics-port", "99999"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" })
+    expect(badPort.code).toBe(2)
+    expect(badPort.stderr.trim()).toBe("sync-outbox: --metrics-port must be from 0 (a free port) to 65535, got 99999")
+    const badConfig = await cli(["worker"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none", SYNC_OUTBOX_BATCH_SIZE: "0" })
+    expect(badConfig.code).toBe(2)
+    expect(badConfig.stderr).toContain("SYNC_OUTBOX_BATCH_SIZE")
   }, 300_000)
 
   it("--help works on every command, lists the environment and enqueue's event types, and has no colours when piped", async () => {

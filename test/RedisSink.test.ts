@@ -57,6 +57,15 @@ describe("RedisSink: start-up", () => {
       }
     }))
 
+  it.live("a Redis that refuses the connection's set-up (a database it does not have) is InvalidConfig, not a silent database 0", () =>
+    Effect.gen(function*() {
+      const url = new URL(redisUrl())
+      url.pathname = "/99999"
+      const error = yield* Effect.flip(Effect.flatMap(RedisSink, (r) => r.ping).pipe(Effect.provide(RedisSink.layer({ url: Redacted.make(url.toString()) }))))
+      expect(error._tag).toBe("InvalidConfig")
+      expect(error.message).toMatch(/DB index is out of range.*check REDIS_URL/)
+    }))
+
   it.live("an unreachable Redis does not hold the layer up: it is built at once, and commands fail typed", () =>
     Effect.gen(function*() {
       const started = Date.now()

@@ -98,8 +98,12 @@ const report = (cause: Cause.Cause<unknown>, stopIsSuccess: boolean): number => 
   // short did not finish.
   if (Cause.isInterruptedOnly(cause)) return stopIsSuccess ? 0 : 130
   const failure = Cause.failureOption(cause)
+  const defect = Cause.squash(cause)
   const { code, message } = Option.isSome(failure)
     ? describe(failure.value)
+    // A handlers module that registers one (resource type, action) twice is the user's mistake.
+    : /registered twice/.test(messageOf(defect))
+    ? { code: 2, message: `handlers: ${messageOf(defect)}` }
     : { code: 1, message: `unexpected: ${Cause.pretty(cause).split("\n")[0]}` }
   // A message of several lines (a schema's paths) keeps them, indented under the first.
   const [first, ...rest] = message.split("\n")
@@ -108,6 +112,11 @@ const report = (cause: Cause.Cause<unknown>, stopIsSuccess: boolean): number => 
 }
 
 export const runMain = (program: Effect.Effect<void, unknown>, options: { readonly stopIsSuccess: boolean }): void => {
+  // `status --watch | head`: the reader has gone, which ends the command, not as a crash.
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(0)
+    throw error
+  })
   const fiber = Effect.runFork(program)
   let signalled = false
   const onSignal = () => {

@@ -10,6 +10,7 @@ import { createDatabase } from "../../scripts/services.js"
 import {
   Database,
   Handlers,
+  type InvalidConfig,
   handle,
   Listener,
   Migrations,
@@ -60,7 +61,7 @@ export const setValueHandler = handle(SetValue, ({ payload }) =>
  */
 export const workerLayer = (options: {
   readonly url: string
-  readonly redis?: string | Layer.Layer<RedisSink>
+  readonly redis?: string | Layer.Layer<RedisSink, InvalidConfig>
   readonly handlers: Layer.Layer<Handlers, never, RedisSink | SqlClient.SqlClient>
   readonly config?: Partial<OutboxConfigShape>
 }) => {

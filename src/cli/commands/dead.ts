@@ -15,7 +15,11 @@ const selector = (input: Input): Effect.Effect<DeadSelector, UsageError> => {
   const all = input.options["all"] === true
   const given = [id !== undefined, resourceType !== undefined, all].filter(Boolean).length
   if (given !== 1) return Effect.fail(new UsageError({ message: "name exactly one of: an ID, --resource-type TYPE, --all" }))
-  if (id !== undefined) return Effect.succeed({ _tag: "One", id })
+  if (id !== undefined) {
+    return /^[1-9][0-9]{0,18}$/.test(id)
+      ? Effect.succeed({ _tag: "One", id })
+      : Effect.fail(new UsageError({ message: `not an event id: ${oneLine(id, 40)} (ids are positive integers)` }))
+  }
   if (resourceType !== undefined) return Effect.succeed({ _tag: "ResourceType", resourceType })
   return Effect.succeed({ _tag: "All" })
 }
@@ -52,6 +56,7 @@ const show = (input: Input) =>
   Effect.gen(function*() {
     const store = yield* Store
     const id = input.args["ID"]!
+    if (!/^[1-9][0-9]{0,18}$/.test(id)) return yield* new UsageError({ message: `not an event id: ${oneLine(id, 40)} (ids are positive integers)` })
     const { event, failures } = yield* store.show(id)
     if (event.status !== "dead") {
       return yield* new NotDead({
@@ -86,17 +91,32 @@ const show = (input: Input) =>
     )
   })
 
+/** One named event that the dead-letter command did not find dead: say whether it exists at all. */
+const notDeadOrMissing = (id: string) =>
+  Effect.flatMap(Store, (store) =>
+    store.show(id).pipe(
+      Effect.flatMap(({ event }) =>
+        new NotDead({ message: `event ${id} is ${event.status === "pending" ? "pending" : event.status}, not a dead letter: nothing done` })
+      )
+    ))
+
 const requeue = (input: Input) =>
   Effect.gen(function*() {
     const store = yield* Store
-    const n = yield* store.requeue(yield* selector(input))
+    const which = yield* selector(input)
+    const n = yield* store.requeue(which).pipe(
+      Effect.catchTag("EventNotFound", (e) => which._tag === "One" ? notDeadOrMissing(which.id) : Effect.fail(e))
+    )
     yield* Console.log(`requeued ${n}`)
   })
 
 const purge = (input: Input) =>
   Effect.gen(function*() {
     const store = yield* Store
-    const n = yield* store.purge(yield* selector(input))
+    const which = yield* selector(input)
+    const n = yield* store.purge(which).pipe(
+      Effect.catchTag("EventNotFound", (e) => which._tag === "One" ? notDeadOrMissing(which.id) : Effect.fail(e))
+    )
     yield* Console.log(`purged ${n}`)
   })
 

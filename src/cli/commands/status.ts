@@ -8,7 +8,7 @@ import type { Input } from "../main.js"
 import { retentionLine } from "../journal.js"
 import { ms, oneLine, pad, storeLayer } from "../shared.js"
 
-const statusOnce = (json: boolean) =>
+const statusOnce = (json: boolean, watching = false) =>
   Effect.gen(function*() {
     const store = yield* Store
     const config = yield* OutboxConfig
@@ -25,7 +25,8 @@ const statusOnce = (json: boolean) =>
       heartbeatAgeMs: Math.round(w.heartbeat_age_ms)
     }))
     const retention = yield* retentionLine(config)
-    if (json) return yield* Console.log(JSON.stringify({ ...stats, workers, retention: retention.json }, null, 2))
+    // Watched, one document per line (a stream a program can split); once, pretty for a person.
+    if (json) return yield* Console.log(JSON.stringify({ ...stats, workers, retention: retention.json }, null, watching ? undefined : 2))
     const lines = [
       `pending ${stats.pending}   in flight ${stats.inFlight}   scheduled retry ${stats.scheduled}   dead ${stats.dead}   oldest pending ${ms(stats.oldestPendingAgeMs)}`,
       retention.line
@@ -53,7 +54,7 @@ export const run = ({ options }: Input) => {
     json ? Effect.void : Console.log(clear ? "\x1b[H\x1b[2J" + new Date().toISOString() : `--- ${new Date().toISOString()}`)
   )
   const once = options["watch"] === true
-    ? Effect.forever(header.pipe(Effect.zipRight(statusOnce(json)), Effect.zipRight(Effect.sleep(Duration.seconds(1)))))
+    ? Effect.forever(header.pipe(Effect.zipRight(statusOnce(json, true)), Effect.zipRight(Effect.sleep(Duration.seconds(1)))))
     : statusOnce(json)
   return once.pipe(Effect.provide(Layer.merge(storeLayer, OutboxConfig.layerConfig())))
 }

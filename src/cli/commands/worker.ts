@@ -7,10 +7,16 @@ import * as Prometheus from "../../Prometheus.js"
 import { Store } from "../../Store.js"
 import * as SyncOutbox from "../../SyncOutbox.js"
 import type { Input } from "../main.js"
-import { database, integer, loadHandlers, text } from "../shared.js"
+import { database, integer, loadHandlers, text, UsageError } from "../shared.js"
 
 export const run = ({ options }: Input) =>
   Effect.gen(function*() {
+    // What can be checked without a server is checked first: a typo is not a connection problem.
+    const port = integer(options["metrics-port"])
+    if (port !== undefined && (port < 0 || port > 65_535)) {
+      return yield* new UsageError({ message: `--metrics-port must be from 0 (a free port) to 65535, got ${port}` })
+    }
+    yield* OutboxConfig.pipe(Effect.provide(OutboxConfig.layerConfig()))
     const specifier = text(options["handlers"]) ?? process.env["SYNC_OUTBOX_HANDLERS"]
     const handlers = yield* loadHandlers(specifier)
     // The built-in sync reads the control-plane tables: say so now rather than on every event.
@@ -19,7 +25,6 @@ export const run = ({ options }: Input) =>
     }
     yield* Effect.scoped(
       Effect.gen(function*() {
-        const port = integer(options["metrics-port"])
         if (port !== undefined) {
           const host = text(options["metrics-host"]) ?? "127.0.0.1"
           const address = yield* Prometheus.serve({ port, host }).pipe(Effect.provide(Store.layer))
