@@ -224,12 +224,14 @@ describe("sync-outbox/testing: reports", () => {
 })
 
 describe("sync-outbox/testing: bad input", () => {
-  it.effect("advance by infinity is a typed InvalidAdvance, and the clock has not moved", () =>
+  it.effect("advance by infinity, a negative amount or NaN is a typed InvalidAdvance, and the clock has not moved", () =>
     Effect.gen(function*() {
       const outbox = yield* OutboxTest
       const before = yield* TestClock.currentTimeMillis
-      const error = yield* outbox.advance(Duration.infinity).pipe(Effect.flip)
-      expect(error._tag).toBe("InvalidAdvance")
+      for (const amount of [Duration.infinity, -5_000, NaN, "-5 seconds", "soon"] as const) {
+        const error = yield* outbox.advance(amount as Duration.DurationInput).pipe(Effect.flip)
+        expect(error._tag, String(amount)).toBe("InvalidAdvance")
+      }
       expect(yield* TestClock.currentTimeMillis).toBe(before)
     }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
 

@@ -84,7 +84,10 @@ export const describe = (error: unknown): Report => {
     return { code: 1, message: text }
   }
   if (tag === "SinkUnavailable") return { code: 1, message: `redis unavailable: ${message} (check REDIS_URL)` }
-  if (tag === "MigrationError") return { code: 1, message }
+  if (tag === "MigrationError") {
+    const migration = (error as { migration?: unknown }).migration
+    return { code: 1, message: typeof migration === "string" && !message.includes(migration) ? `migration ${migration}: ${message}` : message }
+  }
   return { code: usageTags.has(tag) ? 2 : 1, message: configNames(message) || tag }
 }
 

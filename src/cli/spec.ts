@@ -65,7 +65,8 @@ export const commands: ReadonlyArray<CommandSpec> = [
     path: ["migrate"],
     summary: "Apply pending migrations, each once, in one transaction under an advisory lock",
     details: [
-      "Creates the outbox tables (sync_outbox, sync_outbox_failures, sync_outbox_workers).",
+      "Creates the outbox tables (sync_outbox, sync_outbox_failures, sync_outbox_workers, sync_outbox_journal,",
+      "sync_outbox_reconciles) and the function sync_outbox_enqueue.",
       "The control-plane schema (cp_* tables, the built-in sync domain) only with --control-plane;",
       "once applied, later runs keep it up to date without the flag."
     ],

@@ -443,9 +443,16 @@ const make = (drainTimeout: Duration.Duration) =>
 
     const advance = (input: Duration.DurationInput) =>
       Effect.gen(function*() {
-        const duration = Duration.decode(input)
-        if (!Duration.isFinite(duration)) {
-          return yield* new InvalidAdvance({ message: `sync-outbox/testing: advance needs a finite duration, got ${Duration.format(duration)}` })
+        // Time only moves forward: a negative or NaN amount is refused, not read as zero.
+        const negative = (typeof input === "number" && !(input >= 0)) || (typeof input === "bigint" && input < 0n) ||
+          (typeof input === "string" && /^\s*-/.test(input))
+        const duration = negative ? undefined : Option.getOrUndefined(Duration.decodeUnknown(input))
+        if (duration === undefined || !Duration.isFinite(duration)) {
+          return yield* new InvalidAdvance({
+            message: `sync-outbox/testing: advance needs a finite, non-negative duration, got ${
+              duration === undefined ? String(input) : Duration.format(duration)
+            }`
+          })
         }
         const clock = yield* Effect.clock
         if (!isTestClock(clock)) {
