@@ -31,6 +31,10 @@ export const run = ({ options }: Input) =>
           yield* Console.log(`metrics on http://${address.host}:${address.port}/metrics`)
         }
         const config = yield* OutboxConfig
+        if (!config.enabled) {
+          yield* Console.log("worker disabled (SYNC_OUTBOX_ENABLED=false): it claims nothing; SIGTERM or Ctrl-C stops it")
+          return yield* Effect.never
+        }
         yield* Console.log(
           `worker running (${specifier === undefined || specifier === "" ? "built-in control-plane sync" : `handlers ${specifier}`}, ${handlers.eventTypes.length} event types; batch ${config.batchSize}, concurrency ${config.concurrency}, ${config.pollOnly ? "poll-only" : "LISTEN " + config.channel}); SIGTERM or Ctrl-C drains and stops`
         )
