@@ -3,9 +3,11 @@
  * `REDIS_CLUSTER_NODES`) and the `SYNC_OUTBOX_*` settings. Give it your handlers.
  */
 import { Config, Effect, Layer } from "effect"
+import * as Convergence from "./Convergence.js"
 import * as Database from "./Database.js"
 import type { Handlers } from "./Handlers.js"
 import { Listener } from "./Listener.js"
+import type { Reconciler } from "./Reconciler.js"
 import { OutboxConfig } from "./OutboxConfig.js"
 import { RedisSink } from "./RedisSink.js"
 import { Store } from "./Store.js"
@@ -14,16 +16,26 @@ import { Worker } from "./Worker.js"
 /**
  * Everything a worker process needs, with its dependencies wired: the handlers layer may
  * itself need the `SqlClient` and `RedisSink` (the `sync/` handlers do), and gets them here.
+ * Given a `reconciler`, the worker also heals its sink (`Convergence`: a rebuild when the sink
+ * lost its data, a periodic sweep; `SYNC_OUTBOX_RECONCILE_*`, `SYNC_OUTBOX_LOSS_CHECK_INTERVAL`).
  */
-export const layerWorker = <E, R>(handlers: Layer.Layer<Handlers, E, R>) =>
+export const layerWorker = <E, R, E2 = never, R2 = never>(
+  handlers: Layer.Layer<Handlers, E, R>,
+  options: { readonly reconciler?: Layer.Layer<Reconciler, E2, R2> | undefined } = {}
+) =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const outbox = yield* OutboxConfig
       const url = yield* Config.redacted("DATABASE_URL")
       const listener = outbox.pollOnly ? Listener.off : Listener.layer({ url, channel: outbox.channel })
-      return Worker.layer.pipe(
+      const worker = Worker.layer.pipe(
         Layer.provide(Layer.mergeAll(Store.layerWith({ callTimeout: outbox.callTimeout }), listener, handlers)),
         Layer.provideMerge(Layer.succeed(OutboxConfig, outbox))
+      )
+      if (options.reconciler === undefined || !outbox.enabled) return worker
+      return Layer.merge(
+        worker,
+        Convergence.layer.pipe(Layer.provide(Layer.merge(options.reconciler, Convergence.ConvergenceConfig.layerConfig())))
       )
     }).pipe(Effect.provide(OutboxConfig.layerConfig()))
   ).pipe(Layer.provideMerge(Layer.merge(Database.layerConfig(), RedisSink.layerConfig())))
