@@ -8,13 +8,15 @@
  *       and failed apply attempts during the outage
  *   (d) enqueue inside a caller's transaction: added p50; the NOTIFY trigger at 16 writers
  *   (e) claim time and worker memory with 10,000 vs 1,000,000 pending
+ *   (f) the journal: drain with retention on vs off (0); claim and completion with an empty
+ *       vs a 1,000,000-row journal
  *
  * DATABASE_URL / REDIS_URL select existing servers; otherwise private ones are started.
- * BENCH_QUICK=1 shortens every phase (for a smoke run); BENCH_ONLY=latency,drain,outage,enqueue,claim
+ * BENCH_QUICK=1 shortens every phase (for a smoke run); BENCH_ONLY=latency,drain,outage,enqueue,claim,journal
  * runs only the phases named.
  */
 import { SqlClient } from "@effect/sql"
-import { Duration, Effect, Layer, Redacted, Schema } from "effect"
+import { Duration, Effect, Exit, Layer, Redacted, Schema } from "effect"
 import { Redis } from "ioredis"
 import { spawn } from "node:child_process"
 import { cpus, totalmem } from "node:os"
@@ -76,7 +78,7 @@ const handlers = Handlers.layer(
           const error = results[i]?.[0] ?? null
           if (error === null) recordApplied(e.payload.k)
           else failedApplies++
-          return error ?? undefined
+          return error === null ? Exit.void : Exit.fail(error)
         })
       }).pipe(Effect.tapError(() => Effect.sync(() => (failedApplies += events.length))))))
 )
@@ -111,7 +113,7 @@ const sqlLayer = (env: Env) => Database.layer({ url: Redacted.make(env.dbUrl), m
 const truncate = async (env: Env) => {
   const c = new pg.Client({ connectionString: env.dbUrl })
   await c.connect()
-  await c.query("TRUNCATE sync_outbox, bare_queue CASCADE")
+  await c.query("TRUNCATE sync_outbox, sync_outbox_journal, bare_queue CASCADE")
   await c.query("VACUUM ANALYZE sync_outbox")
   await c.end()
   appliedAt.clear()
@@ -465,6 +467,106 @@ const claimCost = async (env: Env) => {
   rows.push({ measure: "(e) worker heap while draining, MB", ours: `${f(small.heapMb, 0)} / ${f(big.heapMb, 0)}`, bare: "", goal: "flat" })
 }
 
+/**
+ * (f) the journal. Drain with retention on and off, alternated (off, on, off, on, ...) so that the
+ * machine's drift hits both alike; the best run of each is compared. Then claim and completion
+ * with an empty journal and with 1,000,000 rows in it.
+ */
+const journal = async (env: Env) => {
+  const n = quick ? 5_000 : 20_000
+  const rounds = quick ? 1 : 3
+  const fill = async () => {
+    await truncate(env)
+    const c = new pg.Client({ connectionString: env.dbUrl })
+    await c.connect()
+    await c.query(
+      `INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+       SELECT 'bench', 'set', 'bench:jr-' || g, jsonb_build_object('k', 'jr-' || g, 'v', 'x') FROM generate_series(1, $1::int) g`,
+      [n]
+    )
+    await c.query("VACUUM ANALYZE sync_outbox")
+    await c.end()
+  }
+  const drainOnce = async (retention: Duration.Duration) => {
+    await fill()
+    const start = performance.now()
+    const ms = await withWorker(env, async () => {
+      await untilApplied(n)
+      return performance.now() - start
+    }, undefined, { retention })
+    return (n / ms) * 1000
+  }
+  const off: Array<number> = []
+  const on: Array<number> = []
+  for (let i = 0; i < rounds; i++) {
+    off.push(await drainOnce(Duration.zero))
+    on.push(await drainOnce(Duration.days(7)))
+  }
+  const bestOff = Math.max(...off)
+  const bestOn = Math.max(...on)
+  log(`journal drain items/s, off: ${off.map((x) => f(x, 0)).join(", ")}; on: ${on.map((x) => f(x, 0)).join(", ")}`)
+  rows.push({ measure: `(f) drain ${n.toLocaleString("en")}, items/s, retention off / on (best of ${rounds})`, ours: `${f(bestOff, 0)} / ${f(bestOn, 0)}`, bare: "", goal: "" })
+  rows.push({ measure: "(f) drain with the journal, share of without", ours: `${f((bestOn / bestOff) * 100, 0)} %`, bare: "", goal: "≥ 80 %" })
+
+  // Claim 500 and complete them (journaled) against 20,000 pending: with an empty journal, with a
+  // big one, and with an empty one again (the big table's writes and cache pressure linger on a
+  // small machine; the third run shows how much of a difference is the journal's own).
+  const big = quick ? 100_000 : 1_000_000
+  const sizes = [0, big, 0]
+  const results: Array<{ claimMs: number; completeMs: number }> = []
+  for (const size of sizes) {
+    await truncate(env)
+    const c = new pg.Client({ connectionString: env.dbUrl })
+    await c.connect()
+    await c.query(
+      `INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+       SELECT 'bench', 'set', 'bench:jc-' || g, jsonb_build_object('k', 'jc-' || g, 'v', 'x') FROM generate_series(1, 20000) g`
+    )
+    if (size > 0) {
+      // Spread over the last six days, as a 7-day retention would hold them.
+      await c.query(
+        `INSERT INTO sync_outbox_journal (id, resource_type, action, resource_id, ordering_key, payload, coalesce, created_at,
+           applied_at, attempts, worker)
+         SELECT 1000000000 + g, 'bench', 'set', NULL, 'bench:old-' || (g % 50000), jsonb_build_object('k', 'old-' || g, 'v', 'x'), false,
+           now() - make_interval(secs => 518400.0 * g / $1), now() - make_interval(secs => 518400.0 * g / $1), 1, 'bench-old'
+         FROM generate_series(1, $1::int) g`,
+        [size]
+      )
+    }
+    await c.query("VACUUM ANALYZE sync_outbox")
+    await c.query("VACUUM ANALYZE sync_outbox_journal")
+    await c.query("CHECKPOINT").catch(() => undefined) // needs a superuser; the measure is fairer with it
+    await c.end()
+    const timings = await Effect.runPromise(
+      Effect.gen(function*() {
+        const store = yield* Store
+        const claims: Array<number> = []
+        const completes: Array<number> = []
+        for (let i = 0; i < 30; i++) {
+          let t = performance.now()
+          const claimed = yield* store.claim("bench-probe", 30_000, 500)
+          claims.push(performance.now() - t)
+          t = performance.now()
+          yield* store.complete("bench-probe", claimed.map((e) => e.id), { appliedAt: new Date(), supersededBy: new Map() })
+          completes.push(performance.now() - t)
+        }
+        return { claimMs: pct(claims, 50), completeMs: pct(completes, 50) }
+      }).pipe(Effect.provide(Store.layer.pipe(Layer.provide(sqlLayer(env)))))
+    )
+    results.push(timings)
+  }
+  const label = `0 / ${big.toLocaleString("en")} / 0`
+  const show = (pick: (r: typeof results[0]) => number) => results.map((r) => f(pick(r))).join(" / ")
+  rows.push({ measure: `(f) claim 500, p50 ms, journal ${label} rows`, ours: show((r) => r.claimMs), bare: "", goal: "flat" })
+  rows.push({ measure: `(f) complete 500 (journaled), p50 ms, journal ${label}`, ours: show((r) => r.completeMs), bare: "", goal: "flat" })
+}
+
+const dropDatabase = async (serverUrl: string, name: string) => {
+  const admin = new pg.Client({ connectionString: serverUrl })
+  await admin.connect()
+  await admin.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`).finally(() => admin.end())
+}
+
 const main = async () => {
   const services: Array<RunningService> = []
   try {
@@ -482,7 +584,10 @@ const main = async () => {
       services.push(r)
       redisPort = r.port
     }
-    const dbUrl = await createDatabase(pgUrl, `sync_outbox_bench_${process.pid}`)
+    const dbName = `sync_outbox_bench_${process.pid}`
+    const dbUrl = await createDatabase(pgUrl, dbName)
+    // On a server of the caller's, leave nothing behind (phase (f) writes a million rows).
+    if (process.env["DATABASE_URL"] !== undefined) services.push({ url: "", stop: () => dropDatabase(pgUrl, dbName) })
     await Effect.runPromise(Migrations.run(["outbox"]).pipe(Effect.provide(Database.layer({ url: Redacted.make(dbUrl) }))))
     const c = new pg.Client({ connectionString: dbUrl })
     await c.connect()
@@ -492,13 +597,13 @@ const main = async () => {
     services.push({ url: "", stop: proxy.close })
     const env: Env = { dbUrl, redisPort, proxy }
     const only = process.env["BENCH_ONLY"]?.split(",")
-    for (const [name, phase] of [["latency", latency], ["drain", drain], ["outage", outage], ["enqueue", enqueueCost], ["claim", claimCost]] as const) {
+    for (const [name, phase] of [["latency", latency], ["drain", drain], ["outage", outage], ["enqueue", enqueueCost], ["claim", claimCost], ["journal", journal]] as const) {
       if (only !== undefined && !only.includes(name)) continue
       log(`${name} ...`)
       await phase(env)
     }
     const machine = `${cpus().length} × ${cpus()[0]?.model.trim() ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`
-    const w = [Math.max(...rows.map((r) => r.measure.length)), 14, 10, 10]
+    const w = [Math.max(...rows.map((r) => r.measure.length)), Math.max(14, ...rows.map((r) => r.ours.length)), 10, 10]
     const line = (a: string, b: string, c: string, d: string) =>
       `| ${a.padEnd(w[0]!)} | ${b.padStart(w[1]!)} | ${c.padStart(w[2]!)} | ${d.padEnd(w[3]!)} |`
     console.log(`\nsync-outbox bench${quick ? " (quick)" : ""}, ${new Date().toISOString().slice(0, 10)}, ${machine}\n`)

@@ -8,6 +8,7 @@ import { PgClient } from "@effect/sql-pg"
 import { type SqlClient, SqlError } from "@effect/sql"
 import { Config, Context, Duration, Effect, Layer, Redacted } from "effect"
 import pg from "pg"
+import { InvalidConfig } from "./Errors.js"
 
 export interface DatabaseOptions {
   readonly url: Redacted.Redacted
@@ -55,15 +56,35 @@ const makePool = (options: DatabaseOptions) =>
 
 export const layer = (
   options: DatabaseOptions
-): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | PgPool, SqlError.SqlError> =>
+): Layer.Layer<PgClient.PgClient | SqlClient.SqlClient | PgPool, SqlError.SqlError | InvalidConfig> =>
   Layer.unwrapScoped(
-    Effect.map(makePool(options), (pool) =>
+    Effect.map(Effect.flatMap(validate(options), makePool), (pool) =>
       PgClient.layerFromPool({
         applicationName: options.applicationName ?? "sync-outbox",
         // The pool's lifetime is this layer's; the client only borrows it.
         acquire: Effect.succeed(pool)
       }).pipe(Layer.merge(Layer.succeed(PgPool, pool))))
   )
+
+/** Check the pool's settings: a pool of no connections would wait forever on its first query. */
+export const validate = (options: DatabaseOptions): Effect.Effect<DatabaseOptions, InvalidConfig> => {
+  const problems: Array<string> = []
+  const max = options.maxConnections
+  if (max !== undefined && (!Number.isInteger(max) || max < 1 || max > 10_000)) {
+    problems.push(`maxConnections (SYNC_OUTBOX_DB_MAX_CONNECTIONS) must be an integer from 1 to 10000, got ${max}`)
+  }
+  for (const [name, variable, value] of [
+    ["statementTimeout", " (SYNC_OUTBOX_DB_STATEMENT_TIMEOUT)", options.statementTimeout],
+    ["connectTimeout", "", options.connectTimeout]
+  ] as const) {
+    if (value === undefined) continue
+    const d = Duration.decode(value)
+    if (!Duration.isFinite(d) || Duration.toMillis(d) <= 0) problems.push(`${name}${variable} must be a positive, finite duration`)
+  }
+  return problems.length === 0
+    ? Effect.succeed(options)
+    : Effect.fail(new InvalidConfig({ message: `invalid database configuration: ${problems.join("; ")}` }))
+}
 
 /** DATABASE_URL, SYNC_OUTBOX_DB_MAX_CONNECTIONS, SYNC_OUTBOX_DB_STATEMENT_TIMEOUT. */
 export const layerConfig = (
@@ -72,7 +93,7 @@ export const layerConfig = (
     maxConnections: Config.integer("SYNC_OUTBOX_DB_MAX_CONNECTIONS").pipe(Config.withDefault(10)),
     statementTimeout: Config.duration("SYNC_OUTBOX_DB_STATEMENT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
   })
-) => Layer.unwrapEffect(Effect.map(config, layer))
+) => Layer.unwrapEffect(Effect.map(Effect.flatMap(config, validate), layer))
 
 const describe = (cause: unknown): string =>
   cause instanceof Error ? (cause.message || (cause as { code?: string }).code || cause.name) : String(cause)

@@ -48,6 +48,39 @@ export class SinkCommandError extends Data.TaggedError("SinkCommandError")<{
   readonly cause?: unknown
 }> {}
 
+/**
+ * An event whose type needs a resource id (a master, a key) but whose row names none, e.g.
+ * `sync_outbox_enqueue('master', 'update')`: permanent, so the row goes dead at once.
+ */
+export class MissingResourceId extends Data.TaggedError("MissingResourceId")<{
+  readonly resourceType: string
+  readonly action: string
+}> {
+  override get message() {
+    return `${this.resourceType}/${this.action} needs a resource id (${this.resourceType} id missing)`
+  }
+}
+
+/**
+ * A handler that died rather than failed: it threw inside `Effect.sync`, called `Effect.die`,
+ * or a promise of `Effect.promise` rejected. That event's failure (an attempt counted, retried
+ * with backoff, dead at MAX_RETRIES), never the worker's. The message ends with where it was thrown.
+ */
+export class HandlerDefect extends Data.TaggedError("HandlerDefect")<{
+  readonly message: string
+}> {
+  /** The defect's name and message, and the first frame of its stack. */
+  static readonly fromDefect = (defect: unknown): HandlerDefect => {
+    if (defect instanceof Error) {
+      const frame = defect.stack?.split("\n").map((line) => line.trim()).find((line) => line.startsWith("at "))
+      const text = `${defect.name}: ${defect.message}`
+      return new HandlerDefect({ message: frame === undefined ? text : `${text} (${frame})` })
+    }
+    const { message, tag } = describeFailure(defect)
+    return new HandlerDefect({ message: tag === "Unknown" ? message : `${tag}: ${message}` })
+  }
+}
+
 /** A handler that ran past the worker's call timeout: the item's failure, retried with backoff. */
 export class HandlerTimeout extends Data.TaggedError("HandlerTimeout")<{
   readonly message: string
@@ -92,4 +125,16 @@ export const describeFailure = (error: unknown): { readonly tag: string; readonl
     return { tag, message }
   }
   return { tag: "Unknown", message: String(error) }
+}
+
+/**
+ * One line for a log: the error's tag and message, and its cause's message when it has one (a
+ * `SqlError`'s "canceling statement due to statement timeout", say), never a stack.
+ */
+export const oneLine = (error: unknown): string => {
+  const { message, tag } = describeFailure(error)
+  const cause = typeof error === "object" && error !== null && "cause" in error ? error.cause : undefined
+  const detail = cause instanceof Error ? cause.message : typeof cause === "string" ? cause : ""
+  const head = message.startsWith(`${tag}:`) ? message : `${tag}: ${message}`
+  return (detail !== "" && !message.includes(detail) ? `${head}: ${detail}` : head).replace(/\s*\n\s*/g, " ")
 }

@@ -1,11 +1,21 @@
 /**
  * The registry from (resource type, action) to the effect that applies an event. Payloads are
- * decoded with the event type's `Schema`; an unknown pair or an undecodable payload is a typed
- * failure, never a silent success.
+ * decoded with the event type's `Schema`; an unknown pair, an undecodable payload or a missing
+ * resource id is a typed failure, never a silent success. Whatever a handler does (fails, dies,
+ * throws, hangs), the worker gets one typed `ApplyOutcome` per event.
  */
-import { Context, Duration, Effect, Layer, ParseResult, Schema } from "effect"
-import { HandlerTimeout, MalformedPayload, UnknownEventType } from "./Errors.js"
+import { Cause, Context, Data, Duration, Effect, Exit, Layer, Option, ParseResult, Schema } from "effect"
+import {
+  HandlerDefect,
+  HandlerTimeout,
+  MalformedPayload,
+  MissingResourceId,
+  SinkUnavailable,
+  UnknownEventType
+} from "./Errors.js"
+import * as InFlight from "./InFlight.js"
 import type { ClaimedEvent, EventType } from "./OutboxEvent.js"
+import { isUnavailable } from "./RedisSink.js"
 
 /** What a handler receives: the claimed row with its payload decoded. */
 export interface Applying<A> {
@@ -16,31 +26,74 @@ export interface Applying<A> {
   readonly event: ClaimedEvent
 }
 
+/**
+ * What a batch handler reports: one `Exit` per event, in order (`Exit.void` for applied,
+ * `Exit.fail(error)` for that event's own failure). A failure of the whole effect is every
+ * event's failure (e.g. Redis down); a missing entry is that event's `HandlerDefect`.
+ */
+export type BatchResult<E = unknown> = ReadonlyArray<Exit.Exit<unknown, E>>
+
 export interface Handler<R> {
   readonly type: EventType.Any
-  readonly apply: (event: Applying<any>) => Effect.Effect<void, unknown, R>
+  readonly apply: (event: Applying<any>) => Effect.Effect<unknown, unknown, R>
   /** When present, the worker hands it every event of this type in a batch at once. */
   readonly applyBatch?: ((events: ReadonlyArray<Applying<any>>) => Effect.Effect<BatchResult, unknown, R>) | undefined
 }
 
 /**
- * What a batch handler reports: one entry per event, in order, `undefined` for applied or the
- * event's own error. A failure of the whole effect is every event's failure (e.g. Redis down).
+ * What became of one event, as the worker records it:
+ * - `Applied`: done; the row is deleted.
+ * - `Failed`: the handler failed with a typed error; `permanent` ones (`MalformedPayload`,
+ *   `MissingResourceId`) go dead at once, the others count an attempt and back off.
+ * - `Defect`: the handler died or threw; counted and retried like a failure, tagged `HandlerDefect`.
+ * - `TimedOut`: still running at the call timeout and interrupted; `running` are the promise calls
+ *   it started that had not settled then (the worker keeps the event leased until they have).
+ * - `NotStarted`: not admitted to start (shutdown, breaker open): handed back without an attempt.
+ * - `Unavailable`: the sink could not be reached: handed back without an attempt, breaker opens.
  */
-export type BatchResult = ReadonlyArray<unknown>
+export type ApplyOutcome = Data.TaggedEnum<{
+  Applied: {}
+  Failed: { readonly error: unknown; readonly permanent: boolean }
+  Defect: { readonly error: HandlerDefect }
+  TimedOut: { readonly error: HandlerTimeout; readonly running: ReadonlyArray<PromiseLike<unknown>> }
+  NotStarted: {}
+  Unavailable: { readonly error: unknown }
+}>
+export const ApplyOutcome = Data.taggedEnum<ApplyOutcome>()
 
-/** `applyAll`'s entry for an event whose work was not admitted to start: hand it back untouched. */
-export const NotStarted: unique symbol = Symbol.for("sync-outbox/NotStarted")
+const isPermanent = (error: unknown) => error instanceof MalformedPayload || error instanceof MissingResourceId
+
+/** A typed failure: the sink's unavailability, or the event's own (permanent or not). */
+export const failed = (error: unknown): ApplyOutcome =>
+  isUnavailable(error) ? ApplyOutcome.Unavailable({ error }) : ApplyOutcome.Failed({ error, permanent: isPermanent(error) })
+
+/** How a handler's effect ended, as an outcome: its typed error first, else its defect. */
+export const fromCause = (cause: Cause.Cause<unknown>): ApplyOutcome => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) return failed(failure.value)
+  const defect = Cause.dieOption(cause)
+  if (Option.isSome(defect)) {
+    // `Effect.orDie` over a `RedisSink` call during an outage is still the sink, not the event.
+    return defect.value instanceof SinkUnavailable
+      ? ApplyOutcome.Unavailable({ error: defect.value })
+      : ApplyOutcome.Defect({ error: HandlerDefect.fromDefect(defect.value) })
+  }
+  return ApplyOutcome.Defect({ error: new HandlerDefect({ message: "the handler interrupted itself" }) })
+}
+
+export const fromExit = (exit: Exit.Exit<unknown, unknown>): ApplyOutcome =>
+  Exit.isSuccess(exit) ? ApplyOutcome.Applied() : fromCause(exit.cause)
 
 /** Register how one event type is applied. */
 export const handle = <A, I, E, R>(
   type: EventType<A, I>,
-  apply: (event: Applying<A>) => Effect.Effect<void, E, R>
+  apply: (event: Applying<A>) => Effect.Effect<unknown, E, R>
 ): Handler<R> => ({ type, apply })
 
 /**
  * Register a handler that applies many events of one type at once (one Redis pipeline for a
- * whole batch rather than one round trip, and one fiber rather than one per event).
+ * whole batch rather than one round trip, and one fiber rather than one per event). It returns
+ * one `Exit` per event, in order: `Exit.void`, or `Exit.fail(error)` for a poison event.
  */
 export const handleBatch = <A, I, E, R>(
   type: EventType<A, I>,
@@ -49,14 +102,15 @@ export const handleBatch = <A, I, E, R>(
   type,
   applyBatch,
   apply: (event) =>
-    Effect.flatMap(applyBatch([event]), (results) => (results[0] === undefined ? Effect.void : Effect.fail(results[0])))
+    Effect.flatMap(applyBatch([event]), (results) =>
+      results[0] === undefined ? Effect.dieMessage("the batch handler returned no outcome for the event") : results[0])
 })
 
 const pairKey = (resourceType: string, action: string) => `${resourceType}\u0000${action}`
 
 export interface ApplyAllOptions {
   readonly concurrency: number
-  /** One timer for the whole call: what has not finished fails with `HandlerTimeout`. */
+  /** One timer for the whole call: what has not finished is interrupted and `TimedOut`. */
   readonly timeout: Duration.Duration
   /** Asked before each piece of work starts; `false` reports its events as `NotStarted`. */
   readonly admit?: Effect.Effect<boolean> | undefined
@@ -64,15 +118,15 @@ export interface ApplyAllOptions {
 
 export interface HandlersShape {
   /** Decode the payload and run the registered handler. */
-  readonly apply: (event: ClaimedEvent) => Effect.Effect<void, unknown>
+  readonly apply: (event: ClaimedEvent) => Effect.Effect<unknown, unknown>
   /**
    * Apply many events: batch handlers get theirs in one call, the others one by one with the
-   * given concurrency. Returns one entry per event, in order: `undefined` or its error.
+   * given concurrency. Returns one outcome per event, in order; it never fails.
    */
   readonly applyAll: (
     events: ReadonlyArray<ClaimedEvent>,
     options: ApplyAllOptions
-  ) => Effect.Effect<ReadonlyArray<unknown>>
+  ) => Effect.Effect<ReadonlyArray<ApplyOutcome>>
   /** The event type registered for a pair, for callers that enqueue by name (the CLI). */
   readonly lookup: (resourceType: string, action: string) => Effect.Effect<EventType.Any, UnknownEventType>
   readonly types: ReadonlyArray<EventType.Any>
@@ -116,8 +170,15 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
         ? Effect.fail(new UnknownEventType({ resourceType, action }))
         : Effect.succeed(handler.type)
     }
-    const decode = (event: ClaimedEvent, key: string): Effect.Effect<Applying<unknown>, MalformedPayload> =>
-      decoders.get(key)!(event.payload).pipe(
+    const decode = (
+      event: ClaimedEvent,
+      key: string
+    ): Effect.Effect<Applying<unknown>, MalformedPayload | MissingResourceId> => {
+      // A row written by SQL (`sync_outbox_enqueue`) skipped `enqueue`'s checks: the type knows.
+      if (event.resourceId === null && table.get(key)!.type.requiresResourceId) {
+        return Effect.fail(new MissingResourceId({ resourceType: event.resourceType, action: event.action }))
+      }
+      return decoders.get(key)!(event.payload).pipe(
         Effect.mapError((error) =>
           new MalformedPayload({
             resourceType: event.resourceType,
@@ -127,23 +188,26 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
         ),
         Effect.map((payload) => ({ id: event.id, resourceId: event.resourceId, payload, attempt: event.retryCount + 1, event }))
       )
+    }
 
-    // Without the context provided: callers provide it once around many calls.
-    const applyBare = (event: ClaimedEvent): Effect.Effect<void, unknown, R> => {
+    // Without the context provided: callers provide it once around many calls. A handler that
+    // throws while building its effect is caught by `suspend`, as a defect.
+    const applyBare = (event: ClaimedEvent): Effect.Effect<unknown, unknown, R> => {
       const key = pairKey(event.resourceType, event.action)
       const handler = table.get(key)
       if (handler === undefined) {
         return Effect.fail(new UnknownEventType({ resourceType: event.resourceType, action: event.action }))
       }
-      return Effect.flatMap(decode(event, key), handler.apply)
+      return Effect.flatMap(decode(event, key), (decoded) => Effect.suspend(() => handler.apply(decoded)))
     }
 
     const apply = (event: ClaimedEvent) => Effect.provide(applyBare(event), context)
 
     const applyAll = (events: ReadonlyArray<ClaimedEvent>, options: ApplyAllOptions) =>
       Effect.gen(function*() {
-        const results: Array<unknown> = new Array(events.length).fill(undefined)
-        const done: Array<boolean> = new Array(events.length).fill(false)
+        // Undefined until the piece of work that owns the event has finished.
+        const outcomes: Array<ApplyOutcome | undefined> = new Array(events.length).fill(undefined)
+        const calls: Array<InFlight.Calls | undefined> = new Array(events.length).fill(undefined)
         const batches = new Map<string, Array<number>>()
         const singles: Array<number> = []
         for (let i = 0; i < events.length; i++) {
@@ -164,50 +228,64 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
             for (const i of indexes) {
               const exit = yield* Effect.either(decode(events[i]!, key))
               if (exit._tag === "Left") {
-                results[i] = exit.left
-                done[i] = true
+                outcomes[i] = failed(exit.left)
               } else {
                 decoded.push(exit.right)
                 at.push(i)
               }
             }
             if (decoded.length === 0) return
-            const outcome = yield* Effect.either(table.get(key)!.applyBatch!(decoded))
+            const tracked = new InFlight.Calls()
+            for (const i of at) calls[i] = tracked
+            const exit = yield* Effect.exit(
+              Effect.suspend(() => table.get(key)!.applyBatch!(decoded)).pipe(InFlight.trackIn(tracked))
+            )
             for (let j = 0; j < at.length; j++) {
-              results[at[j]!] = outcome._tag === "Left" ? outcome.left : outcome.right[j]
-              done[at[j]!] = true
+              if (Exit.isFailure(exit)) {
+                outcomes[at[j]!] = fromCause(exit.cause)
+                continue
+              }
+              const result = Array.isArray(exit.value) ? exit.value[j] : undefined
+              outcomes[at[j]!] = Exit.isExit(result)
+                ? fromExit(result)
+                : ApplyOutcome.Defect({
+                  error: new HandlerDefect({
+                    message: `the batch handler for ${key.replace("\u0000", "/")} returned ${
+                      Array.isArray(exit.value) ? `${exit.value.length} outcomes for ${at.length} events` : "no array of Exits"
+                    }`
+                  })
+                })
             }
           })
-        const runSingle = (i: number) =>
-          Effect.flatMap(Effect.either(applyBare(events[i]!)), (e) =>
+        const runSingle = (i: number) => {
+          const tracked = new InFlight.Calls()
+          calls[i] = tracked
+          return Effect.flatMap(Effect.exit(applyBare(events[i]!).pipe(InFlight.trackIn(tracked))), (exit) =>
             Effect.sync(() => {
-              results[i] = e._tag === "Left" ? e.left : undefined
-              done[i] = true
+              outcomes[i] = fromExit(exit)
             }))
+        }
         const admitted = (indexes: ReadonlyArray<number>, run: Effect.Effect<void, never, R>) =>
           options.admit === undefined ? run : Effect.flatMap(options.admit, (ok) =>
             ok ? run : Effect.sync(() => {
-              for (const i of indexes) {
-                results[i] = NotStarted
-                done[i] = true
-              }
+              for (const i of indexes) outcomes[i] = ApplyOutcome.NotStarted()
             }))
         const work: Array<Effect.Effect<void, never, R>> = [
           ...[...batches].map(([key, indexes]) => admitted(indexes, runBatch(key, indexes))),
           ...singles.map((i) => admitted([i], runSingle(i)))
         ]
         // One fiber per piece of work, none at all for a single piece, and one timer for all:
-        // what has not finished when it fires is interrupted and fails with HandlerTimeout.
+        // what has not finished when it fires is interrupted and reported as timed out.
         yield* (work.length === 1 ? work[0]! : Effect.all(work, { concurrency: options.concurrency, discard: true })).pipe(
           Effect.timeout(options.timeout),
           Effect.ignore
         )
-        for (let i = 0; i < events.length; i++) {
-          if (!done[i]) {
-            results[i] = new HandlerTimeout({ message: `handler did not finish within ${Duration.format(options.timeout)}` })
-          }
-        }
-        return results
+        return outcomes.map((outcome, i) =>
+          outcome ?? ApplyOutcome.TimedOut({
+            error: new HandlerTimeout({ message: `handler did not finish within ${Duration.format(options.timeout)}` }),
+            running: calls[i]?.running() ?? []
+          })
+        )
       }).pipe(Effect.provide(context))
 
     return { apply, applyAll, lookup, types: handlers.map((h) => h.type) }

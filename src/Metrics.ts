@@ -70,3 +70,9 @@ export const reconcileLastRun = Metric.gauge("sync_outbox_reconcile_last_run_tim
 export const reconcileDuration = Metric.gauge("sync_outbox_reconcile_duration_ms", {
   description: "How long this process's last reconcile took, in milliseconds"
 })
+export const journalRows = Metric.gauge("sync_outbox_journal_rows", {
+  description: "Applied events kept in the journal (exact up to 100,000, then the planner's estimate)"
+})
+export const journalOldestAge = Metric.gauge("sync_outbox_journal_oldest_age_seconds", {
+  description: "Age of the oldest journal entry (0 when empty); about the retention when pruning keeps up"
+})

@@ -3,7 +3,7 @@
  * plus what the seed lacked. Read with Effect `Config` from `SYNC_OUTBOX_*` environment names; a
  * bad value fails at startup with a message that names the variable.
  */
-import { Config, Context, Duration, Effect, Layer } from "effect"
+import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option } from "effect"
 import { InvalidConfig } from "./Errors.js"
 
 export interface OutboxConfigShape {
@@ -31,6 +31,8 @@ export interface OutboxConfigShape {
   /** Breaker probe schedule while the sink is unavailable: starts at `probeBase`, capped at `probeCap`. */
   readonly probeBase: Duration.Duration
   readonly probeCap: Duration.Duration
+  /** How long applied events stay in the journal (`sync_outbox_journal`); zero journals nothing. */
+  readonly retention: Duration.Duration
 }
 
 export const defaults: OutboxConfigShape = {
@@ -46,7 +48,32 @@ export const defaults: OutboxConfigShape = {
   pollOnly: false,
   callTimeout: Duration.seconds(10),
   probeBase: Duration.millis(10),
-  probeCap: Duration.millis(50)
+  probeCap: Duration.millis(50),
+  retention: Duration.days(7)
+}
+
+const units: Record<string, Duration.Unit> = {
+  ms: "millis", milli: "millis", millis: "millis", millisecond: "millis", milliseconds: "millis",
+  s: "seconds", sec: "seconds", second: "seconds", seconds: "seconds",
+  m: "minutes", min: "minutes", minute: "minutes", minutes: "minutes",
+  h: "hours", hour: "hours", hours: "hours",
+  d: "days", day: "days", days: "days",
+  w: "weeks", week: "weeks", weeks: "weeks"
+}
+
+/**
+ * A non-negative duration as an operator writes it: `0`, `7 days`, `250 millis`, `12h`, `90s`.
+ * Unlike `Config.duration` it accepts a bare `0` and refuses a negative value instead of
+ * clamping it to zero.
+ */
+export const parseDuration = (text: string): Option.Option<Duration.Duration> => {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text)
+  if (match === null) return Option.none()
+  const amount = Number(match[1])
+  const unit = match[2]!.toLowerCase()
+  if (unit === "") return amount === 0 ? Option.some(Duration.zero) : Option.none()
+  const known = units[unit]
+  return known === undefined || !Number.isFinite(amount) ? Option.none() : Option.some(Duration.decode(`${amount} ${known}`))
 }
 
 const channelRe = /^[a-z_][a-z0-9_]{0,62}$/
@@ -67,6 +94,9 @@ export const validate = (config: OutboxConfigShape): Effect.Effect<OutboxConfigS
   positive("callTimeout", config.callTimeout)
   positive("probeBase", config.probeBase)
   positive("probeCap", config.probeCap)
+  if (!Duration.isFinite(config.retention) || Duration.toMillis(config.retention) < 0) {
+    problems.push("retention must be a finite duration, or 0 to keep no journal")
+  }
   integer("batchSize", config.batchSize, 1, 10_000)
   integer("maxRetries", config.maxRetries, 1, 1_000)
   integer("concurrency", config.concurrency, 1, 10_000)
@@ -95,7 +125,17 @@ export const config: Config.Config<OutboxConfigShape> = Config.all({
   pollOnly: Config.boolean("POLL_ONLY").pipe(Config.withDefault(defaults.pollOnly)),
   callTimeout: Config.duration("CALL_TIMEOUT").pipe(Config.withDefault(defaults.callTimeout)),
   probeBase: Config.duration("PROBE_BASE").pipe(Config.withDefault(defaults.probeBase)),
-  probeCap: Config.duration("PROBE_CAP").pipe(Config.withDefault(defaults.probeCap))
+  probeCap: Config.duration("PROBE_CAP").pipe(Config.withDefault(defaults.probeCap)),
+  retention: Config.string("RETENTION").pipe(
+    Config.mapOrFail((text) =>
+      Option.match(parseDuration(text), {
+        onNone: () =>
+          Either.left(ConfigError.InvalidData([], `expected a duration such as "7 days", "12h" or 0, got "${text}"`)),
+        onSome: Either.right
+      })
+    ),
+    Config.withDefault(defaults.retention)
+  )
 }).pipe(Config.nested("SYNC_OUTBOX"))
 
 export class OutboxConfig extends Context.Tag("sync-outbox/OutboxConfig")<OutboxConfig, OutboxConfigShape>() {

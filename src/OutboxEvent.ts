@@ -72,6 +72,36 @@ export interface EncodedEvent {
   readonly coalesce: boolean
 }
 
+// A NUL, or half of a surrogate pair without the other half: JSON can carry them, Postgres's
+// jsonb cannot (the insert would fail, aborting the caller's transaction).
+const unstorable = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
+
+/** Where in a JSON value a string (or a key) holds what jsonb refuses, and what; or undefined. */
+const findUnstorable = (value: unknown, path: string): string | undefined => {
+  if (typeof value === "string") {
+    const match = unstorable.exec(value)
+    if (match === null) return undefined
+    const what = match[0] === "\u0000" ? "a NUL character (\\u0000)" : "a lone surrogate (invalid UTF-16)"
+    return `${path} contains ${what}, which Postgres cannot store`
+  }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = findUnstorable(value[i], `${path}[${i}]`)
+      if (found !== undefined) return found
+    }
+    return undefined
+  }
+  if (typeof value === "object" && value !== null) {
+    for (const [key, item] of Object.entries(value)) {
+      const keyed = `${path}.${unstorable.test(key) ? JSON.stringify(key) : key}`
+      if (unstorable.test(key)) return `the key ${keyed} contains a character Postgres cannot store`
+      const found = findUnstorable(item, keyed)
+      if (found !== undefined) return found
+    }
+  }
+  return undefined
+}
+
 const validResourceId = (id: number | null | undefined): id is number | null | undefined =>
   id === null || id === undefined || (Number.isSafeInteger(id) && id > 0)
 
@@ -114,7 +144,14 @@ export const encode = <A, I>(
               message: `payload is not JSON-serialisable: ${String(cause)}`
             })
         })
-      )
+      ),
+      Effect.flatMap((event) => {
+        // The ordering key is usually built from the payload, and is stored as text.
+        const problem = findUnstorable(event.payload, "payload") ?? findUnstorable(event.orderingKey, "the ordering key")
+        return problem === undefined
+          ? Effect.succeed(event)
+          : Effect.fail(new InvalidPayload({ resourceType: type.resourceType, action: type.action, message: problem }))
+      })
     )
   })
 

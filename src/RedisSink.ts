@@ -7,6 +7,7 @@
 import { Config, Context, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { Cluster, Redis } from "ioredis"
 import { SinkCommandError, SinkUnavailable } from "./Errors.js"
+import * as InFlight from "./InFlight.js"
 
 export type RedisClient = Redis | Cluster
 
@@ -64,8 +65,14 @@ export interface RedisOptions {
 
 export interface RedisSinkShape {
   readonly client: RedisClient
-  /** Run commands; a failure comes back classified. */
-  readonly use: <A>(f: (client: RedisClient) => Promise<A>) => Effect.Effect<A, SinkUnavailable | SinkCommandError>
+  /**
+   * Run commands; a failure comes back classified. The signal is aborted when the call is
+   * interrupted (the worker's call timeout); until the promise settles, the worker keeps the
+   * event leased, so a call that outlives its timeout never overlaps the event's retry.
+   */
+  readonly use: <A>(
+    f: (client: RedisClient, signal: AbortSignal) => Promise<A>
+  ) => Effect.Effect<A, SinkUnavailable | SinkCommandError>
   /** The breaker's cheap probe. */
   readonly ping: Effect.Effect<void, SinkUnavailable | SinkCommandError>
 }
@@ -118,8 +125,8 @@ const make = (options: RedisOptions) =>
           Effect.ensuring(Effect.sync(() => client.disconnect()))
         )
     )
-    const use = <A>(f: (client: RedisClient) => Promise<A>) =>
-      Effect.tryPromise({ try: () => f(client), catch: classify })
+    const use = <A>(f: (client: RedisClient, signal: AbortSignal) => Promise<A>) =>
+      InFlight.tryPromise({ try: (signal) => f(client, signal), catch: classify })
     const ping = Effect.asVoid(use((c) => c.ping()))
     return { client, use, ping } satisfies RedisSinkShape
   })

@@ -115,6 +115,16 @@ export interface Failure {
   readonly message: string
   readonly nextRetryAt: Date
   readonly dead: boolean
+  /**
+   * Keep the row leased until its lease expires (a call that timed out may still be running):
+   * neither it nor its key is claimable before then, and its retry is due no earlier.
+   */
+  readonly keepLease?: boolean | undefined
+}
+
+/** A claimed event, and whether another pending event of its key waits behind it. */
+export interface Claimed extends OutboxEvent.ClaimedEvent {
+  readonly successor: boolean
 }
 
 export interface Stats {
@@ -137,6 +147,9 @@ export interface WorkerRow {
   readonly pid: number
   readonly breaker: string
   readonly listener: string
+  /** The claim loop: `running`, `restarting` (after a failure, with `loopError`), `stopped`. */
+  readonly loop: string
+  readonly loopError: string | null
 }
 
 /** Which dead letters an operator means. */
@@ -148,14 +161,13 @@ export type DeadSelector =
 /**
  * The claim, in one statement. `picked`: due, unleased rows in id order, skipping keys with a live
  * lease (and, for non-coalescing types, keys with an older pending row), locked with SKIP LOCKED.
- * `keys`: one advisory transaction lock per key, so two concurrent claims cannot take one key.
- * Then the lease is written on the picked rows and, for coalescing keys, on every pending
- * coalescing row of the key.
- *
- * A known, narrow window: a claim's snapshot may predate another worker's lease on the same key
- * that commits between this claim's pick and its advisory lock; both may then hold that key for
- * the length of one apply. Versioned, idempotent handlers (all of `sync/`) make that harmless;
- * a handler that is neither should not rely on strict per-key exclusion.
+ * `claimable`: `sync_outbox_claim_keys` takes an advisory transaction lock per picked key, then
+ * looks again, with one fresh snapshot for them all, for a live lease on each. Every lease is written under its
+ * key's lock, so a lease committed by another worker after this statement began (which the
+ * statement's own snapshot cannot see) is seen there: two claims never hold one key. Then the
+ * lease is written on the picked rows and, for coalescing keys, on every pending coalescing row
+ * of the key. `successor`: a non-coalescing row with another pending row of its key behind it,
+ * so the worker claims that one as soon as this one is done rather than on the next poll.
  */
 const claimSql = `
 WITH picked AS MATERIALIZED (
@@ -174,11 +186,13 @@ WITH picked AS MATERIALIZED (
   ORDER BY c.id
   LIMIT $4
   FOR UPDATE OF c SKIP LOCKED
+), claimable AS MATERIALIZED (
+  SELECT sync_outbox_claim_keys(ARRAY(SELECT DISTINCT ordering_key FROM picked), $2) AS ordering_keys
 ), keys AS MATERIALIZED (
   SELECT ordering_key, bool_or(coalesce) AS coalesce
   FROM picked
+  WHERE ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
   GROUP BY ordering_key
-  HAVING pg_try_advisory_xact_lock(hashtextextended(ordering_key, 7351))
 )
 UPDATE sync_outbox o
 SET lease_owner = $1, lease_expires_at = $3
@@ -190,25 +204,53 @@ WHERE o.ordering_key = k.ordering_key
   -- event of the key committed before now: lease them all, however far past the batch limit.
   AND (o.id IN (SELECT id FROM picked) OR (k.coalesce AND o.coalesce))
 RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
-  o.payload, o.coalesce, o.retry_count, o.created_at`
+  o.payload, o.coalesce, o.retry_count, o.created_at,
+  (NOT o.coalesce AND EXISTS (
+    SELECT 1 FROM sync_outbox n
+    WHERE n.ordering_key = o.ordering_key AND n.status = 'pending' AND n.id > o.id)) AS successor`
 
 const completeSql = `DELETE FROM sync_outbox WHERE id = ANY($2::bigint[]) AND lease_owner = $1`
+
+const renewSql = `UPDATE sync_outbox SET lease_expires_at = $3
+WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'pending'`
+// The same completion, journaled in the same statement (see migrations/outbox/0005_journal.sql):
+// `$3` is the worker's Clock, `$4`/`$5` link coalesced events to the event that covered them.
+const completeJournaledSql = `
+WITH done AS (
+  DELETE FROM sync_outbox o WHERE o.id = ANY($2::bigint[]) AND o.lease_owner = $1
+  RETURNING o.id, o.resource_type, o.action, o.resource_id, o.ordering_key, o.payload, o.coalesce, o.created_at, o.retry_count,
+    o.replay_of
+), links AS (
+  SELECT * FROM unnest($4::bigint[], $5::bigint[]) AS t(id, superseded_by)
+)
+INSERT INTO sync_outbox_journal (id, resource_type, action, resource_id, ordering_key, payload, coalesce, created_at,
+  applied_at, attempts, worker, superseded_by, replay_of)
+SELECT d.id, d.resource_type, d.action, d.resource_id, d.ordering_key, d.payload, d.coalesce, d.created_at,
+  $3, d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by, d.replay_of
+FROM done d LEFT JOIN links l ON l.id = d.id`
+
+/** What `complete` journals: when, and which completed events a newer one covered (id -> newer id). */
+export interface Journaling {
+  readonly appliedAt: Date
+  readonly supersededBy: ReadonlyMap<string, string>
+}
 
 const releaseSql = `UPDATE sync_outbox SET lease_owner = NULL, lease_expires_at = NULL
 WHERE id = ANY($2::bigint[]) AND lease_owner = $1`
 
 const failSql = `
 WITH input AS (
-  SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::boolean[], $7::integer[])
-    AS t(id, tag, message, next_retry_at, dead, attempt)
+  SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::boolean[], $7::integer[], $9::boolean[])
+    AS t(id, tag, message, next_retry_at, dead, attempt, keep_lease)
 ), updated AS (
   UPDATE sync_outbox o
   SET retry_count = i.attempt,
       last_error = i.tag || ': ' || i.message,
       status = CASE WHEN i.dead THEN 'dead' ELSE 'pending' END,
-      next_retry_at = i.next_retry_at,
-      lease_owner = NULL,
-      lease_expires_at = NULL
+      -- A kept lease still blocks the row and its key until it expires; the retry waits for it.
+      next_retry_at = CASE WHEN i.keep_lease THEN greatest(i.next_retry_at, o.lease_expires_at) ELSE i.next_retry_at END,
+      lease_owner = CASE WHEN i.keep_lease THEN o.lease_owner END,
+      lease_expires_at = CASE WHEN i.keep_lease THEN o.lease_expires_at END
   FROM input i
   WHERE o.id = i.id AND o.lease_owner = $1
   RETURNING o.id, i.attempt, i.tag, i.message
@@ -225,6 +267,7 @@ SELECT min(next_retry_at) AS at FROM sync_outbox
 WHERE status = 'pending' AND next_retry_at > '-infinity' AND lease_owner IS NULL`
 
 interface ClaimRow {
+  readonly successor?: boolean
   readonly id: string
   readonly resource_type: string
   readonly action: string
@@ -318,11 +361,29 @@ const make = (options: StoreOptions) => Effect.gen(function*() {
 
   const claim = (owner: string, leaseMs: number, limit: number) =>
     Effect.flatMap(now, (at) => hot<ClaimRow>("claim", claimSql, [owner, at, new Date(at.getTime() + leaseMs), limit])).pipe(
-      Effect.map(({ rows }) => rows.map(toClaimed).sort(byId))
+      Effect.map(({ rows }) => rows.map((row): Claimed => ({ ...toClaimed(row), successor: row.successor === true })).sort(byId))
     )
 
-  const complete = (owner: string, ids: ReadonlyArray<string>) =>
-    ids.length === 0 ? Effect.succeed(0) : Effect.map(hot("complete", completeSql, [owner, ids]), (r) => r.rowCount)
+  /** Delete completed rows; with `journal`, write their journal rows in the same statement. */
+  const complete = (owner: string, ids: ReadonlyArray<string>, journal?: Journaling) =>
+    ids.length === 0
+      ? Effect.succeed(0)
+      : Effect.map(
+        journal === undefined
+          ? hot("complete", completeSql, [owner, ids])
+          : hot("complete_journaled", completeJournaledSql, [
+            owner,
+            ids,
+            journal.appliedAt,
+            [...journal.supersededBy.keys()],
+            [...journal.supersededBy.values()]
+          ]),
+        (r) => r.rowCount
+      )
+
+  /** Extend this owner's leases (a timed-out call still running), fenced on the owner. */
+  const renew = (owner: string, ids: ReadonlyArray<string>, until: Date) =>
+    ids.length === 0 ? Effect.succeed(0) : Effect.map(hot("renew", renewSql, [owner, ids, until]), (r) => r.rowCount)
 
   const release = (owner: string, ids: ReadonlyArray<string>) =>
     ids.length === 0 ? Effect.succeed(0) : Effect.map(hot("release", releaseSql, [owner, ids]), (r) => r.rowCount)
@@ -337,7 +398,8 @@ const make = (options: StoreOptions) => Effect.gen(function*() {
         failures.map((f) => f.nextRetryAt),
         failures.map((f) => f.dead),
         failures.map((f) => f.attempt),
-        at
+        at,
+        failures.map((f) => f.keepLease === true)
       ])).pipe(Effect.asVoid)
 
   /** When the worker must look again even if nothing notifies it: the earliest scheduled retry. */
@@ -455,9 +517,11 @@ const make = (options: StoreOptions) => Effect.gen(function*() {
   const heartbeat = (worker: WorkerRow) =>
     hot(
       "heartbeat",
-      `INSERT INTO sync_outbox_workers (owner, hostname, pid, breaker, listener) VALUES ($1, $2, $3, $4, $5)
-       ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.breaker, listener = EXCLUDED.listener`,
-      [worker.owner, worker.hostname, worker.pid, worker.breaker, worker.listener]
+      `INSERT INTO sync_outbox_workers (owner, hostname, pid, breaker, listener, loop, loop_error)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)
+       ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.breaker, listener = EXCLUDED.listener,
+         loop = EXCLUDED.loop, loop_error = EXCLUDED.loop_error`,
+      [worker.owner, worker.hostname, worker.pid, worker.breaker, worker.listener, worker.loop, worker.loopError]
     ).pipe(Effect.asVoid)
 
   const unregister = (owner: string) =>
@@ -471,10 +535,12 @@ const make = (options: StoreOptions) => Effect.gen(function*() {
       pid: number
       breaker: string
       listener: string
+      loop: string
+      loop_error: string | null
       started_at: Date
       heartbeat_age_ms: number
     }>(
-      `SELECT owner, hostname, pid, breaker, listener, started_at,
+      `SELECT owner, hostname, pid, breaker, listener, loop, loop_error, started_at,
          (extract(epoch FROM now() - heartbeat_at) * 1000)::float8 AS heartbeat_age_ms
        FROM sync_outbox_workers
        WHERE heartbeat_at > now() - make_interval(secs => $1::float8 / 1000)
@@ -488,6 +554,7 @@ const make = (options: StoreOptions) => Effect.gen(function*() {
     workers,
     claim,
     complete,
+    renew,
     release,
     fail,
     nextWakeAt,

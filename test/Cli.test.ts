@@ -40,7 +40,7 @@ describe("sync-outbox CLI", () => {
     expect(engine.stdout).toContain("applied outbox/0001_outbox.sql")
     expect(engine.stdout).not.toContain("control-plane")
     const all = await cli(["migrate"], { DATABASE_URL: url })
-    expect(all.stdout.trim()).toBe("applied control-plane/0001_control_plane.sql")
+    expect(all.stdout.trim()).toBe("applied control-plane/0001_control_plane.sql\napplied control-plane/0002_ez_api_contract.sql")
     expect((await cli(["migrate"], { DATABASE_URL: url })).stdout.trim()).toBe("up to date")
   }, 60_000)
 
@@ -130,8 +130,11 @@ describe("sync-outbox CLI", () => {
     const port = await freePort()
     const env = { DATABASE_URL: url, REDIS_URL: redisUrl() }
     const redis = new Redis(redisUrl())
-    // The worker's sync handlers write under the default prefix `sync`; isolate by database ids instead.
-    const [master] = await query<{ id: number }>(url, `INSERT INTO cp_masters (name) VALUES ($1) RETURNING id::float8 AS id`, [p])
+    // The worker's sync handlers write the contract's names (no prefix); isolate by a QPS no other test uses.
+    const qps = String(100_000 + Math.floor(Math.random() * 1_000_000))
+    const [master] = await query<{ id: number }>(url, `INSERT INTO cp_masters (name, global_qps) VALUES ($1, $2) RETURNING id::float8 AS id`, [p, qps])
+    // Bookkeeping a previous run left for this id (its database's versions) would refuse this one's writes.
+    await redis.del(`auth:master:${master!.id}`, `sync:rec:{auth:master:${master!.id}}`)
     const child = spawn("node", [bin, "worker", "--metrics-port", String(port)], { env: { ...process.env, ...env } })
     let out = ""
     child.stdout.on("data", (d) => (out += String(d)))
@@ -140,12 +143,12 @@ describe("sync-outbox CLI", () => {
       const deadline = Date.now() + 20_000
       while (!out.includes("worker running") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
       expect((await cli(["enqueue", "master", "update", "--resource-id", String(master!.id)], env)).code).toBe(0)
-      let name: string | null = null
-      while (name !== p && Date.now() < deadline) {
-        name = await redis.hget(`sync:master:${master!.id}`, "name")
+      let seen: string | null = null
+      while (seen !== qps && Date.now() < deadline) {
+        seen = await redis.hget(`auth:master:${master!.id}`, "global_qps")
         await new Promise((r) => setTimeout(r, 50))
       }
-      expect(name).toBe(p)
+      expect(seen).toBe(qps)
 
       const body = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
       const samples = new Map(
@@ -168,11 +171,11 @@ describe("sync-outbox CLI", () => {
       expect(status.workers[0]).toMatchObject({ breaker: "closed", listener: "listening" })
 
       // sync-all rewrites what a lost Redis write left behind.
-      await redis.del(`sync:master:${master!.id}`)
+      await redis.del(`auth:master:${master!.id}`, `sync:rec:{auth:master:${master!.id}}`)
       const all = await cli(["sync-all"], env)
       expect(all.code).toBe(0)
       expect(all.stdout).toMatch(/written \d+/)
-      expect(await redis.hget(`sync:master:${master!.id}`, "name")).toBe(p)
+      expect(await redis.hget(`auth:master:${master!.id}`, "global_qps")).toBe(qps)
     } finally {
       child.kill("SIGTERM")
       const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))

@@ -13,6 +13,12 @@ describe("the demo (the README's first command)", () => {
     )
     expect(code, stdout).toBe(0)
     expect(stdout).toContain("Redis converged")
+    // The contract's keys, printed as the balancer reads them, and a revocation by epoch.
+    for (const key of ["auth:token:", "auth:master:1", "config:providers", "meta:providers_meta", "config:bindings", "meta:models", "meta:models_meta"]) {
+      expect(stdout).toContain(key)
+    }
+    expect(stdout).toMatch(/secret-1-0 now refused \(revoked\)/)
+    expect(stdout).toMatch(/deleted tenant-2: its 5 auth:token hashes are gone/)
     expect(stdout).toContain("breaker OPEN")
     expect(stdout).toMatch(/events with an attempt counted against them: 0\n/)
     expect(stdout).toMatch(/backlog drained \d+ ms after Redis came back/)

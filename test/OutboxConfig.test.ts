@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Layer } from "effect"
-import { OutboxConfig } from "../src/index.js"
+import { Database, OutboxConfig } from "../src/index.js"
 
 const fromEnv = (env: Record<string, string>) =>
   OutboxConfig.pipe(
@@ -60,5 +60,24 @@ describe("OutboxConfig", () => {
     Effect.gen(function*() {
       const error = yield* Effect.flip(OutboxConfig.pipe(Effect.provide(OutboxConfig.layer({ concurrency: 0 }))))
       expect(error.message).toContain("concurrency")
+    }))
+
+  it.effect.each([
+    [{ SYNC_OUTBOX_DB_MAX_CONNECTIONS: "0" }, "SYNC_OUTBOX_DB_MAX_CONNECTIONS"],
+    [{ SYNC_OUTBOX_DB_MAX_CONNECTIONS: "-2" }, "SYNC_OUTBOX_DB_MAX_CONNECTIONS"],
+    [{ SYNC_OUTBOX_DB_STATEMENT_TIMEOUT: "0 millis" }, "SYNC_OUTBOX_DB_STATEMENT_TIMEOUT"]
+  ] as const)("the database pool refuses %o with InvalidConfig before connecting", ([env, fragment]) =>
+    Effect.gen(function*() {
+      const error = yield* Layer.build(Database.layerConfig()).pipe(
+        Effect.scoped,
+        Effect.flip,
+        Effect.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries({
+          // Nothing listens there: the check must come before any connection attempt.
+          DATABASE_URL: "postgres://nobody@127.0.0.1:1/none",
+          ...env
+        })))))
+      )
+      expect(error._tag).toBe("InvalidConfig")
+      expect(error.message).toContain(fragment)
     }))
 })

@@ -91,6 +91,51 @@ describe("Store: enqueue", () => {
       expect(yield* countRows()).toBe(0)
     })))
 
+  it.live("a NUL or a lone surrogate in a payload string is InvalidPayload before any insert, on every enqueue path", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const sql = yield* SqlClient.SqlClient
+      const Loose = OutboxEvent.make({ resourceType: "loose", action: "set", payload: Schema.Unknown })
+      const bad: ReadonlyArray<[string, unknown]> = [
+        ["NUL", { name: "a\u0000b" }],
+        ["lone high surrogate", { list: ["ok", "\uD800"] }],
+        ["lone low surrogate", "x\uDC00"],
+        ["NUL in a key", { ["k\u0000"]: 1 }]
+      ]
+      yield* sql`CREATE TABLE IF NOT EXISTS business (note text)`
+      yield* sql`TRUNCATE business`
+      for (const [label, payload] of bad) {
+        const one = yield* enqueue(Loose, { payload }).pipe(Effect.flip)
+        expect(one._tag, label).toBe("InvalidPayload")
+        expect(one.message, label).toMatch(/NUL|surrogate|cannot store/)
+        const many = yield* enqueueMany([event(Loose, { payload: "fine" }), event(Loose, { payload })]).pipe(Effect.flip)
+        expect(many._tag, label).toBe("InvalidPayload")
+        const client = new pg.Client({ connectionString: url })
+        yield* Effect.promise(() => client.connect())
+        const raw = yield* enqueueWith(client, Loose, { payload }).pipe(Effect.flip)
+        yield* Effect.promise(() => client.end())
+        expect(raw._tag, label).toBe("InvalidPayload")
+        // In the caller's transaction: refused before any statement, so its other writes commit.
+        yield* sql.withTransaction(
+          Effect.gen(function*() {
+            yield* sql`INSERT INTO business VALUES (${label})`
+            yield* enqueue(Loose, { payload }).pipe(Effect.catchTag("InvalidPayload", () => Effect.void))
+            yield* sql`INSERT INTO business VALUES (${label + " after"})`
+          })
+        )
+      }
+      // A well-formed pair (an emoji) is fine.
+      yield* enqueue(Loose, { payload: "\uD83D\uDE00" })
+      expect(yield* countRows()).toBe(1)
+      expect((yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM business`)[0]!.n).toBe(bad.length * 2)
+    })))
+
+  it.live("an ordering key built from a payload with a NUL is InvalidPayload too", () =>
+    withDb(Effect.gen(function*() {
+      const error = yield* enqueue(SetValue, { payload: { key: "a\u0000", value: "v" } }).pipe(Effect.flip)
+      expect(error._tag).toBe("InvalidPayload")
+    })))
+
   it.live("a resource id that is not a positive integer is an InvalidEvent", () =>
     withDb(Effect.gen(function*() {
       for (const resourceId of [0, -1, 1.5, Number.NaN]) {
@@ -185,5 +230,45 @@ describe("Store: claim", () => {
       yield* store.complete("a", a.map((e) => e.id))
       const b = yield* store.claim("b", 10_000, 10)
       expect(b.map((e) => e.payload)).toEqual([2])
+    })))
+
+  it.live("the per-key decision sees a lease committed after the claim statement began (no snapshot window)", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const Latest = OutboxEvent.make({ resourceType: "latest", action: "sync", payload: Schema.Number, coalesce: true })
+      yield* enqueue(Latest, { resourceId: 9, payload: 1 })
+      const claimer = new pg.Client({ connectionString: url })
+      yield* Effect.promise(() => claimer.connect())
+      // One statement, one snapshot taken before its sleep; meanwhile another worker leases the key.
+      const decision = claimer.query<{ seen_by_snapshot: number; free: boolean }>(
+        `SELECT (SELECT count(*)::int FROM sync_outbox WHERE ordering_key = 'latest:9' AND lease_expires_at > now()) AS seen_by_snapshot,
+                cardinality(sync_outbox_claim_keys(ARRAY['latest:9'], now())) = 1 AS free
+         FROM (SELECT pg_sleep(0.5)) AS pause`
+      )
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 150)))
+      const store = yield* Store
+      expect(yield* store.claim("other-worker", 60_000, 10)).toHaveLength(1)
+      const { rows } = yield* Effect.promise(() => decision)
+      yield* Effect.promise(() => claimer.end())
+      // The statement's own snapshot cannot see that lease; the key's check, taken under its lock, does.
+      expect(rows[0]).toEqual({ seen_by_snapshot: 0, free: false })
+    })))
+
+  it.effect("a claim reports which events have another of their key waiting behind them", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      yield* TestClock.setTime(Date.now())
+      const store = yield* Store
+      const Ordered = OutboxEvent.make({ resourceType: "ordered", action: "op", payload: Schema.Number })
+      yield* enqueueMany([
+        event(Ordered, { resourceId: 1, payload: 1 }),
+        event(Ordered, { resourceId: 1, payload: 2 }),
+        event(Ordered, { resourceId: 2, payload: 3 })
+      ])
+      const first = yield* store.claim("a", 10_000, 10)
+      expect(first.map((e) => [e.payload, e.successor])).toEqual([[1, true], [3, false]])
+      yield* store.complete("a", first.map((e) => e.id))
+      const second = yield* store.claim("a", 10_000, 10)
+      expect(second.map((e) => [e.payload, e.successor])).toEqual([[2, false]])
     })))
 })

@@ -4,6 +4,7 @@
  * DATABASE_URL, REDIS_URL (or REDIS_CLUSTER_NODES) and the SYNC_OUTBOX_* settings.
  */
 import { Args, Command, Options } from "@effect/cli"
+import { SqlClient } from "@effect/sql"
 import { Config, Console, Duration, Effect, Layer, Metric, Option, Schema } from "effect"
 import { createServer } from "node:http"
 import {
@@ -19,7 +20,9 @@ import {
   Store,
   SyncOutbox
 } from "../index.js"
+import * as Journal from "../Journal.js"
 import * as Prometheus from "../Prometheus.js"
+import { journalCommands, retentionLine } from "./journal.js"
 import { SyncHandlers, SyncService } from "../sync/index.js"
 import { Events } from "../sync/index.js"
 
@@ -47,12 +50,14 @@ const migrate = Command.make(
 const metricsServer = (port: number, host: string) =>
   Effect.gen(function*() {
     const store = yield* Store
+    const sql = yield* SqlClient.SqlClient
     const runtime = yield* Effect.runtime<never>()
     const refresh = Effect.gen(function*() {
       const stats = yield* store.stats
       yield* Metric.set(Metrics.queueDepth, stats.pending)
       yield* Metric.set(Metrics.deadDepth, stats.dead)
       yield* Metric.set(Metrics.oldestAge, (stats.oldestPendingAgeMs ?? 0) / 1_000)
+      yield* Effect.provideService(Journal.refreshMetrics, SqlClient.SqlClient, sql)
     }).pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore)
     const server = createServer((req, res) => {
       if (req.method !== "GET" || req.url?.split("?")[0] !== "/metrics") {
@@ -110,11 +115,13 @@ const statusOnce = (json: boolean) =>
     const config = yield* OutboxConfig
     const stats = yield* store.stats
     const workers = yield* store.workers(Duration.toMillis(config.interval) * 3)
+    const retention = yield* retentionLine(config)
     if (json) {
-      return yield* Console.log(JSON.stringify({ ...stats, workers }, null, 2))
+      return yield* Console.log(JSON.stringify({ ...stats, workers, retention: retention.json }, null, 2))
     }
     const lines = [
-      `pending ${stats.pending}   in flight ${stats.inFlight}   scheduled retry ${stats.scheduled}   dead ${stats.dead}   oldest pending ${ms(stats.oldestPendingAgeMs)}`
+      `pending ${stats.pending}   in flight ${stats.inFlight}   scheduled retry ${stats.scheduled}   dead ${stats.dead}   oldest pending ${ms(stats.oldestPendingAgeMs)}`,
+      retention.line
     ]
     if (stats.byResourceType.length > 0) {
       lines.push("", `${"resource type".padEnd(16)} ${pad("pending", 8)} ${pad("in flight", 10)} ${pad("dead", 6)}`)
@@ -124,7 +131,7 @@ const statusOnce = (json: boolean) =>
     }
     lines.push("", workers.length === 0 ? "no live workers" : "workers:")
     for (const w of workers) {
-      lines.push(`  ${w.owner}  breaker ${w.breaker}  listener ${w.listener}  heartbeat ${ms(w.heartbeat_age_ms)} ago`)
+      lines.push(`  ${w.owner}  loop ${w.loop}${w.loop_error ? ` (${w.loop_error})` : ""}  breaker ${w.breaker}  listener ${w.listener}  heartbeat ${ms(w.heartbeat_age_ms)} ago`)
     }
     yield* Console.log(lines.join("\n"))
   })
@@ -268,7 +275,7 @@ const syncAll = Command.make(
 ).pipe(Command.withDescription("Force a full resync of the control plane into Redis, now"))
 
 export const root = Command.make("sync-outbox").pipe(
-  Command.withSubcommands([migrate, worker, status, dead, enqueueCommand, syncAll]),
+  Command.withSubcommands([migrate, worker, status, dead, enqueueCommand, syncAll, ...journalCommands]),
   Command.withDescription("Keep Redis in step with a Postgres control plane through a transactional outbox")
 )
 

@@ -15,7 +15,8 @@ const usageTags = new Set([
   "UnknownEventType",
   "EventNotFound",
   "InvalidConfig",
-  "RowNotFound"
+  "RowNotFound",
+  "InvalidJournalQuery"
 ])
 
 const describe = (error: unknown): { readonly code: number; readonly line: string | null } => {

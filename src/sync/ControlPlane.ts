@@ -4,10 +4,10 @@
  * of nothing that rolled back.
  */
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Data, Effect, Option, ParseResult, Schema } from "effect"
-import { createHash } from "node:crypto"
+import { Data, Effect, Option, ParseResult, Schedule, Schema } from "effect"
 import type { InvalidEvent, InvalidPayload } from "../Errors.js"
 import { enqueueMany, event, type AnyEvent } from "../Store.js"
+import * as Contract from "./Contract.js"
 import { ApiKey, Binding, Key, Master, Model, ProviderGroup } from "./Entities.js"
 import * as Events from "./Events.js"
 
@@ -39,16 +39,17 @@ const masterColumns = `id::float8 AS id, name, "group", status, epoch, global_qp
 const keyColumns = `k.id::float8 AS id, k.master_id::float8 AS "masterId", k.token_hash AS "tokenHash", k."group", k.status,
   k.scopes, k.model_limits AS "modelLimits", k.allow_ips AS "allowIps", k.deny_ips AS "denyIps", k.expires_at AS "expiresAt",
   k.quota_limit::float8 AS "quotaLimit", k.quota_used::float8 AS "quotaUsed", k.quota_reset_at AS "quotaResetAt",
-  m.epoch AS "masterEpoch", m.status AS "masterStatus", k.version::float8 AS version`
+  k.issued_at_epoch AS "issuedAtEpoch", k.version::float8 AS version`
 const modelColumns = `id::float8 AS id, name, kind, context_window AS "contextWindow", cost_per_token::float8 AS "costPerToken",
   max_output_tokens AS "maxOutputTokens", supports_streaming AS "supportsStreaming", supports_tools AS "supportsTools",
-  supports_vision AS "supportsVision", supports_json AS "supportsJson", version::float8 AS version`
+  supports_vision AS "supportsVision", supports_json AS "supportsJson", supports_tool_choice AS "supportsToolChoice", supports_fim AS "supportsFim",
+  version::float8 AS version`
 const groupColumns = `id::float8 AS id, name, type, base_url AS "baseUrl", google_project AS "googleProject",
-  google_location AS "googleLocation", models, status, version::float8 AS version`
+  google_location AS "googleLocation", models, status, routing_group AS "routingGroup", version::float8 AS version`
 const apiKeyColumns = `id::float8 AS id, group_id::float8 AS "groupId", api_key AS "apiKey", weight, status, auto_ban AS "autoBan",
   ban_until AS "banUntil", version::float8 AS version`
 const bindingColumns = `id::float8 AS id, namespace, public_model AS "publicModel", group_id::float8 AS "groupId", weight,
-  selector_type AS "selectorType", selector_value AS "selectorValue", status, version::float8 AS version`
+  selector_type AS "selectorType", selector_value AS "selectorValue", status, updated_at AS "updatedAt", version::float8 AS version`
 
 // -------------------------------------------------------------------------------------------
 // Reads
@@ -61,8 +62,13 @@ export const getMaster = (id: number) =>
 
 export const getKey = (id: number) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql.unsafe(`SELECT ${keyColumns} FROM cp_keys k JOIN cp_masters m ON m.id = k.master_id WHERE k.id = $1`, [id])
-      .withoutTransform
+    sql.unsafe(`SELECT ${keyColumns} FROM cp_keys k WHERE k.id = $1`, [id]).withoutTransform
+  ).pipe(Effect.flatMap(decodeRows(Key, "key")), Effect.map(first))
+
+/** The key that holds a token hash now, if any (token hashes are unique). */
+export const getKeyByHash = (tokenHash: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe(`SELECT ${keyColumns} FROM cp_keys k WHERE k.token_hash = $1`, [tokenHash]).withoutTransform
   ).pipe(Effect.flatMap(decodeRows(Key, "key")), Effect.map(first))
 
 export const getModel = (id: number) =>
@@ -99,36 +105,83 @@ export interface SnapshotSource {
   readonly groups: ReadonlyArray<ProviderGroup>
   readonly apiKeys: ReadonlyArray<ApiKey>
   readonly bindings: ReadonlyArray<Binding>
-  /** The newest version in this consistent read: the snapshot's version. */
-  readonly version: number
+  /** The snapshot's fence: a higher generation was read later, and saw everything a lower one saw. */
+  readonly generation: number
+}
+
+export type SnapshotName = "providers" | "bindings"
+
+const serializationFailure = (error: unknown) => {
+  const code = (error as { cause?: { code?: unknown } }).cause?.code
+  return code === "40001" || code === "40P01"
 }
 
 /**
- * Groups, api keys and bindings as of one instant (one REPEATABLE READ transaction). The version
- * is the sequence's last value, which a change still uncommitted may already have taken: two
- * rebuilds can carry the same version, and Redis accepts an equal version (so the later rebuild,
- * which saw more, is not refused). Only a rebuild that outlived its lease and carries that same
- * version could put back an older snapshot, until the next change rebuilds it.
+ * Groups, api keys and bindings as of one instant (one REPEATABLE READ transaction), with the
+ * snapshot's generation taken in that same transaction from `cp_snapshot_fences`. Two rebuilds of
+ * one snapshot cannot both take a generation over the same fence row unless the later one's read
+ * began after the earlier one committed (else Postgres fails it, 40001, and it reads again): so a
+ * higher generation always carries a newer read, and Redis refuses a lower one. This holds
+ * whatever calls it (the worker, `sync-all`, `syncNowOrEnqueue`), with no ordering key needed.
  */
-export const snapshotSource: Effect.Effect<SnapshotSource, SqlError.SqlError | InvalidRow, SqlClient.SqlClient> = Effect
-  .gen(function*() {
+export const snapshotSource = (
+  which: SnapshotName
+): Effect.Effect<SnapshotSource, SqlError.SqlError | InvalidRow, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    return yield* sql.withTransaction(
+      Effect.gen(function*() {
+        yield* sql.unsafe(`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ`)
+        const rows = yield* readRows(which === "bindings")
+        const [fence] = yield* sql.unsafe<{ generation: number }>(
+          `INSERT INTO cp_snapshot_fences (name) VALUES ($1)
+           ON CONFLICT (name) DO UPDATE SET generation = cp_snapshot_fences.generation + 1
+           RETURNING generation::float8 AS generation`,
+          [which]
+        ).withoutTransform
+        return { ...rows, generation: fence!.generation }
+      })
+    ).pipe(
+      Effect.retry({
+        while: serializationFailure,
+        // 5 ms doubling, at most 200 ms apart, jittered: rebuilds that collided do not collide again.
+        schedule: Schedule.exponential("5 millis").pipe(
+          Schedule.either(Schedule.spaced("200 millis")),
+          Schedule.jittered,
+          Schedule.intersect(Schedule.recurs(30))
+        )
+      })
+    )
+  })
+
+const readRows = (withBindings: boolean) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const groups = yield* sql.unsafe(`SELECT ${groupColumns} FROM cp_provider_groups ORDER BY id`).withoutTransform.pipe(
+      Effect.flatMap(decodeRows(ProviderGroup, "provider_group"))
+    )
+    const apiKeys = yield* sql.unsafe(`SELECT ${apiKeyColumns} FROM cp_api_keys ORDER BY id`).withoutTransform.pipe(
+      Effect.flatMap(decodeRows(ApiKey, "api_key"))
+    )
+    const bindings = withBindings
+      ? yield* sql.unsafe(`SELECT ${bindingColumns} FROM cp_bindings ORDER BY id`).withoutTransform.pipe(
+        Effect.flatMap(decodeRows(Binding, "binding"))
+      )
+      : []
+    return { groups, apiKeys, bindings }
+  })
+
+/**
+ * Groups, api keys and bindings as of one instant, read only and without a generation: what a
+ * check or a reconciler compares Redis against (it does not take part in the fence).
+ */
+export const snapshotRows: Effect.Effect<Omit<SnapshotSource, "generation">, SqlError.SqlError | InvalidRow, SqlClient.SqlClient> =
+  Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     return yield* sql.withTransaction(
       Effect.gen(function*() {
         yield* sql.unsafe(`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY`)
-        const groups = yield* sql.unsafe(`SELECT ${groupColumns} FROM cp_provider_groups ORDER BY id`).withoutTransform.pipe(
-          Effect.flatMap(decodeRows(ProviderGroup, "provider_group"))
-        )
-        const apiKeys = yield* sql.unsafe(`SELECT ${apiKeyColumns} FROM cp_api_keys ORDER BY id`).withoutTransform.pipe(
-          Effect.flatMap(decodeRows(ApiKey, "api_key"))
-        )
-        const bindings = yield* sql.unsafe(`SELECT ${bindingColumns} FROM cp_bindings ORDER BY id`).withoutTransform.pipe(
-          Effect.flatMap(decodeRows(Binding, "binding"))
-        )
-        const [seq] = yield* sql.unsafe<{ v: number }>(
-          `SELECT (CASE WHEN is_called THEN last_value ELSE 0 END)::float8 AS v FROM cp_version_seq`
-        ).withoutTransform
-        return { groups, apiKeys, bindings, version: seq!.v }
+        return yield* readRows(true)
       })
     )
   })
@@ -140,7 +193,7 @@ export const snapshotSource: Effect.Effect<SnapshotSource, SqlError.SqlError | I
 type Fail = SqlError.SqlError | InvalidPayload | InvalidEvent | RowNotFound
 
 /** sha256 hex of a key's secret: what the control plane and Redis keep instead of the secret. */
-export const tokenHash = (secret: string) => createHash("sha256").update(secret, "utf8").digest("hex")
+export const tokenHash = (secret: string): string => Contract.hashToken(secret)
 
 const columnsOf = (input: Record<string, unknown>, names: Record<string, string>) => {
   const cols: Array<string> = []
@@ -264,6 +317,8 @@ export interface KeyInput {
   readonly quotaLimit?: number | null
   readonly quotaUsed?: number
   readonly quotaResetAt?: Date | null
+  /** Default: the master's epoch when the key is created. */
+  readonly issuedAtEpoch?: number
 }
 const keyNames = {
   masterId: "master_id",
@@ -277,7 +332,8 @@ const keyNames = {
   expiresAt: "expires_at",
   quotaLimit: "quota_limit",
   quotaUsed: "quota_used",
-  quotaResetAt: "quota_reset_at"
+  quotaResetAt: "quota_reset_at",
+  issuedAtEpoch: "issued_at_epoch"
 }
 export const createKey = ({ secret, ...input }: KeyInput) => {
   const hash = tokenHash(secret)
@@ -304,6 +360,8 @@ export interface ModelInput {
   readonly supportsTools?: boolean
   readonly supportsVision?: boolean
   readonly supportsJson?: boolean
+  readonly supportsToolChoice?: boolean
+  readonly supportsFim?: boolean
 }
 const modelNames = {
   name: "name",
@@ -314,7 +372,9 @@ const modelNames = {
   supportsStreaming: "supports_streaming",
   supportsTools: "supports_tools",
   supportsVision: "supports_vision",
-  supportsJson: "supports_json"
+  supportsJson: "supports_json",
+  supportsToolChoice: "supports_tool_choice",
+  supportsFim: "supports_fim"
 }
 export const createModel = (input: ModelInput) =>
   insert("cp_models", modelNames, { ...input }, (id) => [event(Events.ModelCreate, { resourceId: id, payload: { name: input.name } })])
@@ -345,6 +405,8 @@ export interface ProviderGroupInput {
   readonly googleLocation?: string | null
   readonly models?: ReadonlyArray<string>
   readonly status?: "active" | "suspended"
+  /** The routing group a key's `group` is matched against (blank: `default`). */
+  readonly routingGroup?: string
 }
 const groupNames = {
   name: "name",
@@ -353,7 +415,8 @@ const groupNames = {
   googleProject: "google_project",
   googleLocation: "google_location",
   models: "models",
-  status: "status"
+  status: "status",
+  routingGroup: "routing_group"
 }
 export const createProviderGroup = (input: ProviderGroupInput) =>
   insert("cp_provider_groups", groupNames, { ...input }, (id) => rebuildBoth("provider_group", id))

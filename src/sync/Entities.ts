@@ -34,9 +34,8 @@ export class Key extends Schema.Class<Key>("Key")({
   quotaLimit: Schema.NullOr(Schema.Number),
   quotaUsed: Schema.Number,
   quotaResetAt: Schema.NullOr(Schema.DateFromSelf),
-  /** The owning master's epoch and status, read with the key. */
-  masterEpoch: Schema.Number,
-  masterStatus: Schema.Literal("active", "suspended"),
+  /** The master's epoch when the key was issued: the key is revoked once the master's epoch exceeds it. */
+  issuedAtEpoch: Schema.Number,
   version: Version
 }) {}
 
@@ -51,6 +50,8 @@ export class Model extends Schema.Class<Model>("Model")({
   supportsTools: Schema.Boolean,
   supportsVision: Schema.Boolean,
   supportsJson: Schema.Boolean,
+  supportsToolChoice: Schema.Boolean,
+  supportsFim: Schema.Boolean,
   version: Version
 }) {}
 
@@ -63,6 +64,8 @@ export class ProviderGroup extends Schema.Class<ProviderGroup>("ProviderGroup")(
   googleLocation: Schema.NullOr(Schema.String),
   models: Strings,
   status: Schema.Literal("active", "suspended"),
+  /** The routing group the data plane matches a key's `group` against (blank: `default`). */
+  routingGroup: Schema.String,
   version: Version
 }) {}
 
@@ -86,5 +89,6 @@ export class Binding extends Schema.Class<Binding>("Binding")({
   selectorType: Schema.Literal("exact", "regex", "normalize_exact"),
   selectorValue: Schema.String,
   status: Schema.Literal("active", "suspended"),
+  updatedAt: Schema.DateFromSelf,
   version: Version
 }) {}

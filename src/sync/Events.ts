@@ -3,7 +3,10 @@
  * the control plane when applied), so every type coalesces: a newer event of the same resource
  * makes older pending ones redundant. Ordering keys serialise what must not interleave: one
  * master, one key, one model *name* (so a delete never overtakes a newer create of that name),
- * and each snapshot.
+ * and each snapshot. Correctness does not rest on them alone: every write is versioned and owned
+ * by its row, and snapshots are fenced (see RedisLayout, ControlPlane.snapshotSource), so paths
+ * that bypass ordering (`sync-all`, `syncNowOrEnqueue`, `snapshot:all` beside `snapshot:providers`)
+ * cannot put older data back.
  */
 import { Schema } from "effect"
 import * as OutboxEvent from "../OutboxEvent.js"
@@ -16,11 +19,16 @@ const ModelPayload = Schema.NullOr(Schema.Struct({ name: Schema.optional(Schema.
 /** The row is gone when a model delete is applied: the name must travel with the event. */
 const ModelDeletePayload = Schema.Struct({ name: Schema.NonEmptyTrimmedString })
 
-export const MasterActions = ["create", "update", "delete", "sync"] as const
-export const KeyActions = ["create", "update", "delete", "sync"] as const
-export const ModelActions = ["create", "update", "sync"] as const
+/**
+ * The seed reloads the row for any action of a master, key or model (but a model's `delete`),
+ * and rebuilds the bindings for any binding action: these are the actions its callers used,
+ * `upsert` and `sync` included. Any other pair stays an `UnknownEventType`.
+ */
+export const MasterActions = ["create", "update", "upsert", "delete", "sync"] as const
+export const KeyActions = ["create", "update", "upsert", "delete", "sync"] as const
+export const ModelActions = ["create", "update", "upsert", "sync"] as const
 export const SnapshotActions = ["sync_all", "sync_bindings", "sync_providers"] as const
-export const BindingActions = ["create", "update", "delete", "sync_bindings"] as const
+export const BindingActions = ["create", "update", "upsert", "delete", "sync", "sync_bindings"] as const
 
 const master = (action: (typeof MasterActions)[number]) =>
   OutboxEvent.make({ resourceType: "master", action, payload: NoPayload, coalesce: true, requiresResourceId: true })
@@ -40,16 +48,19 @@ const snapshot = (resourceType: string, action: string, which: "providers" | "bi
 
 export const MasterCreate = master("create")
 export const MasterUpdate = master("update")
+export const MasterUpsert = master("upsert")
 export const MasterDelete = master("delete")
 export const MasterSync = master("sync")
 
 export const KeyCreate = key("create")
 export const KeyUpdate = key("update")
+export const KeyUpsert = key("upsert")
 export const KeyDelete = key("delete")
 export const KeySync = key("sync")
 
 export const ModelCreate = model("create")
 export const ModelUpdate = model("update")
+export const ModelUpsert = model("upsert")
 export const ModelSync = model("sync")
 export const ModelDelete = OutboxEvent.make({
   resourceType: "model",
@@ -66,7 +77,9 @@ export const ApiKeySyncBindings = snapshot("api_key", "sync_bindings", "bindings
 
 export const BindingCreate = snapshot("binding", "create", "bindings")
 export const BindingUpdate = snapshot("binding", "update", "bindings")
+export const BindingUpsert = snapshot("binding", "upsert", "bindings")
 export const BindingDelete = snapshot("binding", "delete", "bindings")
+export const BindingSync = snapshot("binding", "sync", "bindings")
 export const BindingSyncBindings = snapshot("binding", "sync_bindings", "bindings")
 
 export const SnapshotSyncAll = snapshot("snapshot", "sync_all", "all")

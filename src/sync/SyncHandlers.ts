@@ -10,16 +10,17 @@ import { SyncService } from "./SyncService.js"
 const needId = (id: number | null) => id ?? 0
 
 export const handlers: ReadonlyArray<Handler<SyncService>> = [
-  ...[Events.MasterCreate, Events.MasterUpdate, Events.MasterDelete, Events.MasterSync].map((type) =>
+  ...[Events.MasterCreate, Events.MasterUpdate, Events.MasterUpsert, Events.MasterDelete, Events.MasterSync].map((type) =>
     handle(type, ({ resourceId }) => Effect.flatMap(SyncService, (s) => s.syncMaster(needId(resourceId))))
   ),
-  ...[Events.KeyCreate, Events.KeyUpdate, Events.KeyDelete, Events.KeySync].map((type) =>
+  ...[Events.KeyCreate, Events.KeyUpdate, Events.KeyUpsert, Events.KeyDelete, Events.KeySync].map((type) =>
     handle(type, ({ payload, resourceId }) => Effect.flatMap(SyncService, (s) => s.syncKey(needId(resourceId), payload?.tokenHash)))
   ),
-  ...[Events.ModelCreate, Events.ModelUpdate, Events.ModelSync].map((type) =>
+  ...[Events.ModelCreate, Events.ModelUpdate, Events.ModelUpsert, Events.ModelSync].map((type) =>
     handle(type, ({ payload, resourceId }) => Effect.flatMap(SyncService, (s) => s.syncModel(needId(resourceId), payload?.name)))
   ),
-  handle(Events.ModelDelete, ({ payload }) => Effect.flatMap(SyncService, (s) => s.deleteModel(payload.name))),
+  handle(Events.ModelDelete, ({ payload, resourceId }) =>
+    Effect.flatMap(SyncService, (s) => s.deleteModel(payload.name, resourceId ?? undefined))),
   ...[Events.ProviderGroupSyncProviders, Events.ApiKeySyncProviders, Events.SnapshotSyncProviders].map((type) =>
     handle(type, () => Effect.flatMap(SyncService, (s) => s.syncProviders))
   ),
@@ -28,7 +29,9 @@ export const handlers: ReadonlyArray<Handler<SyncService>> = [
     Events.ApiKeySyncBindings,
     Events.BindingCreate,
     Events.BindingUpdate,
+    Events.BindingUpsert,
     Events.BindingDelete,
+    Events.BindingSync,
     Events.BindingSyncBindings,
     Events.SnapshotSyncBindings
   ].map((type) => handle(type, () => Effect.flatMap(SyncService, (s) => s.syncBindings))),

@@ -1,16 +1,19 @@
 /**
- * The seed's `SyncService`: reads the control plane, writes the data plane. Every write is
- * versioned (stale ones are refused by Redis itself). A row that is gone when its event is
- * applied removes its data-plane entry instead of failing until dead: a removal leaves a
- * short-lived tombstone carrying a fresh version, so no stale write can resurrect the entry.
+ * The seed's `SyncService`: reads the control plane, writes ez-api's data plane (`RedisLayout`).
+ * Every write is versioned and owned by its row (stale ones are refused by Redis itself). A row
+ * that is gone when its event is applied removes its data-plane entry instead of failing until
+ * dead, leaving a tombstone record that out-versions any stale write of that row. Snapshots are
+ * fenced by the control plane (`ControlPlane.snapshotSource`), so whichever path rebuilds them
+ * (worker, `sync-all`, `syncNowOrEnqueue`), an older one never replaces a newer one.
  */
 import { SqlClient, type SqlError } from "@effect/sql"
 import { Clock, Context, Duration, Effect, Layer, Metric, Option } from "effect"
 import type { SinkCommandError, SinkUnavailable } from "../Errors.js"
 import { RedisSink } from "../RedisSink.js"
 import * as ControlPlane from "./ControlPlane.js"
-import type { Key, Master, Model } from "./Entities.js"
-import { layout, type Layout, writeHash, writeModel, writeSnapshot } from "./RedisLayout.js"
+import type { Key, Model } from "./Entities.js"
+import * as RedisLayout from "./RedisLayout.js"
+import type { Layout, WriteResult } from "./RedisLayout.js"
 import * as Snapshots from "./Snapshots.js"
 
 /** What one sync did to Redis. `absent`: nothing to write and nothing to remove. */
@@ -19,9 +22,14 @@ export type SyncResult = "written" | "stale" | "removed" | "absent"
 export type SyncError = SqlError.SqlError | ControlPlane.InvalidRow | SinkUnavailable | SinkCommandError
 
 export interface SyncServiceOptions {
-  /** Prefix of every Redis key (default `sync`). */
+  /** Prepended as is to every Redis key and the refresh channel (default none: the contract's names). */
   readonly prefix?: string | undefined
-  /** How long a removal's tombstone guards against stale writes (default one day). */
+  /**
+   * The Redis Cluster layout: snapshot and meta hashes share the hash tag `{dp}`. Default: true
+   * on a Redis Cluster, false on a single node (the contract's names exactly).
+   */
+  readonly cluster?: boolean | undefined
+  /** How long a removal's tombstone record guards against stale writes (default one day). */
   readonly tombstoneTtl?: Duration.DurationInput | undefined
 }
 
@@ -32,166 +40,181 @@ export const staleWrites = Metric.counter("sync_outbox_stale_writes_total", {
 
 export interface SyncServiceShape {
   readonly layout: Layout
+  /** A master's `auth:master:<id>`; when the master is gone, its keys' `auth:token:*` go too. */
   readonly syncMaster: (id: number) => Effect.Effect<SyncResult, SyncError>
   /** `tokenHash`: the hash the event knew, to remove the entry of a deleted or re-hashed key. */
   readonly syncKey: (id: number, tokenHash?: string | undefined) => Effect.Effect<SyncResult, SyncError>
-  /** `name`: the name the event knew, to remove the field of a deleted or renamed model. */
+  /** `name`: the name the event knew, to remove the field of a deleted model. A rename moves the field. */
   readonly syncModel: (id: number, name?: string | undefined) => Effect.Effect<SyncResult, SyncError>
   /** The seed's `SyncModelDeleteNow`; when a model of that name exists again, it is synced instead. */
-  readonly deleteModel: (name: string) => Effect.Effect<SyncResult, SyncError>
+  readonly deleteModel: (name: string, id?: number | undefined) => Effect.Effect<SyncResult, SyncError>
   readonly syncProviders: Effect.Effect<SyncResult, SyncError>
   readonly syncBindings: Effect.Effect<SyncResult, SyncError>
-  /** Everything: snapshots, every master, key and model, and model fields no longer in the control plane. */
+  /** Everything: snapshots, every master, key and model, and entries whose rows are gone. */
   readonly syncAll: Effect.Effect<{ readonly written: number; readonly stale: number; readonly removed: number }, SyncError>
 }
-
-const json = (value: unknown) => JSON.stringify(value)
-const ms = (d: Date | null) => (d === null ? "" : String(d.getTime()))
-
-const masterFields = (m: Master): Record<string, string> => ({
-  id: String(m.id),
-  name: m.name,
-  status: m.status,
-  epoch: String(m.epoch),
-  group: m.group,
-  global_qps: String(m.globalQps),
-  default_namespace: m.defaultNamespace,
-  namespaces: json(m.namespaces)
-})
-
-const keyFields = (k: Key): Record<string, string> =>
-  k.status === "suspended"
-    // A suspended key keeps nothing that could authenticate a request.
-    ? { id: String(k.id), master_id: String(k.masterId), status: "suspended" }
-    : {
-      id: String(k.id),
-      master_id: String(k.masterId),
-      status: k.status,
-      group: k.group,
-      epoch: String(k.masterEpoch),
-      master_status: k.masterStatus,
-      scopes: json(k.scopes),
-      model_limits: json(k.modelLimits),
-      allow_ips: json(k.allowIps),
-      deny_ips: json(k.denyIps),
-      expires_at: ms(k.expiresAt),
-      quota_limit: k.quotaLimit === null ? "" : String(k.quotaLimit),
-      quota_used: String(k.quotaUsed),
-      quota_reset_at: ms(k.quotaResetAt)
-    }
-
-export const modelJson = (m: Model) =>
-  json({
-    id: m.id,
-    name: m.name,
-    kind: m.kind,
-    context_window: m.contextWindow,
-    cost_per_token: m.costPerToken,
-    max_output_tokens: m.maxOutputTokens,
-    supports_streaming: m.supportsStreaming,
-    supports_tools: m.supportsTools,
-    supports_vision: m.supportsVision,
-    supports_json: m.supportsJson,
-    version: m.version
-  })
 
 const make = (options: SyncServiceOptions) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const redis = yield* RedisSink
-    const l = layout(options.prefix ?? "sync")
+    // On a Redis Cluster the contract's snapshot and meta names sit in different slots: unless told
+    // otherwise, use the Cluster layout there (see RedisLayout).
+    const l = RedisLayout.layout({ prefix: options.prefix, cluster: options.cluster ?? redis.client.isCluster })
     const tombstoneMs = Duration.toMillis(options.tombstoneTtl ?? Duration.days(1))
     const withSql = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>) =>
       Effect.provideService(effect, SqlClient.SqlClient, sql)
-    const counted = (result: "written" | "stale") =>
+    const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
+    const counted = (result: WriteResult) =>
       result === "stale" ? Effect.as(Metric.increment(staleWrites), result) : Effect.succeed(result)
+    const removed = (result: WriteResult): Effect.Effect<SyncResult> =>
+      result === "written" ? Effect.succeed("removed") : counted(result)
+    /** A version no row has had yet: a removal beats every earlier write of its row. */
+    const fresh = withSql(ControlPlane.nextVersion)
 
-    const tombstone = (key: string) =>
+    const writeKey = (k: Key) =>
       Effect.gen(function*() {
-        const version = yield* withSql(ControlPlane.nextVersion)
-        const result = yield* writeHash(redis, key, version, { status: "deleted" }, { ttlMs: tombstoneMs })
-        return result === "written" ? ("removed" as const) : yield* counted(result)
+        const result = yield* RedisLayout.writeEntry(redis, l, l.token(k.tokenHash), { version: k.version, owner: k.id }, Snapshots.keyFields(k),
+          // Redis drops an expired key by itself: it stops authenticating on time.
+          k.status === "active" ? k.expiresAt : null)
+        yield* RedisLayout.indexKey(redis, l, k)
+        return yield* counted(result)
       })
-
-    const syncMaster = (id: number) =>
-      withSql(ControlPlane.getMaster(id)).pipe(
-        Effect.flatMap(Option.match({
-          onNone: () => tombstone(l.master(id)),
-          onSome: (m) => Effect.flatMap(writeHash(redis, l.master(id), m.version, masterFields(m)), counted)
-        })),
-        Effect.withSpan("sync.master", { attributes: { id } })
-      )
 
     const syncKey = (id: number, hint?: string) =>
       Effect.gen(function*() {
         const row = yield* withSql(ControlPlane.getKey(id))
         if (Option.isNone(row)) {
-          const known = hint ?? (yield* redis.use((c) => c.hget(l.keyIndex, String(id)))) ?? undefined
+          const known = hint ?? (yield* RedisLayout.indexedKeyHash(redis, l, id))
           if (known === undefined) return "absent" as const
-          const result = yield* tombstone(l.key(known))
-          yield* redis.use((c) => c.hdel(l.keyIndex, String(id)))
+          // Re-created with the same secret: the new key owns the entry, it stays.
+          const holder = yield* withSql(ControlPlane.getKeyByHash(known))
+          const result = Option.isSome(holder)
+            ? yield* writeKey(holder.value)
+            : yield* Effect.flatMap(fresh, (version) =>
+              RedisLayout.removeEntry(redis, l, l.token(known), { version, owner: id }, tombstoneMs)).pipe(Effect.flatMap(removed))
+          yield* RedisLayout.unindexKey(redis, l, id)
           return result
         }
         const k = row.value
-        if (hint !== undefined && hint !== k.tokenHash) yield* tombstone(l.key(hint))
-        const result = yield* writeHash(redis, l.key(k.tokenHash), k.version, keyFields(k), {
-          // Redis drops an expired key by itself: it stops authenticating on time.
-          expireAt: k.status === "active" ? k.expiresAt : null
-        })
-        yield* redis.use((c) => c.hset(l.keyIndex, String(id), k.tokenHash))
-        return yield* counted(result)
+        // Re-hashed since the event (or since the last write, for an event that named no hash): the old entry goes.
+        const previous = hint ?? (yield* RedisLayout.indexedKeyHash(redis, l, id))
+        if (previous !== undefined && previous !== k.tokenHash) {
+          const version = yield* fresh
+          yield* RedisLayout.removeEntry(redis, l, l.token(previous), { version, owner: id }, tombstoneMs)
+        }
+        return yield* writeKey(k)
       }).pipe(Effect.withSpan("sync.key", { attributes: { id } }))
 
-    const removeModel = (name: string) =>
+    const syncMaster = (id: number): Effect.Effect<SyncResult, SyncError> =>
       Effect.gen(function*() {
-        const version = yield* withSql(ControlPlane.nextVersion)
-        const result = yield* writeModel(redis, l, name, version, null, null)
-        return result === "written" ? ("removed" as const) : yield* counted(result)
+        const row = yield* withSql(ControlPlane.getMaster(id))
+        if (Option.isSome(row)) {
+          const m = row.value
+          const result = yield* RedisLayout.writeEntry(redis, l, l.master(id), { version: m.version, owner: id }, Snapshots.masterFields(m))
+          yield* RedisLayout.indexMaster(redis, l, id)
+          return yield* counted(result)
+        }
+        // Gone: its keys were cascade-deleted with no event of their own; remove them here.
+        const result = yield* Effect.flatMap(fresh, (version) =>
+          RedisLayout.removeEntry(redis, l, l.master(id), { version, owner: id }, tombstoneMs)).pipe(Effect.flatMap(removed))
+        for (const k of yield* RedisLayout.indexedKeys(redis, l)) {
+          if (k.masterId === id) yield* syncKey(k.id, k.tokenHash)
+        }
+        yield* RedisLayout.unindexMaster(redis, l, id)
+        return result
+      }).pipe(Effect.withSpan("sync.master", { attributes: { id } }))
+
+    const fieldOf = (m: Model) => {
+      const field = Snapshots.modelField(m.name)
+      return field === undefined
+        ? Effect.fail(new ControlPlane.InvalidRow({ entity: "model", message: `model ${m.id}: name ${JSON.stringify(m.name)} is not a model reference` }))
+        : Effect.succeed(field)
+    }
+
+    const afterModels = Effect.flatMap(now, (at) => RedisLayout.refreshModelsMeta(redis, l, at))
+
+    const writeOneModel = (m: Model) =>
+      Effect.gen(function*() {
+        const field = yield* fieldOf(m)
+        const result = yield* RedisLayout.writeModel(redis, l, field, { version: m.version, owner: m.id }, Snapshots.modelValue(field, m), tombstoneMs)
+        return yield* counted(result)
       })
 
-    const writeOneModel = (m: Model) => Effect.flatMap(writeModel(redis, l, m.name, m.version, modelJson(m), m.id), counted)
+    const removeModelField = (field: string, owner: number) =>
+      Effect.gen(function*() {
+        const version = yield* fresh
+        const by = owner > 0 ? owner : yield* RedisLayout.modelOwner(redis, l, field)
+        return yield* removed(yield* RedisLayout.writeModel(redis, l, field, { version, owner: by }, null, tombstoneMs))
+      })
 
     const syncModel = (id: number, hint?: string) =>
       Effect.gen(function*() {
         const row = yield* withSql(ControlPlane.getModel(id))
-        if (Option.isNone(row)) {
-          const known = hint ?? (yield* redis.use((c) => c.hget(l.modelIds, String(id)))) ?? undefined
-          return known === undefined ? ("absent" as const) : yield* deleteModel(known)
-        }
-        const m = row.value
-        // Renamed since the event: the old name's field goes.
-        if (hint !== undefined && hint !== m.name) yield* deleteModel(hint)
-        return yield* writeOneModel(m)
-      }).pipe(Effect.withSpan("sync.model", { attributes: { id } }))
+        if (Option.isSome(row)) return yield* writeOneModel(row.value)
+        const known = (hint === undefined ? undefined : Snapshots.modelField(hint)) ??
+          (yield* redis.use((c) => c.hget(l.modelIdRecord(id), "f"))) ?? undefined
+        return known === undefined ? ("absent" as const) : yield* removeModelField(known, id)
+      }).pipe(Effect.tap(() => afterModels), Effect.withSpan("sync.model", { attributes: { id } }))
 
-    const deleteModel = (name: string): Effect.Effect<SyncResult, SyncError> =>
+    const deleteModel = (name: string, id?: number): Effect.Effect<SyncResult, SyncError> =>
       withSql(ControlPlane.getModelByName(name)).pipe(
-        Effect.flatMap(Option.match({ onNone: () => removeModel(name), onSome: writeOneModel })),
+        Effect.flatMap(Option.match({
+          onSome: (m): Effect.Effect<SyncResult, SyncError> => writeOneModel(m),
+          onNone: () => {
+            const field = Snapshots.modelField(name)
+            return field === undefined ? Effect.succeed("absent" as const) : removeModelField(field, id ?? 0)
+          }
+        })),
+        Effect.tap(() => afterModels),
         Effect.withSpan("sync.model.delete", { attributes: { name } })
       )
 
-    const rebuild = (which: "providers" | "bindings") =>
+    const rebuild = (which: ControlPlane.SnapshotName) =>
       Effect.gen(function*() {
-        const source = yield* withSql(ControlPlane.snapshotSource)
+        const source = yield* withSql(ControlPlane.snapshotSource(which))
         const snap = which === "providers"
           ? Snapshots.providers(source.groups, source.apiKeys)
           : Snapshots.bindings(source.bindings, source.groups, source.apiKeys)
-        const now = new Date(yield* Clock.currentTimeMillis)
-        const [hash, meta] = which === "providers" ? [l.providers, l.providersMeta] : [l.bindings, l.bindingsMeta]
-        return yield* Effect.flatMap(writeSnapshot(redis, hash, meta, source.version, now, snap.checksum, snap.entries), counted)
+        const result = yield* RedisLayout.writeSnapshot(redis, l, which, source.generation, snap.checksum, snap.entries, yield* now)
+        return yield* counted(result)
       }).pipe(Effect.withSpan(`sync.${which}`))
 
     const syncAll = Effect.gen(function*() {
       const results: Array<SyncResult> = []
       results.push(yield* rebuild("providers"), yield* rebuild("bindings"))
-      for (const id of yield* withSql(ControlPlane.allMasterIds)) results.push(yield* syncMaster(id))
-      for (const id of yield* withSql(ControlPlane.allKeyIds)) results.push(yield* syncKey(id))
-      const models = yield* withSql(ControlPlane.allModels)
-      for (const m of models) results.push(yield* writeOneModel(m))
-      const names = new Set(models.map((m) => m.name))
-      for (const field of yield* redis.use((c) => c.hkeys(l.models))) {
-        if (!names.has(field)) results.push(yield* removeModel(field))
+      const masterIds = yield* withSql(ControlPlane.allMasterIds)
+      const liveMasters = new Set(masterIds)
+      for (const id of masterIds) results.push(yield* syncMaster(id))
+      for (const id of yield* RedisLayout.indexedMasters(redis, l)) {
+        if (!liveMasters.has(id)) results.push(yield* syncMaster(id))
       }
+      const keyIds = yield* withSql(ControlPlane.allKeyIds)
+      const liveKeys = new Set(keyIds)
+      for (const id of keyIds) results.push(yield* syncKey(id))
+      for (const k of yield* RedisLayout.indexedKeys(redis, l)) {
+        if (!liveKeys.has(k.id)) results.push(yield* syncKey(k.id, k.tokenHash))
+      }
+      const models = yield* withSql(ControlPlane.allModels)
+      const fields = new Set<string>()
+      for (const m of models) {
+        const field = Snapshots.modelField(m.name)
+        // One unroutable name (a row from before migration 0002's check) must not stop the rest.
+        if (field === undefined) {
+          yield* Effect.logWarning(`sync-all: model ${m.id} skipped: ${JSON.stringify(m.name)} is not a model reference`)
+          continue
+        }
+        fields.add(field)
+        results.push(yield* writeOneModel(m))
+      }
+      // Only fields this service wrote (they have an owner): another writer of `meta:models`
+      // (ez-api's models.dev registry) keeps its own.
+      for (const field of yield* redis.use((c) => c.hkeys(l.models))) {
+        if (fields.has(field)) continue
+        const owner = yield* RedisLayout.modelOwner(redis, l, field)
+        if (owner > 0) results.push(yield* removeModelField(field, owner))
+      }
+      yield* afterModels
       return {
         written: results.filter((r) => r === "written").length,
         stale: results.filter((r) => r === "stale").length,

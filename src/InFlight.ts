@@ -1,0 +1,55 @@
+/**
+ * Promise work a handler started, tracked so that the worker knows when a call has really ended.
+ * Interrupting an Effect stops it; a Promise cannot be stopped, only told (an `AbortSignal`) and
+ * waited for. The worker gives each piece of handler work a `Calls` set; promise work started
+ * through `tryPromise` (which `RedisSink.use` does) is registered in it, so that after a timeout
+ * the worker keeps the event leased until every such call has settled.
+ */
+import { Effect, FiberRef, GlobalValue } from "effect"
+
+/** The promise calls of one piece of handler work that have not settled yet. */
+export class Calls {
+  private readonly pending = new Set<PromiseLike<unknown>>()
+
+  add(call: PromiseLike<unknown>): void {
+    this.pending.add(call)
+    const done = () => {
+      this.pending.delete(call)
+    }
+    call.then(done, done)
+  }
+
+  /** The calls still running now. */
+  running(): ReadonlyArray<PromiseLike<unknown>> {
+    return [...this.pending]
+  }
+}
+
+/** The `Calls` of the handler work running on this fiber, if the worker set one. */
+export const currentCalls: FiberRef.FiberRef<Calls | undefined> = GlobalValue.globalValue(
+  Symbol.for("sync-outbox/InFlight/currentCalls"),
+  () => FiberRef.unsafeMake<Calls | undefined>(undefined)
+)
+
+/** Run `effect` with its promise calls recorded in `calls`. */
+export const trackIn = (calls: Calls) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.locally(effect, currentCalls, calls)
+
+/**
+ * `Effect.tryPromise` for handler work: the promise gets an `AbortSignal` that is aborted when the
+ * call is interrupted (the worker's call timeout), and the worker knows whether it is still
+ * running. A handler's own promise work (not through `RedisSink.use`) should use this.
+ */
+export const tryPromise = <A, E>(options: {
+  readonly try: (signal: AbortSignal) => PromiseLike<A>
+  readonly catch: (error: unknown) => E
+}): Effect.Effect<A, E> =>
+  Effect.flatMap(FiberRef.get(currentCalls), (calls) =>
+    Effect.tryPromise({
+      try: (signal: AbortSignal) => {
+        const call = options.try(signal)
+        calls?.add(call)
+        return call
+      },
+      catch: options.catch
+    }))

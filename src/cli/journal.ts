@@ -1,0 +1,199 @@
+/**
+ * `history` and `replay`: the journal of applied events, for an operator. The logic is in
+ * functions (`showHistory`, `runReplay`, `retentionLine`) that need only a `SqlClient`; the
+ * `Command`s at the end wire them to flags and to the environment's database.
+ */
+import { Args, Command, Options } from "@effect/cli"
+import type { SqlClient, SqlError } from "@effect/sql"
+import { Console, Duration, Effect, Option } from "effect"
+import * as Database from "../Database.js"
+import * as Journal from "../Journal.js"
+import type { OutboxConfigShape } from "../OutboxConfig.js"
+import { SyncHandlers } from "../sync/index.js"
+
+const ms = (n: number) =>
+  n < 1_000 ? `${Math.round(n)}ms` : n < 120_000 ? `${(n / 1_000).toFixed(1)}s` : n < 7_200_000 ? `${Math.round(n / 60_000)}m` : `${(n / 3_600_000).toFixed(1)}h`
+
+const entryJson = (e: Journal.JournalEntry) => ({
+  ...e,
+  createdAt: e.createdAt.toISOString(),
+  appliedAt: e.appliedAt.toISOString()
+})
+
+/** One line per event: when applied, what, by whom, how long after enqueue. */
+export const formatHistory = (entries: ReadonlyArray<Journal.JournalEntry>): string => {
+  if (entries.length === 0) return "no journaled events"
+  const lines = [
+    `${"applied at".padEnd(24)} ${"id".padStart(8)}  ${"type/action".padEnd(26)} ${"resource".padStart(9)} ${"latency".padStart(8)} ${"tries".padStart(5)}  worker`
+  ]
+  for (const e of entries) {
+    lines.push(
+      `${e.appliedAt.toISOString().padEnd(24)} ${e.id.padStart(8)}  ${`${e.resourceType}/${e.action}`.padEnd(26)} ${
+        String(e.resourceId ?? "-").padStart(9)
+      } ${ms(e.latencyMs).padStart(8)} ${String(e.attempts).padStart(5)}  ${e.worker}${
+        e.supersededBy === null ? "" : `  (covered by ${e.supersededBy})`
+      }${e.replayOf === null ? "" : `  (replay of ${e.replayOf})`}`
+    )
+  }
+  return lines.join("\n")
+}
+
+export interface HistoryFlags {
+  readonly resourceType?: string | undefined
+  readonly resourceId?: number | undefined
+  readonly since?: string | undefined
+  readonly limit?: number | undefined
+  readonly json?: boolean | undefined
+}
+
+/** `sync-outbox history`: newest first. */
+export const showHistory = (
+  flags: HistoryFlags
+): Effect.Effect<void, Journal.InvalidJournalQuery | SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const since = flags.since === undefined ? undefined : yield* Journal.parseSince(flags.since)
+    const entries = yield* Journal.history({
+      resourceType: flags.resourceType,
+      resourceId: flags.resourceId,
+      since,
+      limit: flags.limit
+    })
+    yield* Console.log(flags.json === true ? JSON.stringify(entries.map(entryJson), null, 2) : formatHistory(entries))
+  })
+
+export interface ReplayFlags {
+  /** Comma- or space-separated event ids. */
+  readonly ids?: string | undefined
+  readonly resourceType?: string | undefined
+  readonly since?: string | undefined
+  readonly dryRun?: boolean | undefined
+  readonly json?: boolean | undefined
+  readonly registered?: Journal.ReplayOptions["registered"]
+}
+
+/** The flags as a selector: exactly one of `--ids` or `--resource-type` with `--since`. */
+export const replaySelector = (flags: ReplayFlags): Effect.Effect<Journal.ReplaySelector, Journal.InvalidJournalQuery> =>
+  Effect.gen(function*() {
+    const usage = "give either --ids ID,ID,… or --resource-type TYPE --since WHEN"
+    if (flags.ids !== undefined) {
+      if (flags.resourceType !== undefined || flags.since !== undefined) {
+        return yield* new Journal.InvalidJournalQuery({ message: `${usage}, not both` })
+      }
+      return { _tag: "Ids" as const, ids: flags.ids.split(/[\s,]+/).filter((id) => id !== "") }
+    }
+    if (flags.resourceType === undefined || flags.since === undefined) {
+      return yield* new Journal.InvalidJournalQuery({ message: usage })
+    }
+    return { _tag: "Range" as const, resourceType: flags.resourceType, since: yield* Journal.parseSince(flags.since) }
+  })
+
+/** `sync-outbox replay`: enqueue journaled events again (or, with `dryRun`, say what it would). */
+export const runReplay = (
+  flags: ReplayFlags
+): Effect.Effect<Journal.ReplayResult, Journal.InvalidJournalQuery | SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const selector = yield* replaySelector(flags)
+    const result = yield* Journal.replay(selector, { dryRun: flags.dryRun, registered: flags.registered })
+    if (flags.json === true) {
+      yield* Console.log(JSON.stringify(
+        { dryRun: flags.dryRun === true, events: result.events.map(entryJson), enqueued: result.enqueued },
+        null,
+        2
+      ))
+      return result
+    }
+    if (result.events.length === 0) {
+      yield* Console.log("no journaled events selected; nothing enqueued")
+      return result
+    }
+    const shown = 50
+    const lines = result.events.slice(0, shown).map((e, i) =>
+      `  ${e.id.padStart(8)} ${`${e.resourceType}/${e.action}`.padEnd(26)} ${String(e.resourceId ?? "-").padStart(9)}${
+        flags.dryRun === true ? "" : `  -> new event ${result.enqueued[i]}`
+      }`
+    )
+    if (result.events.length > shown) lines.push(`  … and ${result.events.length - shown} more`)
+    yield* Console.log(
+      [
+        flags.dryRun === true
+          ? `dry run: would enqueue ${result.events.length} event(s) again, in this order:`
+          : `enqueued ${result.enqueued.length} event(s) again:`,
+        ...lines
+      ].join("\n")
+    )
+    return result
+  })
+
+/** For `status`: the retention in force and what the journal holds. */
+export const retentionLine = (
+  config: OutboxConfigShape
+): Effect.Effect<{ readonly line: string; readonly json: unknown }, SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const retentionMs = Duration.toMillis(config.retention)
+    const stats = yield* Journal.stats
+    const now = Date.now()
+    const oldest = stats.oldestAppliedAt === null ? null : now - stats.oldestAppliedAt.getTime()
+    return {
+      line: retentionMs === 0
+        ? `retention off (SYNC_OUTBOX_RETENTION=0: applied events are deleted, not journaled)${
+          stats.rows > 0 ? `; journal still holds ${stats.rows} row(s)` : ""
+        }`
+        : `retention ${Duration.format(config.retention)}   journal ${stats.approximate ? "~" : ""}${stats.rows} event(s)${
+          oldest === null ? "" : `, oldest applied ${ms(oldest)} ago`
+        }`,
+      json: {
+        retentionMs,
+        journal: { rows: stats.rows, approximate: stats.approximate, oldestAppliedAt: stats.oldestAppliedAt, bytes: stats.bytes }
+      }
+    }
+  })
+
+// ---------------------------------------------------------------------------------------------
+
+const database = Database.layerConfig()
+const optionalText = (name: string, description: string) =>
+  Options.text(name).pipe(Options.withDescription(description), Options.optional)
+
+export const historyCommand = Command.make(
+  "history",
+  {
+    resourceType: optionalText("resource-type", "Only events of this resource type"),
+    resourceId: Options.integer("resource-id").pipe(Options.withDescription("Only events of this resource"), Options.optional),
+    since: optionalText("since", "Applied since: an ISO time, or a duration back from now (15m, 2 hours, 7d)"),
+    limit: Options.integer("limit").pipe(Options.withDefault(100)),
+    json: Options.boolean("json").pipe(Options.withDescription("Machine-readable output"))
+  },
+  (flags) =>
+    showHistory({
+      resourceType: Option.getOrUndefined(flags.resourceType),
+      resourceId: Option.getOrUndefined(flags.resourceId),
+      since: Option.getOrUndefined(flags.since),
+      limit: flags.limit,
+      json: flags.json
+    }).pipe(Effect.provide(database))
+).pipe(Command.withDescription("Applied events from the journal, newest first, with enqueue-to-applied timings and the worker"))
+
+export const replayCommand = Command.make(
+  "replay",
+  {
+    ids: optionalText("ids", "Journaled event ids, comma-separated"),
+    resourceType: optionalText("resource-type", "Every journaled event of this type applied since --since"),
+    since: optionalText("since", "With --resource-type: an ISO time, or a duration back from now (1h, 2 days)"),
+    dryRun: Options.boolean("dry-run").pipe(Options.withDescription("Print what would be enqueued; enqueue nothing")),
+    json: Options.boolean("json").pipe(Options.withDescription("Machine-readable output")),
+    // Positional ids are accepted too: `replay --ids 1,2` and `replay --ids 1 2` mean the same.
+    more: Args.text({ name: "ID" }).pipe(Args.withDescription("More journaled event ids (as --ids)"), Args.repeated)
+  },
+  (flags) =>
+    runReplay({
+      ids: Option.isSome(flags.ids) ? [flags.ids.value, ...flags.more].join(",") : flags.more.length > 0 ? flags.more.join(",") : undefined,
+      resourceType: Option.getOrUndefined(flags.resourceType),
+      since: Option.getOrUndefined(flags.since),
+      dryRun: flags.dryRun,
+      json: flags.json,
+      registered: SyncHandlers.handlers.map((h) => h.type)
+    }).pipe(Effect.asVoid, Effect.provide(database))
+).pipe(Command.withDescription("Enqueue journaled events again as new events (ordering and coalescing as usual)"))
+
+/** Both commands, for the root command's list. */
+export const journalCommands = [historyCommand, replayCommand] as const

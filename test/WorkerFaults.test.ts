@@ -1,0 +1,136 @@
+/**
+ * The worker under faults of its own making: a loop that dies, Redis unreachable at start, a
+ * statement timeout, a row no handler can apply. Its own file: these count loop errors on purpose.
+ */
+import { SqlClient } from "@effect/sql"
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Layer, Logger, Redacted, Ref, Schema } from "effect"
+import pg from "pg"
+import { beforeAll } from "vitest"
+import { Database, enqueue, handle, Handlers, Listener, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
+import { countRows, eventually, freshDatabase, prefix, realSleep, redisLayer, sqlLayer, workerLayer } from "./support/harness.js"
+
+let url: string
+beforeAll(async () => {
+  url = await freshDatabase("worker_faults")
+})
+
+/** Every log line the worker writes, as "LEVEL message". */
+const captureLogs = () => {
+  const lines: Array<string> = []
+  const logger = Logger.add(
+    Logger.make(({ logLevel, message }) => {
+      lines.push(`${logLevel.label} ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
+    })
+  )
+  return { lines, logger }
+}
+
+const Note = OutboxEvent.make({ resourceType: "note", action: "set", payload: Schema.String })
+const noteHandler = (p: string) =>
+  handle(Note, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload}`, "ok"))))
+
+const workerRow = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql<{ loop: string; loop_error: string | null }>`SELECT loop, loop_error FROM sync_outbox_workers`).pipe(
+    Effect.map((rows) => rows[0] ?? { loop: "absent", loop_error: null })
+  )
+
+describe("Worker faults", () => {
+  it.live("a loop that dies restarts with backoff; meanwhile its heartbeat says 'restarting' with the reason, then 'running' again", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const broken = yield* Ref.make(true)
+      const { lines, logger } = captureLogs()
+      // A store whose claim dies (a bug, not a typed failure) while `broken` holds.
+      const store = Layer.effect(
+        Store,
+        Effect.map(Store, (s) => ({
+          ...s,
+          claim: (owner: string, leaseMs: number, limit: number) =>
+            Effect.flatMap(Ref.get(broken), (b) => (b ? Effect.die(new Error("claim exploded")) : s.claim(owner, leaseMs, limit)))
+        }))
+      ).pipe(Layer.provide(Store.layer))
+      const worker = Worker.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(store, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(noteHandler(p)))),
+        Layer.provideMerge(Layer.mergeAll(OutboxConfig.layer({ interval: Duration.millis(500) }), sqlLayer(url), redisLayer())),
+        Layer.orDie
+      )
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`TRUNCATE sync_outbox CASCADE`
+        const id = yield* enqueue(Note, { payload: "a" })
+        const row = yield* eventually(workerRow, (r) => r.loop === "restarting", { timeout: 10_000 })
+        expect(row.loop_error).toContain("claim exploded")
+        expect(yield* countRows()).toBe(1)
+        yield* Ref.set(broken, false)
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 10_000 })
+        yield* eventually(workerRow, (r) => r.loop === "running" && r.loop_error === null, { timeout: 10_000 })
+        void id
+        expect(yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.get(`${p}a`)))).toBe("ok")
+        expect(lines.filter((l) => l.includes("worker loop died, restarting")).length).toBeGreaterThan(0)
+      }).pipe(Effect.provide(worker), Effect.provide(logger))
+    }), 30_000)
+
+  it.live("a worker started while Redis is unreachable says so once, at start, with its breaker open", () =>
+    Effect.gen(function*() {
+      const { lines, logger } = captureLogs()
+      yield* Effect.gen(function*() {
+        const worker = yield* Worker
+        yield* eventually(worker.breaker.get, (s) => s === "open", { timeout: 10_000 })
+        yield* realSleep(1_500)
+        const said = lines.filter((l) => l.includes("Redis unavailable"))
+        expect(said).toHaveLength(1)
+        expect(said[0]).toMatch(/^WARN sync-outbox: Redis unavailable, pausing claims \(unreachable at start: .+\)$/)
+      }).pipe(
+        Effect.provide(workerLayer({ url, redis: "redis://127.0.0.1:1", handlers: Handlers.layer(noteHandler(prefix())) })),
+        Effect.provide(logger)
+      )
+    }), 30_000)
+
+  it.live("a statement timeout (a lock wait) is one log line per incident, naming the cause, and the worker carries on", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const { lines, logger } = captureLogs()
+      const database = Database.layer({ url: Redacted.make(url), statementTimeout: Duration.millis(300) })
+      const worker = Worker.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(Store.layer, Listener.off, Handlers.layer(noteHandler(p)))),
+        Layer.provideMerge(Layer.mergeAll(OutboxConfig.layer({ interval: Duration.millis(200) }), database, redisLayer())),
+        Layer.orDie
+      )
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`TRUNCATE sync_outbox CASCADE`
+        const locker = new pg.Client({ connectionString: url })
+        yield* Effect.promise(() => locker.connect())
+        yield* Effect.promise(() => locker.query("BEGIN; LOCK TABLE sync_outbox IN ACCESS EXCLUSIVE MODE"))
+        yield* eventually(Effect.sync(() => lines.filter((l) => l.includes("worker loop failed"))), (l) => l.length >= 1, { timeout: 10_000 })
+        yield* Effect.promise(() => locker.query("ROLLBACK").then(() => locker.end()))
+        yield* enqueue(Note, { payload: "after" })
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 10_000 })
+        const failures = lines.filter((l) => l.includes("worker loop failed"))
+        for (const line of failures) {
+          expect(line).toMatch(/^WARN sync-outbox: worker loop failed, restarting: SqlError: .+statement timeout$/)
+          expect(line).not.toContain("\n")
+        }
+      }).pipe(Effect.provide(worker), Effect.provide(logger))
+    }), 30_000)
+
+  it.live("sync_outbox_enqueue without the id its type requires is dead at once with MissingResourceId, never applied", () =>
+    Effect.gen(function*() {
+      let applied = 0
+      const Needy = OutboxEvent.make({ resourceType: "needy", action: "update", payload: Schema.NullOr(Schema.Unknown), requiresResourceId: true })
+      const handlers = Handlers.layer(handle(Needy, () => Effect.sync(() => applied++)))
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`TRUNCATE sync_outbox CASCADE`
+        const [row] = yield* sql<{ id: string }>`SELECT sync_outbox_enqueue('needy', 'update')::text AS id`
+        const shown = yield* eventually(Effect.flatMap(Store, (s) => s.show(row!.id)), (s) => s.event.status === "dead")
+        expect(shown.failures.map((f) => [f.attempt, f.errorTag, f.message])).toEqual([
+          [1, "MissingResourceId", "needy/update needs a resource id (needy id missing)"]
+        ])
+        yield* sql`SELECT sync_outbox_enqueue('needy', 'update', 5)`
+        yield* eventually(countRows("pending"), (n) => n === 0)
+        expect(applied).toBe(1)
+      }).pipe(Effect.provide(workerLayer({ url, handlers })))
+    }), 30_000)
+})
