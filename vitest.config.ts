@@ -3,7 +3,7 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
-    globalSetup: ["test/support/globalSetup.ts"],
+    globalSetup: ["test/support/buildCli.ts", "test/support/globalSetup.ts"],
     // Integration tests share two real servers; files run in parallel, each in its own database.
     fileParallelism: true,
     maxWorkers: 2,

@@ -86,10 +86,32 @@ export const validate = (options: DatabaseOptions): Effect.Effect<DatabaseOption
     : Effect.fail(new InvalidConfig({ message: `invalid database configuration: ${problems.join("; ")}` }))
 }
 
+/**
+ * Whether a string is a connection URL node-postgres understands (`postgres://`, `postgresql://`,
+ * `socket:`). Anything else (a typo, `base`) would otherwise be taken for a host name.
+ */
+export const isPostgresUrl = (value: string): boolean => {
+  try {
+    const url = new URL(value)
+    return (url.protocol === "postgres:" || url.protocol === "postgresql:" || url.protocol === "socket:")
+  } catch {
+    return false
+  }
+}
+
+/** `DATABASE_URL`, checked to be a Postgres URL (the value is never echoed: it may hold a password). */
+export const urlConfig = (name = "DATABASE_URL"): Config.Config<Redacted.Redacted> =>
+  Config.redacted(name).pipe(
+    Config.validate({
+      message: `${name} is not a Postgres URL; expected one such as postgres://user:password@127.0.0.1:5432/app`,
+      validation: (url) => isPostgresUrl(Redacted.value(url))
+    })
+  )
+
 /** DATABASE_URL, SYNC_OUTBOX_DB_MAX_CONNECTIONS, SYNC_OUTBOX_DB_STATEMENT_TIMEOUT. */
 export const layerConfig = (
   config: Config.Config<DatabaseOptions> = Config.all({
-    url: Config.redacted("DATABASE_URL"),
+    url: urlConfig(),
     maxConnections: Config.integer("SYNC_OUTBOX_DB_MAX_CONNECTIONS").pipe(Config.withDefault(10)),
     statementTimeout: Config.duration("SYNC_OUTBOX_DB_STATEMENT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
   })

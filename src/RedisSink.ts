@@ -131,13 +131,31 @@ const make = (options: RedisOptions) =>
     return { client, use, ping } satisfies RedisSinkShape
   })
 
+/** What ioredis can connect to: a `redis://` or `rediss://` URL, or a Unix socket's path. */
+export const isRedisUrl = (value: string): boolean => {
+  if (value.startsWith("/")) return true
+  try {
+    const url = new URL(value)
+    return url.protocol === "redis:" || url.protocol === "rediss:"
+  } catch {
+    return false
+  }
+}
+
 export class RedisSink extends Context.Tag("sync-outbox/RedisSink")<RedisSink, RedisSinkShape>() {
   static readonly layer = (options: RedisOptions = {}): Layer.Layer<RedisSink> => Layer.scoped(RedisSink, make(options))
 
   /** REDIS_URL, REDIS_CLUSTER_NODES (comma separated), SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT. */
   static readonly layerConfig = (
     config: Config.Config<RedisOptions> = Config.all({
-      url: Config.redacted("REDIS_URL").pipe(Config.option, Config.map(Option.getOrUndefined)),
+      url: Config.redacted("REDIS_URL").pipe(
+        Config.validate({
+          message: "REDIS_URL is not a Redis URL; expected one such as redis://127.0.0.1:6379 (or rediss://, or a socket path)",
+          validation: (url) => isRedisUrl(Redacted.value(url))
+        }),
+        Config.option,
+        Config.map(Option.getOrUndefined)
+      ),
       clusterNodes: Config.array(Config.string(), "REDIS_CLUSTER_NODES").pipe(Config.option, Config.map(Option.getOrUndefined)),
       commandTimeout: Config.duration("SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT").pipe(Config.withDefault(Duration.seconds(2)))
     })

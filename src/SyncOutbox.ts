@@ -1,12 +1,14 @@
 /**
  * The worker, assembled from the environment: `DATABASE_URL`, `REDIS_URL` (or
- * `REDIS_CLUSTER_NODES`) and the `SYNC_OUTBOX_*` settings. Give it your handlers.
+ * `REDIS_CLUSTER_NODES`) and the `SYNC_OUTBOX_*` settings. Give it your handlers. The outbox
+ * tables must exist (`sync-outbox migrate`): a database without them fails at start with the fix.
  */
-import { Config, Effect, Layer } from "effect"
+import { Effect, Layer } from "effect"
 import * as Convergence from "./Convergence.js"
 import * as Database from "./Database.js"
 import type { Handlers } from "./Handlers.js"
 import { Listener } from "./Listener.js"
+import * as Migrations from "./Migrations.js"
 import type { Reconciler } from "./Reconciler.js"
 import { OutboxConfig } from "./OutboxConfig.js"
 import { RedisSink } from "./RedisSink.js"
@@ -26,15 +28,17 @@ export const layerWorker = <E, R, E2 = never, R2 = never>(
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const outbox = yield* OutboxConfig
-      const url = yield* Config.redacted("DATABASE_URL")
+      const url = yield* Database.urlConfig()
       const listener = outbox.pollOnly ? Listener.off : Listener.layer({ url, channel: outbox.channel })
       const worker = Worker.layer.pipe(
         Layer.provide(Layer.mergeAll(Store.layerWith({ callTimeout: outbox.callTimeout }), listener, handlers)),
         Layer.provideMerge(Layer.succeed(OutboxConfig, outbox))
       )
-      if (options.reconciler === undefined || !outbox.enabled) return worker
+      // A database that was never migrated fails here, once, with the fix, rather than in every claim.
+      const checked = Layer.flatMap(Layer.effectDiscard(Migrations.verify(["outbox"])), () => worker)
+      if (options.reconciler === undefined || !outbox.enabled) return checked
       return Layer.merge(
-        worker,
+        checked,
         Convergence.layer.pipe(Layer.provide(Layer.merge(options.reconciler, Convergence.ConvergenceConfig.layerConfig())))
       )
     }).pipe(Effect.provide(OutboxConfig.layerConfig()))

@@ -1,13 +1,31 @@
-import { describe, expect, it } from "vitest"
+/**
+ * The `sync-outbox` command as an operator runs it: the compiled CLI (`dist/`, built once below)
+ * under plain `node`, against a real Postgres and Redis. Generous timeouts: each call is a fresh
+ * Node process, and the machine may be busy.
+ */
 import { execFile, spawn } from "node:child_process"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
 import { Redis } from "ioredis"
 import pg from "pg"
-import { freePort } from "../scripts/services.js"
-import { freshDatabase, prefix, redisUrl } from "./support/harness.js"
-import { createDatabase } from "../scripts/services.js"
-import { postgresUrl } from "./support/harness.js"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { createDatabase, freePort } from "../scripts/services.js"
+import { freshDatabase, postgresUrl, prefix, redisUrl } from "./support/harness.js"
 
-const bin = new URL("../bin/sync-outbox.js", import.meta.url).pathname
+const root = new URL("..", import.meta.url).pathname
+const bin = join(root, "bin/sync-outbox.js")
+const callTimeout = 120_000
+
+// Files the tests write (handlers modules, migration folders, payloads): inside the package, so
+// that a handlers module resolves "sync-outbox" and "effect" as a user's would; removed after.
+let scratch = ""
+afterAll(() => rmSync(scratch, { recursive: true, force: true }))
+
+beforeAll(() => {
+  mkdirSync(join(root, ".tmp"), { recursive: true })
+  scratch = mkdtempSync(join(root, ".tmp", "cli-test-"))
+  // The CLI users run is the compiled one: the global setup built it from the current sources.
+}, 300_000)
 
 interface Result {
   readonly code: number
@@ -15,11 +33,21 @@ interface Result {
   readonly stderr: string
 }
 
-const cli = (args: ReadonlyArray<string>, env: Record<string, string>): Promise<Result> =>
+const cli = (
+  args: ReadonlyArray<string>,
+  env: Record<string, string | undefined>,
+  options: { readonly input?: string; readonly cwd?: string } = {}
+): Promise<Result> =>
   new Promise((resolve) => {
-    execFile("node", [bin, ...args], { env: { ...process.env, ...env }, timeout: 30_000 }, (error, stdout, stderr) => {
-      resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stdout, stderr })
-    })
+    const child = execFile(
+      "node",
+      [bin, ...args],
+      { env: { ...process.env, ...env } as NodeJS.ProcessEnv, timeout: callTimeout, cwd: options.cwd ?? root, maxBuffer: 16 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        resolve({ code: error ? (typeof error.code === "number" ? error.code : 1) : 0, stdout, stderr })
+      }
+    )
+    child.stdin?.end(options.input ?? "")
   })
 
 const query = async <A extends Record<string, unknown>>(url: string, text: string, params: Array<unknown> = []) => {
@@ -32,97 +60,256 @@ const query = async <A extends Record<string, unknown>>(url: string, text: strin
   }
 }
 
+const camelOnly = (value: unknown): Array<string> => {
+  if (Array.isArray(value)) return value.flatMap(camelOnly)
+  if (typeof value !== "object" || value === null) return []
+  return Object.entries(value).flatMap(([key, inner]) => [...(key.includes("_") ? [key] : []), ...camelOnly(inner)])
+}
+
 describe("sync-outbox CLI", () => {
-  it("migrate applies the engine and control-plane schemas once; --engine-only skips the domain", async () => {
+  it("migrate creates the engine's tables; the control plane only with --control-plane, then keeps it up to date", async () => {
     const url = await createDatabase(postgresUrl(), `so_cli_migrate_${Date.now()}`)
-    const engine = await cli(["migrate", "--engine-only"], { DATABASE_URL: url })
+    const engine = await cli(["migrate"], { DATABASE_URL: url })
     expect(engine).toMatchObject({ code: 0, stderr: "" })
     expect(engine.stdout).toContain("applied outbox/0001_outbox.sql")
     expect(engine.stdout).not.toContain("control-plane")
-    const all = await cli(["migrate"], { DATABASE_URL: url })
+    expect(await query(url, `SELECT to_regclass('cp_masters') AS t`)).toEqual([{ t: null }])
+    // The old flag still works and changes nothing.
+    expect((await cli(["migrate", "--engine-only"], { DATABASE_URL: url })).stdout.trim()).toBe("up to date")
+    const all = await cli(["migrate", "--control-plane"], { DATABASE_URL: url })
     expect(all.stdout.trim()).toBe("applied control-plane/0001_control_plane.sql\napplied control-plane/0002_ez_api_contract.sql")
     expect((await cli(["migrate"], { DATABASE_URL: url })).stdout.trim()).toBe("up to date")
-  }, 60_000)
 
-  it("enqueue validates against the registry; status counts it; bad input exits 2 with one line", async () => {
+    // A later control-plane file reaches a database that has the control plane, without the flag.
+    const dir = join(scratch, "migrations")
+    for (const set of ["outbox", "control-plane"]) mkdirSync(join(dir, set), { recursive: true })
+    for (const file of ["0001_outbox.sql", "0002_workers.sql"]) writeFileSync(join(dir, "outbox", file), "SELECT 1;")
+    writeFileSync(join(dir, "control-plane", "0001_control_plane.sql"), "SELECT 1;")
+    writeFileSync(join(dir, "control-plane", "0002_later.sql"), "CREATE TABLE cp_later (id int);")
+    const later = await cli(["migrate", "--dir", dir], { DATABASE_URL: url })
+    expect(later).toMatchObject({ code: 0, stdout: "applied control-plane/0002_later.sql\n" })
+    const missing = await cli(["migrate", "--dir", join(dir, "nope")], { DATABASE_URL: url })
+    expect(missing.code).toBe(1)
+    expect(missing.stderr).toMatch(/migrations folder .*nope.* not found/)
+  }, 300_000)
+
+  it("a database that was never migrated: status, dead list and worker say to run migrate", async () => {
+    const url = await createDatabase(postgresUrl(), `so_cli_unmigrated_${Date.now()}`)
+    for (const args of [["status"], ["dead", "list"], ["worker"], ["worker", "--handlers", "./nope.js"]]) {
+      const result = await cli(args, { DATABASE_URL: url, REDIS_URL: redisUrl() })
+      if (args[1] === "--handlers") {
+        expect(result.code, args.join(" ")).toBe(2)
+        expect(result.stderr).toContain("cannot load handlers module ./nope.js")
+        continue
+      }
+      expect(result.code, args.join(" ")).toBe(1)
+      expect(result.stderr).toContain("run `sync-outbox migrate`")
+      expect(result.stderr).not.toContain("    at ")
+      expect(result.stderr.trim().split("\n")).toHaveLength(1)
+    }
+    // A user's handlers on that database: the library's worker layer says the same.
+    const dir = join(scratch, "unmigrated")
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, "handlers.js"), `import { Handlers } from "sync-outbox"\nexport const layer = Handlers.layer()\nexport const eventTypes = []\n`)
+    const own = await cli(["worker", "--handlers", join(dir, "handlers.js")], { DATABASE_URL: url, REDIS_URL: redisUrl() })
+    expect(own.code).toBe(1)
+    expect(own.stderr.trim()).toBe(
+      "sync-outbox: tables sync_outbox, sync_outbox_failures, sync_outbox_workers do not exist in this database: run `sync-outbox migrate` (or Migrations.run())"
+    )
+    // The built-in sync needs the control plane as well.
+    await cli(["migrate"], { DATABASE_URL: url })
+    const worker = await cli(["worker"], { DATABASE_URL: url, REDIS_URL: redisUrl() })
+    expect(worker.code).toBe(1)
+    expect(worker.stderr).toContain("run `sync-outbox migrate --control-plane`")
+  }, 300_000)
+
+  it("enqueue validates against the registry; status counts it; bad input exits 2 with the problem", async () => {
     const url = await freshDatabase("cli_enqueue", ["outbox", "control-plane"])
     const env = { DATABASE_URL: url }
     const ok = await cli(["enqueue", "master", "update", "--resource-id", "4"], env)
     expect(ok.code).toBe(0)
     expect(ok.stdout).toMatch(/^enqueued \d+\n$/)
-    const del = await cli(["enqueue", "model", "delete", "--payload", '{"name":"gpt-4o"}'], env)
-    expect(del.code).toBe(0)
+    expect((await cli(["enqueue", "model", "delete", "--payload", '{"name":"gpt-4o"}'], env)).code).toBe(0)
 
     for (const [args, fragment] of [
       [["enqueue", "tenant", "create"], `no handler for resource type "tenant"`],
       [["enqueue", "model", "delete", "--payload", "{nope"], "--payload is not valid JSON"],
-      [["enqueue", "model", "delete", "--payload", '{"name":""}'], "name"],
       [["enqueue", "master", "update"], "needs a resource id"],
+      [["enqueue", "master", "update", "--resource-id", "x"], "--resource-id must be an integer"],
+      [["enqueue", "master"], "missing ACTION"],
+      [["enqueue", "model", "delete", "--payload", "@/nonexistent/p.json"], "cannot read /nonexistent/p.json: ENOENT"],
+      [["enqueue", "model", "delete", "--bogus"], "unknown option --bogus"],
       [["dead", "show", "12345"], "no outbox event with id 12345"],
       [["dead", "show", "abc"], "no outbox event with id abc"],
-      [["dead", "requeue"], "exactly one of"]
+      [["dead", "requeue"], "exactly one of"],
+      [["dead", "frob"], `unknown command "dead frob"`],
+      [["frobnicate"], `unknown command "frobnicate"`]
     ] as const) {
       const result = await cli(args, env)
       expect(result.code, args.join(" ")).toBe(2)
       expect(result.stderr).toContain(fragment)
-      expect(result.stderr.trim().split("\n")).toHaveLength(1)
+      expect(result.stderr.trim().split("\n"), args.join(" ")).toHaveLength(1)
       expect(result.stderr).not.toContain("    at ")
     }
-    const unknownCommand = await cli(["frobnicate"], env)
-    expect(unknownCommand.code).toBe(2)
+
+    // A payload that does not fit: every problem, each on its own line, named by its path.
+    const bad = await cli(["enqueue", "key", "update", "--resource-id", "1", "--payload", '{"tokenHash":"short"}'], env)
+    expect(bad.code).toBe(2)
+    const lines = bad.stderr.trim().split("\n")
+    expect(lines[0]).toBe("sync-outbox: the payload does not fit key/update:")
+    expect(lines.slice(1).some((line) => /^ {2}tokenHash: /.test(line))).toBe(true)
+    const empty = await cli(["enqueue", "model", "delete", "--payload", '{"name":""}'], env)
+    expect(empty.stderr).toMatch(/\n {2}name: /)
+
+    // Large payloads come from a file or stdin (argv has a size limit).
+    const big = JSON.stringify({ name: "m".repeat(200 * 1024) })
+    const file = join(scratch, "payload.json")
+    writeFileSync(file, big)
+    expect((await cli(["enqueue", "model", "delete", "--payload", `@${file}`], env)).stdout).toMatch(/^enqueued \d+\n$/)
+    expect((await cli(["enqueue", "model", "delete", "--payload", "-"], env, { input: big })).stdout).toMatch(/^enqueued \d+\n$/)
+    const stored = await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM sync_outbox WHERE length(payload->>'name') = $1`, [200 * 1024])
+    expect(stored).toEqual([{ n: 2 }])
 
     const status = await cli(["status", "--json"], env)
     expect(status.code).toBe(0)
     const parsed = JSON.parse(status.stdout)
-    expect(parsed.pending).toBe(2)
+    expect(parsed.pending).toBe(4)
     expect(parsed.byResourceType.map((r: { resourceType: string }) => r.resourceType)).toEqual(["master", "model"])
+    expect(camelOnly(parsed)).toEqual([])
     const text = await cli(["status"], env)
-    expect(text.stdout).toContain("pending 2")
+    expect(text.stdout).toContain("pending 4")
     expect(text.stdout).toContain("no live workers")
-  }, 60_000)
+  }, 300_000)
 
-  it("dead list / show / requeue / purge work on real dead letters", async () => {
+  it("dead list / show / requeue / purge work on real dead letters, one line per row; pending events are not dead", async () => {
     const url = await freshDatabase("cli_dead", ["outbox", "control-plane"])
     const env = { DATABASE_URL: url }
     const rows = await query<{ id: string }>(
       url,
       `INSERT INTO sync_outbox (resource_type, action, ordering_key, status, retry_count, last_error)
-       VALUES ('master', 'update', 'master:1', 'dead', 10, 'Boom: no'), ('key', 'update', 'key:1', 'dead', 10, 'Boom: no'),
-              ('key', 'update', 'key:2', 'dead', 10, 'Boom: no')
+       VALUES ('master', 'update', 'master:1', 'dead', 10, 'Boom: no'), ('key', 'update', 'key:1', 'dead', 10, E'Boom: no\nat line two\n  at three'),
+              ('key', 'update', 'key:2', 'dead', 10, 'Boom: no'), ('key', 'update', 'key:3', 'pending', 2, 'Boom: not yet')
        RETURNING id::text AS id`
     )
-    await query(url, `INSERT INTO sync_outbox_failures VALUES ($1, 1, 'Boom', 'first', now()), ($1, 2, 'Boom', 'second', now())`, [rows[0]!.id])
+    await query(url, `INSERT INTO sync_outbox_failures VALUES ($1, 1, 'Boom', 'first', now()), ($1, 2, 'Boom', E'second\nline', now())`, [rows[0]!.id])
     const list = await cli(["dead", "list"], env)
-    expect(list.stdout.split("\n").filter((l) => l.includes("Boom: no"))).toHaveLength(3)
+    const listed = list.stdout.trim().split("\n")
+    expect(listed).toHaveLength(4) // a header and one line per dead letter, whatever the errors hold
+    expect(listed.filter((l) => l.includes("Boom: no"))).toHaveLength(3)
+    expect(list.stdout).not.toContain("not yet")
+    const json = JSON.parse((await cli(["dead", "list", "--json"], env)).stdout)
+    expect(json).toHaveLength(3)
+    expect(json[1].lastError).toBe("Boom: no\nat line two\n  at three")
+    expect(camelOnly(json)).toEqual([])
+
     const show = await cli(["dead", "show", rows[0]!.id], env)
+    expect(show.code).toBe(0)
+    expect(show.stdout).toContain("dead letter")
     expect(show.stdout).toContain("#1")
-    expect(show.stdout).toContain("Boom: second")
+    expect(show.stdout).toContain("Boom: second ⏎ line")
+    const pending = await cli(["dead", "show", rows[3]!.id], env)
+    expect(pending.code).toBe(2)
+    expect(pending.stdout).toBe("")
+    expect(pending.stderr).toContain(`event ${rows[3]!.id} is pending, not a dead letter`)
+
     expect((await cli(["dead", "requeue", rows[0]!.id], env)).stdout.trim()).toBe("requeued 1")
     expect((await cli(["dead", "purge", "--resource-type", "key"], env)).stdout.trim()).toBe("purged 2")
     expect((await cli(["dead", "list"], env)).stdout.trim()).toBe("no dead letters")
-  }, 60_000)
+  }, 300_000)
 
-  it("an unreachable database or a missing DATABASE_URL exits 1 or 2 with one clear line", async () => {
+  it("configuration mistakes exit with one clear line: unreachable, not a URL, not set", async () => {
     const down = await cli(["status"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" })
     expect(down.code).toBe(1)
-    expect(down.stderr.trim()).toMatch(/^sync-outbox: database: cannot connect to Postgres: .*ECONNREFUSED/)
-    const env = { ...process.env } as Record<string, string>
-    delete env["DATABASE_URL"]
-    const missing = await new Promise<Result>((resolve) =>
-      execFile("node", [bin, "status"], { env }, (error, stdout, stderr) =>
-        resolve({ code: typeof error?.code === "number" ? error.code : 0, stdout, stderr }))
+    expect(down.stderr.trim()).toMatch(/^sync-outbox: database: cannot connect to Postgres: .*ECONNREFUSED.*\(check DATABASE_URL\)$/)
+    const notUrl = await cli(["status"], { DATABASE_URL: "not-a-url" })
+    expect(notUrl.code).toBe(2)
+    expect(notUrl.stderr.trim()).toBe(
+      "sync-outbox: DATABASE_URL is not a Postgres URL; expected one such as postgres://user:password@127.0.0.1:5432/app"
     )
+    const redisNotUrl = await cli(["sync-all"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none", REDIS_URL: "not-a-url" })
+    expect(redisNotUrl.code).toBe(2)
+    expect(redisNotUrl.stderr.trim()).toMatch(/^sync-outbox: REDIS_URL is not a Redis URL; expected one such as redis:\/\/127\.0\.0\.1:6379/)
+    const missing = await cli(["status"], { DATABASE_URL: undefined })
     expect(missing.code).toBe(2)
     expect(missing.stderr.trim()).toBe("sync-outbox: DATABASE_URL is not set")
-  }, 60_000)
+  }, 300_000)
 
-  it("--help works on every command", async () => {
+  it("--help works on every command, lists the environment and enqueue's event types, and has no colours when piped", async () => {
     for (const args of [[], ["migrate"], ["worker"], ["status"], ["dead"], ["dead", "list"], ["dead", "requeue"], ["enqueue"], ["sync-all"]]) {
       const result = await cli([...args, "--help"], {})
       expect(result.code, args.join(" ")).toBe(0)
       expect(result.stdout).toContain("USAGE")
+      expect(result.stdout).not.toContain("\x1b[")
+      expect(result.stdout).not.toContain("A user-defined piece of text")
+      if (args.length === 1 && args[0] !== "dead") expect(result.stdout, args.join(" ")).toContain("ENVIRONMENT")
     }
-  }, 120_000)
+    const root = await cli(["--help"], {})
+    expect(root.stdout).toContain("DATABASE_URL")
+    expect(root.stdout).toContain("REDIS_URL")
+    const enqueue = await cli(["enqueue", "--help"], {})
+    expect(enqueue.stdout).toContain("EVENT TYPES")
+    expect(enqueue.stdout).toMatch(/model delete\s+payload/)
+    expect((await cli(["--version"], {})).stdout.trim()).toMatch(/^\d+\.\d+\.\d+/)
+  }, 300_000)
+
+  it("worker and enqueue run a user's handlers module (--handlers); the built-in sync needs no flag", async () => {
+    const url = await freshDatabase("cli_handlers", ["outbox"])
+    const p = prefix()
+    const dir = join(scratch, "handlers")
+    mkdirSync(dir, { recursive: true })
+    // Inside the package, so "sync-outbox" resolves to this package (self-reference) and "effect" to ours.
+    const module = join(dir, "handlers.js")
+    writeFileSync(
+      module,
+      `import { Effect, Schema } from "effect"
+import { handle, Handlers, OutboxEvent, RedisSink } from "sync-outbox"
+export const TenantRenamed = OutboxEvent.make({
+  resourceType: "tenant", action: "rename", requiresResourceId: true,
+  payload: Schema.Struct({ name: Schema.NonEmptyString })
+})
+export const eventTypes = [TenantRenamed]
+export const layer = Handlers.layer(handle(TenantRenamed, ({ payload, resourceId }) =>
+  Effect.flatMap(RedisSink, (redis) => redis.use((c) => c.set(${JSON.stringify(p)} + ":tenant:" + resourceId, payload.name)))))
+`
+    )
+    const env = { DATABASE_URL: url, REDIS_URL: redisUrl(), SYNC_OUTBOX_HANDLERS: module }
+    const help = await cli(["enqueue", "--help"], env)
+    expect(help.stdout).toMatch(/tenant rename\s+--resource-id N, payload/)
+    expect(help.stdout).not.toContain("master create")
+    const wrong = await cli(["enqueue", "master", "update", "--resource-id", "1"], env)
+    expect(wrong.code).toBe(2)
+    expect(wrong.stderr).toContain(`no handler for resource type "master"`)
+    const ok = await cli(["enqueue", "tenant", "rename", "--resource-id", "7", "--payload", '{"name":"acme"}'], env)
+    expect(ok).toMatchObject({ code: 0, stderr: "" })
+
+    const badModule = join(dir, "bad.js")
+    writeFileSync(badModule, "export const layer = 1\n")
+    const bad = await cli(["enqueue", "tenant", "rename"], { ...env, SYNC_OUTBOX_HANDLERS: badModule })
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain("must export `layer`")
+
+    const child = spawn("node", [bin, "worker", "--handlers", module], { env: { ...process.env, ...env }, cwd: root })
+    let out = ""
+    child.stdout.on("data", (d) => (out += String(d)))
+    child.stderr.on("data", (d) => (out += String(d)))
+    const redis = new Redis(redisUrl())
+    try {
+      const deadline = Date.now() + 60_000
+      let name: string | null = null
+      while (name !== "acme" && Date.now() < deadline && child.exitCode === null) {
+        name = await redis.get(`${p}:tenant:7`)
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      expect(name, out).toBe("acme")
+      expect(out).toContain(`handlers ${module}, 1 event types`)
+    } finally {
+      child.kill("SIGTERM")
+      const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
+      await redis.del(`${p}:tenant:7`)
+      redis.disconnect()
+      expect(code, out).toBe(0)
+    }
+  }, 300_000)
 
   it("worker applies events, serves /metrics (scraped and parsed), shows in status, drains on SIGTERM; sync-all resyncs", async () => {
     const url = await freshDatabase("cli_worker", ["outbox", "control-plane"])
@@ -140,8 +327,9 @@ describe("sync-outbox CLI", () => {
     child.stdout.on("data", (d) => (out += String(d)))
     child.stderr.on("data", (d) => (out += String(d)))
     try {
-      const deadline = Date.now() + 20_000
-      while (!out.includes("worker running") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      const deadline = Date.now() + 90_000
+      while (!out.includes("worker running") && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 50))
+      expect(out).toContain("worker running")
       expect((await cli(["enqueue", "master", "update", "--resource-id", String(master!.id)], env)).code).toBe(0)
       let seen: string | null = null
       while (seen !== qps && Date.now() < deadline) {
@@ -164,11 +352,18 @@ describe("sync-outbox CLI", () => {
       expect(samples.get("sync_outbox_apply_latency_ms_count")).toBeGreaterThanOrEqual(1)
       expect(body).toContain("# TYPE sync_outbox_apply_latency_ms histogram")
       expect(samples.has(`sync_outbox_apply_latency_ms_bucket{le="+Inf"}`)).toBe(true)
+      // Process metrics, under prom-client's names.
+      expect(samples.get("process_resident_memory_bytes")).toBeGreaterThan(0)
+      expect(samples.get("process_cpu_seconds_total")).toBeGreaterThan(0)
+      expect(body).toContain("# TYPE process_cpu_seconds_total counter")
+      expect(samples.has("nodejs_heap_size_used_bytes")).toBe(true)
       expect((await fetch(`http://127.0.0.1:${port}/other`)).status).toBe(404)
 
       const status = JSON.parse((await cli(["status", "--json"], env)).stdout)
       expect(status.workers).toHaveLength(1)
       expect(status.workers[0]).toMatchObject({ breaker: "closed", listener: "listening" })
+      expect(typeof status.workers[0].heartbeatAgeMs).toBe("number")
+      expect(camelOnly(status)).toEqual([])
 
       // sync-all rewrites what a lost Redis write left behind.
       await redis.del(`auth:master:${master!.id}`, `sync:rec:{auth:master:${master!.id}}`)
@@ -180,9 +375,9 @@ describe("sync-outbox CLI", () => {
       child.kill("SIGTERM")
       const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
       redis.disconnect()
-      expect(code).toBe(0)
+      expect(code, out).toBe(0)
     }
     const after = JSON.parse((await cli(["status", "--json"], env)).stdout)
     expect(after.workers).toHaveLength(0)
-  }, 90_000)
+  }, 300_000)
 })

@@ -42,4 +42,35 @@ describe("Migrations", () => {
       expect(error._tag).toBe("SqlError")
       expect(error.message).toContain("cannot connect to Postgres")
     }))
+
+  it.live("a folder moved away (a bundle) is a MigrationError naming the option; the option and the variable point at it", () =>
+    Effect.gen(function*() {
+      const url = yield* emptyDatabase("dir")
+      const missing = yield* Migrations.run(["outbox"], { directory: "/nonexistent/migrations" }).pipe(
+        Effect.provide(sqlLayer(url)),
+        Effect.flip
+      )
+      expect(missing._tag).toBe("MigrationError")
+      expect(missing.message).toContain("/nonexistent/migrations/outbox not found")
+      expect(missing.message).toContain("SYNC_OUTBOX_MIGRATIONS_DIR")
+      const applied = yield* Migrations.run(["outbox"], { directory: Migrations.migrationsDirectory }).pipe(Effect.provide(sqlLayer(url)))
+      expect(applied).toEqual(Migrations.load("outbox").map((m) => m.name))
+      expect(Migrations.directoryOf({ directory: "relative/x" })).toBe(`${process.cwd()}/relative/x`)
+    }))
+
+  it.live("verify names the missing tables and the command that creates them; applied lists what ran", () =>
+    Effect.gen(function*() {
+      const url = yield* emptyDatabase("verify")
+      const layer = sqlLayer(url)
+      expect(yield* Migrations.applied.pipe(Effect.provide(layer))).toEqual([])
+      const before = yield* Migrations.verify(["outbox"]).pipe(Effect.provide(layer), Effect.flip)
+      expect(before._tag).toBe("MigrationError")
+      expect(before.message).toContain("sync_outbox")
+      expect(before.message).toContain("run `sync-outbox migrate`")
+      yield* Migrations.run(["outbox"]).pipe(Effect.provide(layer))
+      yield* Migrations.verify(["outbox"]).pipe(Effect.provide(layer))
+      const controlPlane = yield* Migrations.verify(["outbox", "control-plane"]).pipe(Effect.provide(layer), Effect.flip)
+      expect(controlPlane.message).toContain("run `sync-outbox migrate --control-plane`")
+      expect(yield* Migrations.applied.pipe(Effect.provide(layer))).toEqual(Migrations.load("outbox").map((m) => m.name))
+    }))
 })

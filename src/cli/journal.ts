@@ -1,15 +1,14 @@
 /**
  * `history` and `replay`: the journal of applied events, for an operator. The logic is in
- * functions (`showHistory`, `runReplay`, `retentionLine`) that need only a `SqlClient`; the
- * `Command`s at the end wire them to flags and to the environment's database.
+ * functions (`showHistory`, `runReplay`, `retentionLine`) that need only a `SqlClient`;
+ * `commands/history.ts` and `commands/replay.ts` wire them to flags and to the environment.
  */
-import { Args, Command, Options } from "@effect/cli"
 import type { SqlClient, SqlError } from "@effect/sql"
-import { Console, Duration, Effect, Option } from "effect"
-import * as Database from "../Database.js"
+import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
 import * as Journal from "../Journal.js"
 import type { OutboxConfigShape } from "../OutboxConfig.js"
-import { SyncHandlers } from "../sync/index.js"
 
 const ms = (n: number) =>
   n < 1_000 ? `${Math.round(n)}ms` : n < 120_000 ? `${(n / 1_000).toFixed(1)}s` : n < 7_200_000 ? `${Math.round(n / 60_000)}m` : `${(n / 3_600_000).toFixed(1)}h`
@@ -148,52 +147,3 @@ export const retentionLine = (
     }
   })
 
-// ---------------------------------------------------------------------------------------------
-
-const database = Database.layerConfig()
-const optionalText = (name: string, description: string) =>
-  Options.text(name).pipe(Options.withDescription(description), Options.optional)
-
-export const historyCommand = Command.make(
-  "history",
-  {
-    resourceType: optionalText("resource-type", "Only events of this resource type"),
-    resourceId: Options.integer("resource-id").pipe(Options.withDescription("Only events of this resource"), Options.optional),
-    since: optionalText("since", "Applied since: an ISO time, or a duration back from now (15m, 2 hours, 7d)"),
-    limit: Options.integer("limit").pipe(Options.withDefault(100)),
-    json: Options.boolean("json").pipe(Options.withDescription("Machine-readable output"))
-  },
-  (flags) =>
-    showHistory({
-      resourceType: Option.getOrUndefined(flags.resourceType),
-      resourceId: Option.getOrUndefined(flags.resourceId),
-      since: Option.getOrUndefined(flags.since),
-      limit: flags.limit,
-      json: flags.json
-    }).pipe(Effect.provide(database))
-).pipe(Command.withDescription("Applied events from the journal, newest first, with enqueue-to-applied timings and the worker"))
-
-export const replayCommand = Command.make(
-  "replay",
-  {
-    ids: optionalText("ids", "Journaled event ids, comma-separated"),
-    resourceType: optionalText("resource-type", "Every journaled event of this type applied since --since"),
-    since: optionalText("since", "With --resource-type: an ISO time, or a duration back from now (1h, 2 days)"),
-    dryRun: Options.boolean("dry-run").pipe(Options.withDescription("Print what would be enqueued; enqueue nothing")),
-    json: Options.boolean("json").pipe(Options.withDescription("Machine-readable output")),
-    // Positional ids are accepted too: `replay --ids 1,2` and `replay --ids 1 2` mean the same.
-    more: Args.text({ name: "ID" }).pipe(Args.withDescription("More journaled event ids (as --ids)"), Args.repeated)
-  },
-  (flags) =>
-    runReplay({
-      ids: Option.isSome(flags.ids) ? [flags.ids.value, ...flags.more].join(",") : flags.more.length > 0 ? flags.more.join(",") : undefined,
-      resourceType: Option.getOrUndefined(flags.resourceType),
-      since: Option.getOrUndefined(flags.since),
-      dryRun: flags.dryRun,
-      json: flags.json,
-      registered: SyncHandlers.handlers.map((h) => h.type)
-    }).pipe(Effect.asVoid, Effect.provide(database))
-).pipe(Command.withDescription("Enqueue journaled events again as new events (ordering and coalescing as usual)"))
-
-/** Both commands, for the root command's list. */
-export const journalCommands = [historyCommand, replayCommand] as const

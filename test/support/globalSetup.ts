@@ -32,3 +32,4 @@ const remember = async <S extends RunningService>(service: Promise<S>, what: str
     throw error
   }
 }
+

@@ -1,7 +1,8 @@
-// Type-checked by CI (tsc): the README's quick start, kept true to the API. Regenerate it when the README changes.
+// Type-checked by `tsc --noEmit -p .`: the README's quick start (handlers.ts and main.ts), kept
+// true to the API; scripts/pack-check.ts runs the README's own text against the packed package.
 import { SqlClient } from "@effect/sql"
-import { Effect, Schema } from "effect"
-import { enqueue, handle, Handlers, OutboxEvent, RedisSink, SyncOutbox } from "../../src/index.js"
+import { Effect, Layer, Schema } from "effect"
+import { enqueue, handle, Handlers, type HandlersModule, OutboxEvent, Prometheus, RedisSink, Store, SyncOutbox } from "../../src/index.js"
 
 // 1. An event type, shared by the code that enqueues and the code that applies.
 export const PlanChanged = OutboxEvent.make({
@@ -12,7 +13,16 @@ export const PlanChanged = OutboxEvent.make({
   coalesce: true // the handler syncs current state: ten pending edits of one plan collapse into one apply
 })
 
-// 2. Enqueue inside your own transaction: a rollback leaves no event, a commit guarantees delivery.
+// 2. How it is applied: one handler per event type, in one Handlers layer.
+export const layer = Handlers.layer(
+  handle(PlanChanged, ({ payload, resourceId }) =>
+    Effect.flatMap(RedisSink, (redis) => redis.use((c) => c.hset(`plan:${resourceId}`, "tier", payload.tier))))
+)
+
+// What `sync-outbox enqueue --handlers ./dist/handlers.js` accepts and its --help lists.
+export const eventTypes = [PlanChanged]
+
+// 3. Enqueue inside your own transaction: a rollback leaves no event, a commit guarantees delivery.
 const upgrade = (id: number) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
@@ -24,11 +34,29 @@ const upgrade = (id: number) =>
     )
   })
 
-// 3. A worker: the handlers, and everything else from the environment (DATABASE_URL, REDIS_URL, SYNC_OUTBOX_*).
-const handlers = Handlers.layer(
-  handle(PlanChanged, ({ payload, resourceId }) =>
-    Effect.flatMap(RedisSink, (redis) => redis.use((c) => c.hset(`plan:${resourceId}`, "tier", payload.tier))))
-)
-const WorkerLive = SyncOutbox.layerWorker(handlers) // a scoped layer: one worker per scope, drained on close
+// 4. A worker: your handlers, everything else from the environment (DATABASE_URL, REDIS_URL, SYNC_OUTBOX_*).
+const WorkerLive = SyncOutbox.layerWorker(layer)
 
-export const _check = [upgrade, WorkerLive] as const
+// 5. A plan changes; moments later Redis has it.
+const program = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE TABLE IF NOT EXISTS plans (id serial PRIMARY KEY, tier text NOT NULL DEFAULT 'free')`
+  const [plan] = yield* sql<{ id: number }>`INSERT INTO plans DEFAULT VALUES RETURNING id`
+  yield* upgrade(plan!.id)
+  const redis = yield* RedisSink
+  const tier = yield* redis.use((c) => c.hget(`plan:${plan!.id}`, "tier")).pipe(
+    Effect.delay("20 millis"),
+    Effect.repeat({ until: (tier) => tier === "pro" }),
+    Effect.timeout("10 seconds")
+  )
+  yield* Effect.log(`plan ${plan!.id} is ${tier} in Redis`)
+})
+
+// The README's /metrics example.
+const AppLive = Prometheus.layerServer({ port: 9464 }).pipe(
+  Layer.provide(Store.layer),
+  Layer.provideMerge(SyncOutbox.layerWorker(layer))
+)
+
+// The module shape the CLI loads with --handlers.
+export const _check = [program.pipe(Effect.provide(WorkerLive)), AppLive, { layer, eventTypes } satisfies HandlersModule] as const

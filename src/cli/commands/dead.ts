@@ -1,0 +1,105 @@
+import * as Console from "effect/Console"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import type { DeadSelector } from "../../Store.js"
+import { Store } from "../../Store.js"
+import type { Input } from "../main.js"
+import { integer, oneLine, pad, storeLayer, text, UsageError } from "../shared.js"
+
+/** `dead show` of an event that is still pending: not a dead letter, and not shown as one. */
+export class NotDead extends Data.TaggedError("NotDead")<{ readonly message: string }> {}
+
+const selector = (input: Input): Effect.Effect<DeadSelector, UsageError> => {
+  const id = input.args["ID"]
+  const resourceType = text(input.options["resource-type"])
+  const all = input.options["all"] === true
+  const given = [id !== undefined, resourceType !== undefined, all].filter(Boolean).length
+  if (given !== 1) return Effect.fail(new UsageError({ message: "name exactly one of: an ID, --resource-type TYPE, --all" }))
+  if (id !== undefined) return Effect.succeed({ _tag: "One", id })
+  if (resourceType !== undefined) return Effect.succeed({ _tag: "ResourceType", resourceType })
+  return Effect.succeed({ _tag: "All" })
+}
+
+const list = (input: Input) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    const limit = integer(input.options["limit"]) ?? 50
+    if (limit < 1) return yield* new UsageError({ message: "--limit must be at least 1" })
+    const rows = yield* store.listDead({ resourceType: text(input.options["resource-type"]), limit })
+    if (input.options["json"] === true) {
+      return yield* Console.log(JSON.stringify(rows.map((r) => ({
+        id: r.id,
+        resourceType: r.resourceType,
+        action: r.action,
+        resourceId: r.resourceId,
+        attempts: r.retryCount,
+        createdAt: r.createdAt,
+        lastError: r.lastError
+      })), null, 2))
+    }
+    if (rows.length === 0) return yield* Console.log("no dead letters")
+    const lines = [`${pad("id", 8)}  ${"type/action".padEnd(28)} ${pad("resource", 9)} ${pad("attempts", 8)}  last error`]
+    for (const r of rows) {
+      // One line per row whatever the error says: a stack or a multi-line message is folded.
+      lines.push(
+        `${pad(r.id, 8)}  ${oneLine(`${r.resourceType}/${r.action}`, 28).padEnd(28)} ${pad(r.resourceId ?? "-", 9)} ${pad(r.retryCount, 8)}  ${oneLine(r.lastError ?? "")}`
+      )
+    }
+    yield* Console.log(lines.join("\n"))
+  })
+
+const show = (input: Input) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    const id = input.args["ID"]!
+    const { event, failures } = yield* store.show(id)
+    if (event.status !== "dead") {
+      return yield* new NotDead({
+        message: `event ${event.id} is ${event.status}, not a dead letter (${event.retryCount} failed attempts so far${event.nextRetryAt === null ? "" : `, next attempt ${event.nextRetryAt.toISOString()}`}); see sync-outbox status`
+      })
+    }
+    if (input.options["json"] === true) {
+      return yield* Console.log(JSON.stringify({
+        id: event.id,
+        resourceType: event.resourceType,
+        action: event.action,
+        resourceId: event.resourceId,
+        orderingKey: event.orderingKey,
+        status: event.status,
+        attempts: event.retryCount,
+        createdAt: event.createdAt,
+        lastError: event.lastError,
+        payload: event.payload,
+        failures: failures.map((f) => ({ attempt: f.attempt, failedAt: f.failedAt, errorTag: f.errorTag, message: f.message }))
+      }, null, 2))
+    }
+    yield* Console.log(
+      [
+        `dead letter ${event.id}: ${event.resourceType}/${event.action} resource ${event.resourceId ?? "-"}`,
+        `ordering key ${event.orderingKey}, created ${event.createdAt.toISOString()}, attempts ${event.retryCount}`,
+        `payload ${JSON.stringify(event.payload)}`,
+        "failure history:",
+        ...(failures.length === 0
+          ? ["  (none recorded)"]
+          : failures.map((f) => `  #${f.attempt} ${f.failedAt.toISOString()} ${f.errorTag}: ${oneLine(f.message, 400)}`))
+      ].join("\n")
+    )
+  })
+
+const requeue = (input: Input) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    const n = yield* store.requeue(yield* selector(input))
+    yield* Console.log(`requeued ${n}`)
+  })
+
+const purge = (input: Input) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    const n = yield* store.purge(yield* selector(input))
+    yield* Console.log(`purged ${n}`)
+  })
+
+const byName: Record<string, (input: Input) => Effect.Effect<void, unknown, Store>> = { list, show, requeue, purge }
+
+export const run = (input: Input) => byName[input.command.path[1]!]!(input).pipe(Effect.provide(storeLayer))

@@ -1,0 +1,59 @@
+import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { OutboxConfig } from "../../OutboxConfig.js"
+import { Store } from "../../Store.js"
+import type { Input } from "../main.js"
+import { retentionLine } from "../journal.js"
+import { ms, oneLine, pad, storeLayer } from "../shared.js"
+
+const statusOnce = (json: boolean) =>
+  Effect.gen(function*() {
+    const store = yield* Store
+    const config = yield* OutboxConfig
+    const stats = yield* store.stats
+    const workers = (yield* store.workers(Duration.toMillis(config.interval) * 3)).map((w) => ({
+      owner: w.owner,
+      hostname: w.hostname,
+      pid: w.pid,
+      loop: w.loop,
+      loopError: w.loop_error,
+      breaker: w.breaker,
+      listener: w.listener,
+      startedAt: w.started_at,
+      heartbeatAgeMs: Math.round(w.heartbeat_age_ms)
+    }))
+    const retention = yield* retentionLine(config)
+    if (json) return yield* Console.log(JSON.stringify({ ...stats, workers, retention: retention.json }, null, 2))
+    const lines = [
+      `pending ${stats.pending}   in flight ${stats.inFlight}   scheduled retry ${stats.scheduled}   dead ${stats.dead}   oldest pending ${ms(stats.oldestPendingAgeMs)}`,
+      retention.line
+    ]
+    if (stats.byResourceType.length > 0) {
+      lines.push("", `${"resource type".padEnd(16)} ${pad("pending", 8)} ${pad("in flight", 10)} ${pad("dead", 6)}`)
+      for (const r of stats.byResourceType) {
+        lines.push(`${r.resourceType.padEnd(16)} ${pad(r.pending, 8)} ${pad(r.inFlight, 10)} ${pad(r.dead, 6)}`)
+      }
+    }
+    lines.push("", workers.length === 0 ? "no live workers" : "workers:")
+    for (const w of workers) {
+      lines.push(
+        `  ${w.owner}  loop ${w.loop}${w.loopError ? ` (${oneLine(w.loopError)})` : ""}  breaker ${w.breaker}  listener ${w.listener}  heartbeat ${ms(w.heartbeatAgeMs)} ago`
+      )
+    }
+    yield* Console.log(lines.join("\n"))
+  })
+
+export const run = ({ options }: Input) => {
+  const json = options["json"] === true
+  // Redraw in place only on a terminal; piped, each refresh is appended under a time stamp.
+  const clear = process.stdout.isTTY === true && !json
+  const header = Effect.suspend(() =>
+    json ? Effect.void : Console.log(clear ? "\x1b[H\x1b[2J" + new Date().toISOString() : `--- ${new Date().toISOString()}`)
+  )
+  const once = options["watch"] === true
+    ? Effect.forever(header.pipe(Effect.zipRight(statusOnce(json)), Effect.zipRight(Effect.sleep(Duration.seconds(1)))))
+    : statusOnce(json)
+  return once.pipe(Effect.provide(Layer.merge(storeLayer, OutboxConfig.layerConfig())))
+}

@@ -1,0 +1,20 @@
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { RedisSink } from "../../RedisSink.js"
+import { enqueue } from "../../Store.js"
+import * as Events from "../../sync/Events.js"
+import { SyncService } from "../../sync/SyncService.js"
+import type { Input } from "../main.js"
+import { database } from "../shared.js"
+
+export const run = ({ options }: Input): Effect.Effect<void, unknown> =>
+  options["enqueue"] === true
+    ? Effect.flatMap(enqueue(Events.SnapshotSyncAll, { payload: null }), (id) => Console.log(`enqueued ${id}`)).pipe(
+      Effect.provide(database)
+    )
+    : Effect.gen(function*() {
+      const sync = yield* SyncService
+      const result = yield* sync.syncAll
+      yield* Console.log(`written ${result.written}, removed ${result.removed}, refused as stale ${result.stale}`)
+    }).pipe(Effect.provide(SyncService.layer().pipe(Layer.provideMerge(Layer.merge(database, RedisSink.layerConfig())))))

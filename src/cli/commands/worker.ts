@@ -1,0 +1,35 @@
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Migrations from "../../Migrations.js"
+import { OutboxConfig } from "../../OutboxConfig.js"
+import * as Prometheus from "../../Prometheus.js"
+import { Store } from "../../Store.js"
+import * as SyncOutbox from "../../SyncOutbox.js"
+import type { Input } from "../main.js"
+import { database, integer, loadHandlers, text } from "../shared.js"
+
+export const run = ({ options }: Input) =>
+  Effect.gen(function*() {
+    const specifier = text(options["handlers"]) ?? process.env["SYNC_OUTBOX_HANDLERS"]
+    const handlers = yield* loadHandlers(specifier)
+    // The built-in sync reads the control-plane tables: say so now rather than on every event.
+    if (specifier === undefined || specifier === "") {
+      yield* Migrations.verify(["outbox", "control-plane"]).pipe(Effect.provide(database))
+    }
+    yield* Effect.scoped(
+      Effect.gen(function*() {
+        const port = integer(options["metrics-port"])
+        if (port !== undefined) {
+          const host = text(options["metrics-host"]) ?? "127.0.0.1"
+          const address = yield* Prometheus.serve({ port, host }).pipe(Effect.provide(Store.layer))
+          yield* Console.log(`metrics on http://${address.host}:${address.port}/metrics`)
+        }
+        const config = yield* OutboxConfig
+        yield* Console.log(
+          `worker running (${specifier === undefined || specifier === "" ? "built-in control-plane sync" : `handlers ${specifier}`}, ${handlers.eventTypes.length} event types; batch ${config.batchSize}, concurrency ${config.concurrency}, ${config.pollOnly ? "poll-only" : "LISTEN " + config.channel}); SIGTERM or Ctrl-C drains and stops`
+        )
+        return yield* Effect.never
+      }).pipe(Effect.provide(Layer.mergeAll(SyncOutbox.layerWorker(handlers.layer), OutboxConfig.layerConfig())))
+    )
+  })

@@ -1,0 +1,130 @@
+/**
+ * Runs a command's effect as the process: SIGINT/SIGTERM interrupt it (a worker drains), and a
+ * failure becomes a short message on stderr with an exit code and, where there is one, the fix.
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+
+const usageTags = new Set([
+  "UsageError",
+  "InvalidPayload",
+  "InvalidEvent",
+  "UnknownEventType",
+  "EventNotFound",
+  "InvalidConfig",
+  "InvalidHandlersModule",
+  "NotDead",
+  "RowNotFound",
+  "InvalidJournalQuery"
+])
+
+interface Report {
+  readonly code: number
+  readonly message: string
+}
+
+const tagOf = (error: unknown) =>
+  typeof error === "object" && error !== null && "_tag" in error ? String(error._tag) : ""
+
+const messageOf = (error: unknown): string => {
+  if (error instanceof Error) return error.message
+  if (typeof error === "object" && error !== null && "message" in error) return String(error.message)
+  return String(error)
+}
+
+/** Postgres error codes that have an operator's fix. */
+const sqlState = (error: unknown): string | undefined => {
+  for (let e: unknown = error, depth = 0; typeof e === "object" && e !== null && depth < 4; depth++) {
+    if ("code" in e && typeof e.code === "string" && /^[0-9A-Z]{5}$/.test(e.code)) return e.code
+    e = "cause" in e ? e.cause : undefined
+  }
+  return undefined
+}
+
+interface ConfigLeaf {
+  readonly _op: string
+  readonly path?: ReadonlyArray<string>
+  readonly message?: string
+  readonly left?: ConfigLeaf
+  readonly right?: ConfigLeaf
+}
+
+const configProblems = (error: ConfigLeaf): Array<string> => {
+  if (error._op === "And" || error._op === "Or") {
+    return [...(error.left ? configProblems(error.left) : []), ...(error.right ? configProblems(error.right) : [])]
+  }
+  const name = (error.path ?? []).join("_")
+  if (error._op === "MissingData") return [`${name} is not set`]
+  const message = error.message ?? error._op
+  return [name === "" || message.startsWith(name) ? message : `${name}: ${message}`]
+}
+
+export const describe = (error: unknown): Report => {
+  const tag = tagOf(error)
+  const message = messageOf(error)
+  if (tag === "ConfigError") {
+    return { code: 2, message: [...new Set(configProblems(error as ConfigLeaf))].join("\n") }
+  }
+  if (tag === "SqlError") {
+    const cause = (error as { cause?: unknown }).cause
+    const detail = cause instanceof Error ? cause.message : ""
+    const text = `database: ${message}${detail && !message.includes(detail) ? `: ${detail}` : ""}`
+    const state = sqlState(error)
+    if (state === "42P01") {
+      const fix = /"cp_/.test(text) ? "run `sync-outbox migrate --control-plane`" : "run `sync-outbox migrate`"
+      return { code: 1, message: `${text}: ${fix}` }
+    }
+    if (state === "3D000") return { code: 1, message: `${text}: create it, or fix DATABASE_URL` }
+    if (/ECONNREFUSED|ENOTFOUND|EAI_AGAIN|timeout|password authentication/i.test(text)) {
+      return { code: 1, message: `${text} (check DATABASE_URL)` }
+    }
+    return { code: 1, message: text }
+  }
+  if (tag === "SinkUnavailable") return { code: 1, message: `redis unavailable: ${message} (check REDIS_URL)` }
+  if (tag === "MigrationError") return { code: 1, message }
+  return { code: usageTags.has(tag) ? 2 : 1, message: configNames(message) || tag }
+}
+
+/** Effect's `(Invalid data at SYNC_OUTBOX.INTERVAL: "…")` in the names an operator sets. */
+const configNames = (message: string) =>
+  message.replace(/\(?Invalid data at ([A-Z0-9_.]+): "(.*?)"\)?(?=$|\s*(?:and|or)?\s*\()/g, (_, path: string, detail: string) =>
+    `${path.replace(/\./g, "_")}: ${detail}`)
+
+const report = (cause: Cause.Cause<unknown>, stopIsSuccess: boolean): number => {
+  // SIGTERM or Ctrl-C: the way to stop a worker or a watch (a clean stop); a one-shot command cut
+  // short did not finish.
+  if (Cause.isInterruptedOnly(cause)) return stopIsSuccess ? 0 : 130
+  const failure = Cause.failureOption(cause)
+  const { code, message } = Option.isSome(failure)
+    ? describe(failure.value)
+    : { code: 1, message: `unexpected: ${Cause.pretty(cause).split("\n")[0]}` }
+  // A message of several lines (a schema's paths) keeps them, indented under the first.
+  const [first, ...rest] = message.split("\n")
+  process.stderr.write(`sync-outbox: ${first}\n${rest.map((line) => `  ${line.trimStart()}\n`).join("")}`)
+  return code
+}
+
+export const runMain = (program: Effect.Effect<void, unknown>, options: { readonly stopIsSuccess: boolean }): void => {
+  const fiber = Effect.runFork(program)
+  let signalled = false
+  const onSignal = () => {
+    // A second signal means "now": do not wait for the drain.
+    if (signalled) process.exit(130)
+    signalled = true
+    Effect.runFork(Fiber.interrupt(fiber))
+  }
+  process.on("SIGINT", onSignal)
+  process.on("SIGTERM", onSignal)
+  fiber.addObserver((exit) => {
+    process.off("SIGINT", onSignal)
+    process.off("SIGTERM", onSignal)
+    const code = Exit.isSuccess(exit) ? 0 : report(exit.cause, options.stopIsSuccess)
+    process.exitCode = code
+    // Everything the command opened is closed by now; a library's stray handle must not keep the
+    // process alive, but what is written to stdout must get out first.
+    setTimeout(() => process.exit(code), 200).unref()
+  })
+}
