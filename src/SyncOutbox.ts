@@ -39,7 +39,10 @@ export const layerWorker = <E, R, E2 = never, R2 = never>(
       if (options.reconciler === undefined || !outbox.enabled) return checked
       return Layer.merge(
         checked,
-        Convergence.layer.pipe(Layer.provide(Layer.merge(options.reconciler, Convergence.ConvergenceConfig.layerConfig())))
+        Convergence.layer.pipe(Layer.provide(Layer.merge(
+          options.reconciler.pipe(Layer.provide(Layer.succeed(OutboxConfig, outbox))),
+          Convergence.ConvergenceConfig.layerConfig()
+        )))
       )
     }).pipe(Effect.provide(OutboxConfig.layerConfig()))
   ).pipe(Layer.provideMerge(Layer.merge(Database.layerConfig(), RedisSink.layerConfig())))

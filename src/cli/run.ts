@@ -85,6 +85,7 @@ export const describe = (error: unknown): Report => {
   }
   if (tag === "SinkUnavailable") return { code: 1, message: `redis unavailable: ${message} (check REDIS_URL)` }
   if (tag === "MigrationError") return { code: 1, message }
+  if (tag === "DriftFound") return { code: 3, message }
   return { code: usageTags.has(tag) ? 2 : 1, message: configNames(message) || tag }
 }
 

@@ -49,6 +49,11 @@ export interface Layout {
   readonly modelsGeneration: string
   readonly keyIndex: string
   readonly masterIndex: string
+  /**
+   * Written first by every full repair (`SyncReconciler`): its absence means Redis lost what it
+   * was told (restarted empty, failed over to an empty replica) or was never synced.
+   */
+  readonly generationMarker: string
 }
 
 export const layout = (options: LayoutOptions = {}): Layout => {
@@ -70,7 +75,8 @@ export const layout = (options: LayoutOptions = {}): Layout => {
     modelIdRecord: (id) => `${record(models)}:id:${id}`,
     modelsGeneration: `${record(models)}:generation`,
     keyIndex: `${p}sync:key-owners`,
-    masterIndex: `${p}sync:masters`
+    masterIndex: `${p}sync:masters`,
+    generationMarker: `${p}sync:generation`
   }
 }
 
