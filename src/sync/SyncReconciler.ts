@@ -31,8 +31,10 @@ import { keyExpiry, SyncService } from "./SyncService.js"
 export const families = ["tokens", "masters", "providers", "bindings", "models"] as const
 
 export interface SyncReconcilerOptions {
-  /** Rows read from the control plane per query, and entries read from Redis per pipelined page (default 1,000). */
+  /** Rows read from the control plane per query (default 1,000). */
   readonly pageSize?: number | undefined
+  /** Entries read from Redis per pipelined round trip, paced between two (default 250). */
+  readonly chunkSize?: number | undefined
 }
 
 type Pace = ReconcileOptions["pace"]
@@ -86,6 +88,7 @@ const make = (options: SyncReconcilerOptions) =>
     const sql = yield* SqlClient.SqlClient
     const l = sync.layout
     const page = Math.max(1, Math.floor(options.pageSize ?? 1_000))
+    const chunk = Math.max(1, Math.floor(options.chunkSize ?? 250))
     const withSql = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>) => Effect.provideService(effect, SqlClient.SqlClient, sql)
     const runner = `${hostname()}:${process.pid}`
 
@@ -143,38 +146,41 @@ const make = (options: SyncReconcilerOptions) =>
             // Expired: Redis dropped (or drops) its entry by itself, as the handlers arranged.
             if (expiry === null || expiry.getTime() > now) live.push(k)
           }
-          if (live.length === 0) continue
-          const [entries, records, indexed] = yield* redis.use((c) =>
-            Promise.all([
-              Promise.all(live.map((k) => c.hgetall(l.token(k.tokenHash)))),
-              Promise.all(live.map((k) => c.hmget(l.record(l.token(k.tokenHash)), "v", "id", "d"))),
-              c.hmget(l.keyIndex, ...live.map((k) => String(k.id)))
-            ])
-          )
-          const writes: Array<Key> = []
-          const reindex: Array<Key> = []
-          live.forEach((k, i) => {
-            drift.checked++
-            const verdict = judge(entries[i]!, records[i]!, Snapshots.keyFields(k), { version: k.version, owner: k.id })
-            if (verdict === "newer") return
-            if (verdict !== "same") {
-              drift.found(verdict, `${l.token(k.tokenHash)} (key ${k.id})`)
-              writes.push(k)
-            } else if (indexed[i] !== `${k.tokenHash}:${k.masterId}`) {
-              drift.found("stale", `${l.keyIndex}[${k.id}] (key ${k.id})`)
-              reindex.push(k)
-            }
-          })
-          yield* pace(live.length * 2 + 1)
-          if (!repair) continue
-          // The handlers' own write: the entry and its record in one fenced script, then the index.
-          const written = yield* Effect.forEach(writes, (k) =>
-            RedisLayout.writeEntry(redis, l, l.token(k.tokenHash), { version: k.version, owner: k.id }, Snapshots.keyFields(k), keyExpiry(k)).pipe(
-              Effect.tap(() => RedisLayout.indexKey(redis, l, k))
-            ), { concurrency: "unbounded" })
-          yield* Effect.forEach(reindex, (k) => RedisLayout.indexKey(redis, l, k), { concurrency: "unbounded", discard: true })
-          drift.repaired += written.filter((r) => r === "written").length + reindex.length
-          yield* pace(writes.length * 2 + reindex.length)
+          // Small pipelined chunks, paced in between: a sweep never holds Redis (or this process) for long.
+          for (let at = 0; at < live.length; at += chunk) {
+            const part = live.slice(at, at + chunk)
+            const [entries, records, indexed] = yield* redis.use((c) =>
+              Promise.all([
+                Promise.all(part.map((k) => c.hgetall(l.token(k.tokenHash)))),
+                Promise.all(part.map((k) => c.hmget(l.record(l.token(k.tokenHash)), "v", "id", "d"))),
+                c.hmget(l.keyIndex, ...part.map((k) => String(k.id)))
+              ])
+            )
+            const writes: Array<Key> = []
+            const reindex: Array<Key> = []
+            part.forEach((k, i) => {
+              drift.checked++
+              const verdict = judge(entries[i]!, records[i]!, Snapshots.keyFields(k), { version: k.version, owner: k.id })
+              if (verdict === "newer") return
+              if (verdict !== "same") {
+                drift.found(verdict, `${l.token(k.tokenHash)} (key ${k.id})`)
+                writes.push(k)
+              } else if (indexed[i] !== `${k.tokenHash}:${k.masterId}`) {
+                drift.found("stale", `${l.keyIndex}[${k.id}] (key ${k.id})`)
+                reindex.push(k)
+              }
+            })
+            yield* pace(part.length * 2 + 1)
+            if (!repair) continue
+            // The handlers' own write: the entry and its record in one fenced script, then the index.
+            const written = yield* Effect.forEach(writes, (k) =>
+              RedisLayout.writeEntry(redis, l, l.token(k.tokenHash), { version: k.version, owner: k.id }, Snapshots.keyFields(k), keyExpiry(k)).pipe(
+                Effect.tap(() => RedisLayout.indexKey(redis, l, k))
+              ), { concurrency: "unbounded" })
+            yield* Effect.forEach(reindex, (k) => RedisLayout.indexKey(redis, l, k), { concurrency: "unbounded", discard: true })
+            drift.repaired += written.filter((r) => r === "written").length + reindex.length
+            yield* pace(writes.length * 2 + reindex.length)
+          }
         }
 
         // Orphans: entries whose token no row holds, and index entries of gone keys.
@@ -223,36 +229,39 @@ const make = (options: SyncReconcilerOptions) =>
           if (rows.length === 0) break
           after = rows[rows.length - 1]!.id
           for (const m of rows) rowIds.add(m.id)
-          const [entries, records, indexed] = yield* redis.use((c) =>
-            Promise.all([
-              Promise.all(rows.map((m) => c.hgetall(l.master(m.id)))),
-              Promise.all(rows.map((m) => c.hmget(l.record(l.master(m.id)), "v", "id", "d"))),
-              c.smismember(l.masterIndex, ...rows.map((m) => String(m.id)))
-            ])
-          )
-          const writes: Array<Master> = []
-          const reindex: Array<Master> = []
-          rows.forEach((m, i) => {
-            drift.checked++
-            const verdict = judge(entries[i]!, records[i]!, Snapshots.masterFields(m), { version: m.version, owner: m.id })
-            if (verdict === "newer") return
-            if (verdict !== "same") {
-              drift.found(verdict, `${l.master(m.id)}`)
-              writes.push(m)
-            } else if (indexed[i] !== 1) {
-              drift.found("stale", `${l.masterIndex} lacks ${m.id}`)
-              reindex.push(m)
-            }
-          })
-          yield* pace(rows.length * 2 + 1)
-          if (!repair) continue
-          const written = yield* Effect.forEach(writes, (m) =>
-            RedisLayout.writeEntry(redis, l, l.master(m.id), { version: m.version, owner: m.id }, Snapshots.masterFields(m)).pipe(
-              Effect.tap(() => RedisLayout.indexMaster(redis, l, m.id))
-            ), { concurrency: "unbounded" })
-          yield* Effect.forEach(reindex, (m) => RedisLayout.indexMaster(redis, l, m.id), { concurrency: "unbounded", discard: true })
-          drift.repaired += written.filter((r) => r === "written").length + reindex.length
-          yield* pace(writes.length * 2 + reindex.length)
+          for (let at = 0; at < rows.length; at += chunk) {
+            const part = rows.slice(at, at + chunk)
+            const [entries, records, indexed] = yield* redis.use((c) =>
+              Promise.all([
+                Promise.all(part.map((m) => c.hgetall(l.master(m.id)))),
+                Promise.all(part.map((m) => c.hmget(l.record(l.master(m.id)), "v", "id", "d"))),
+                c.smismember(l.masterIndex, ...part.map((m) => String(m.id)))
+              ])
+            )
+            const writes: Array<Master> = []
+            const reindex: Array<Master> = []
+            part.forEach((m, i) => {
+              drift.checked++
+              const verdict = judge(entries[i]!, records[i]!, Snapshots.masterFields(m), { version: m.version, owner: m.id })
+              if (verdict === "newer") return
+              if (verdict !== "same") {
+                drift.found(verdict, `${l.master(m.id)}`)
+                writes.push(m)
+              } else if (indexed[i] !== 1) {
+                drift.found("stale", `${l.masterIndex} lacks ${m.id}`)
+                reindex.push(m)
+              }
+            })
+            yield* pace(part.length * 2 + 1)
+            if (!repair) continue
+            const written = yield* Effect.forEach(writes, (m) =>
+              RedisLayout.writeEntry(redis, l, l.master(m.id), { version: m.version, owner: m.id }, Snapshots.masterFields(m)).pipe(
+                Effect.tap(() => RedisLayout.indexMaster(redis, l, m.id))
+              ), { concurrency: "unbounded" })
+            yield* Effect.forEach(reindex, (m) => RedisLayout.indexMaster(redis, l, m.id), { concurrency: "unbounded", discard: true })
+            drift.repaired += written.filter((r) => r === "written").length + reindex.length
+            yield* pace(writes.length * 2 + reindex.length)
+          }
         }
 
         const candidates = new Set<number>()
