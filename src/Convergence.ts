@@ -198,7 +198,7 @@ export const runOnce = (
       const rate = options.rate
       const pace = (commands: number) =>
         rate === undefined || commands <= 0 ? Effect.void : Effect.sleep(Duration.millis((commands / rate) * 1000))
-      const result = yield* Effect.either(reconciler.reconcile({ repair: options.repair, pace }))
+      const result = yield* Effect.either(reconciler.reconcile({ repair: options.repair, pace, rate }))
       const finishedAt = yield* Clock.currentTimeMillis
       if (result._tag === "Left") {
         yield* Effect.ignore(record(reason, startedAt, { error: result.left.message }, finishedAt))

@@ -85,6 +85,12 @@ export interface ReconcileOptions {
    * loss is not paced.
    */
   readonly pace: (commands: number) => Effect.Effect<void>
+  /**
+   * The budget `pace` enforces, in sink commands per second; `undefined` when the run is not
+   * paced (a rebuild, a manual run). A domain may size its pipelined pages by it: small ones
+   * under a budget, so that the event path never waits long behind one.
+   */
+  readonly rate?: number | undefined
 }
 
 export interface ReconcilerShape {

@@ -375,6 +375,11 @@ export interface IndexedKey {
 
 export const indexKey = (redis: RedisSinkShape, l: Layout, k: IndexedKey) =>
   redis.use((c) => c.hset(l.keyIndex, String(k.id), `${k.tokenHash}:${k.masterId}`))
+/** `indexKey` for many keys in one command (a reconciler's repair). */
+export const indexKeys = (redis: RedisSinkShape, l: Layout, keys: ReadonlyArray<IndexedKey>) =>
+  keys.length === 0
+    ? Effect.succeed(0)
+    : redis.use((c) => c.hset(l.keyIndex, ...keys.flatMap((k) => [String(k.id), `${k.tokenHash}:${k.masterId}`])))
 export const unindexKey = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.hdel(l.keyIndex, String(id)))
 
 /** Every key the index holds (HSCAN, so a large index does not block Redis). */
@@ -397,6 +402,9 @@ export const indexedKeyHash = (redis: RedisSinkShape, l: Layout, id: number) =>
   redis.use((c) => c.hget(l.keyIndex, String(id))).pipe(Effect.map((v) => (v === null ? undefined : v.split(":")[0])))
 
 export const indexMaster = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.sadd(l.masterIndex, String(id)))
+/** `indexMaster` for many masters in one command. */
+export const indexMasters = (redis: RedisSinkShape, l: Layout, ids: ReadonlyArray<number>) =>
+  ids.length === 0 ? Effect.succeed(0) : redis.use((c) => c.sadd(l.masterIndex, ...ids.map(String)))
 export const unindexMaster = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.srem(l.masterIndex, String(id)))
 export const indexedMasters = (redis: RedisSinkShape, l: Layout) =>
   redis.use((c) => c.smembers(l.masterIndex)).pipe(Effect.map((ids) => ids.map(Number)))

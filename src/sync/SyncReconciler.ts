@@ -33,7 +33,7 @@ export const families = ["tokens", "masters", "providers", "bindings", "models"]
 export interface SyncReconcilerOptions {
   /** Rows read from the control plane per query (default 1,000). */
   readonly pageSize?: number | undefined
-  /** Entries read from Redis per pipelined round trip, paced between two (default 250). */
+  /** Entries read from Redis per pipelined round trip under a rate limit (default 100; 1,000 unpaced). */
   readonly chunkSize?: number | undefined
 }
 
@@ -88,7 +88,7 @@ const make = (options: SyncReconcilerOptions) =>
     const sql = yield* SqlClient.SqlClient
     const l = sync.layout
     const page = Math.max(1, Math.floor(options.pageSize ?? 1_000))
-    const chunk = Math.max(1, Math.floor(options.chunkSize ?? 250))
+    const pacedChunk = Math.max(1, Math.floor(options.chunkSize ?? 100))
     const withSql = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>) => Effect.provideService(effect, SqlClient.SqlClient, sql)
     const runner = `${hostname()}:${process.pid}`
 
@@ -127,7 +127,7 @@ const make = (options: SyncReconcilerOptions) =>
     // auth:token:* and auth:master:*
     // ---------------------------------------------------------------------------------------
 
-    const tokens = (repair: boolean, pace: Pace) =>
+    const tokens = (repair: boolean, pace: Pace, chunk: number) =>
       Effect.gen(function*() {
         const drift = new DriftCounter("tokens")
         const now = yield* Clock.currentTimeMillis
@@ -174,12 +174,12 @@ const make = (options: SyncReconcilerOptions) =>
             if (!repair) continue
             // The handlers' own write: the entry and its record in one fenced script, then the index.
             const written = yield* Effect.forEach(writes, (k) =>
-              RedisLayout.writeEntry(redis, l, l.token(k.tokenHash), { version: k.version, owner: k.id }, Snapshots.keyFields(k), keyExpiry(k)).pipe(
-                Effect.tap(() => RedisLayout.indexKey(redis, l, k))
-              ), { concurrency: "unbounded" })
-            yield* Effect.forEach(reindex, (k) => RedisLayout.indexKey(redis, l, k), { concurrency: "unbounded", discard: true })
+              RedisLayout.writeEntry(redis, l, l.token(k.tokenHash), { version: k.version, owner: k.id }, Snapshots.keyFields(k), keyExpiry(k)), {
+              concurrency: "unbounded"
+            })
+            yield* RedisLayout.indexKeys(redis, l, [...writes, ...reindex])
             drift.repaired += written.filter((r) => r === "written").length + reindex.length
-            yield* pace(writes.length * 2 + reindex.length)
+            yield* pace(writes.length + 1)
           }
         }
 
@@ -205,7 +205,8 @@ const make = (options: SyncReconcilerOptions) =>
             // The handler's path for a gone key: the removal is owned by the gone row (or by no
             // row), so it cannot undo the write of a newer row holding the same token.
             const result = yield* sync.syncKey(owner, hash)
-            if (result === "removed") drift.repaired++
+            // `written`: the gone token was a live key's old one (re-hashed): removed, the key rewritten.
+            if (result === "removed" || result === "written") drift.repaired++
           }
         }
         for (const k of yield* RedisLayout.indexedKeys(redis, l)) {
@@ -219,7 +220,7 @@ const make = (options: SyncReconcilerOptions) =>
         return drift.result()
       })
 
-    const masters = (repair: boolean, pace: Pace) =>
+    const masters = (repair: boolean, pace: Pace, chunk: number) =>
       Effect.gen(function*() {
         const drift = new DriftCounter("masters")
         const rowIds = new Set<number>()
@@ -255,12 +256,12 @@ const make = (options: SyncReconcilerOptions) =>
             yield* pace(part.length * 2 + 1)
             if (!repair) continue
             const written = yield* Effect.forEach(writes, (m) =>
-              RedisLayout.writeEntry(redis, l, l.master(m.id), { version: m.version, owner: m.id }, Snapshots.masterFields(m)).pipe(
-                Effect.tap(() => RedisLayout.indexMaster(redis, l, m.id))
-              ), { concurrency: "unbounded" })
-            yield* Effect.forEach(reindex, (m) => RedisLayout.indexMaster(redis, l, m.id), { concurrency: "unbounded", discard: true })
+              RedisLayout.writeEntry(redis, l, l.master(m.id), { version: m.version, owner: m.id }, Snapshots.masterFields(m)), {
+              concurrency: "unbounded"
+            })
+            yield* RedisLayout.indexMasters(redis, l, [...writes, ...reindex].map((m) => m.id))
             drift.repaired += written.filter((r) => r === "written").length + reindex.length
-            yield* pace(writes.length * 2 + reindex.length)
+            yield* pace(writes.length + 1)
           }
         }
 
@@ -431,20 +432,25 @@ const make = (options: SyncReconcilerOptions) =>
         return drift.result()
       })
 
-    const reconcile = ({ pace, repair }: ReconcileOptions): Effect.Effect<DriftReport, ReconcileError> =>
+    const reconcile = ({ pace, rate, repair }: ReconcileOptions): Effect.Effect<DriftReport, ReconcileError> =>
       Effect.gen(function*() {
         let paced = pace
+        // Unpaced, as fast as it goes; under a budget, small round trips the event path can slip between.
+        let chunk = rate === undefined ? 1_000 : pacedChunk
         if (repair) {
           const armed = yield* redis.use((c) => c.exists(l.generationMarker))
           // First, before any entry: a loss during this repair removes it again, and is seen again.
           const at = new Date(yield* Clock.currentTimeMillis).toISOString()
           yield* redis.use((c) => c.set(l.generationMarker, JSON.stringify({ at, by: runner })))
           // Redis forgot everything: a rebuild, as fast as it goes (the rate limit is for sweeps).
-          if (armed === 0) paced = () => Effect.void
+          if (armed === 0) {
+            paced = () => Effect.void
+            chunk = 1_000
+          }
         }
         const report: Array<FamilyDrift> = []
-        report.push(yield* tokens(repair, paced))
-        report.push(yield* masters(repair, paced))
+        report.push(yield* tokens(repair, paced, chunk))
+        report.push(yield* masters(repair, paced, chunk))
         report.push(...(yield* snapshots(repair, paced)))
         report.push(yield* models(repair, paced))
         return { families: report, repair }
