@@ -23,7 +23,8 @@ export interface ConvergenceConfigShape {
 
 export const defaults: ConvergenceConfigShape = {
   interval: Option.some(Duration.minutes(5)),
-  lossCheckInterval: Option.some(Duration.seconds(1)),
+  // Two commands a check: twice a second keeps a lost Redis's detection well inside the 2 s rebuild goal.
+  lossCheckInterval: Option.some(Duration.millis(500)),
   rate: 20_000
 }
 

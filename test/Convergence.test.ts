@@ -158,7 +158,7 @@ describe("Convergence", () => {
     Effect.gen(function*() {
       const defaults = yield* configFrom({})
       expect(Option.map(defaults.interval, Duration.toMillis)).toEqual(Option.some(300_000))
-      expect(Option.map(defaults.lossCheckInterval, Duration.toMillis)).toEqual(Option.some(1_000))
+      expect(Option.map(defaults.lossCheckInterval, Duration.toMillis)).toEqual(Option.some(500))
       const set = yield* configFrom({
         SYNC_OUTBOX_RECONCILE_INTERVAL: "off",
         SYNC_OUTBOX_LOSS_CHECK_INTERVAL: "250 millis",

@@ -103,7 +103,7 @@ const putEntry = `
 ${refuseOlder("KEYS[2]", "ARGV[2]", "ARGV[3]", "ARGV[4]")}
 redis.call('DEL', KEYS[1])
 if ARGV[1] == 'put' then
-  for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if #ARGV >= 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, #ARGV)) end
   local at = tonumber(ARGV[5])
   if at > 0 then redis.call('PEXPIREAT', KEYS[1], at) end
   redis.call('HSET', KEYS[2], 'v', ARGV[2], 'id', ARGV[3], 'd', ARGV[4])
@@ -251,6 +251,41 @@ export const writeEntry = (
   fields: Record<string, string>,
   expireAt: Date | null = null
 ) => put(redis, key, l.record(key), at, fields, expireAt)
+
+/** One auth hash to write with `writeEntries`. */
+export interface EntryWrite {
+  readonly key: string
+  readonly at: Versioned
+  readonly fields: Record<string, string>
+  readonly expireAt?: Date | null | undefined
+}
+
+/**
+ * `writeEntry` for many entries at once, through the same script, pipelined in one round trip
+ * (a reconciler's repair): each is fenced on its own, as if written alone.
+ */
+export const writeEntries = (
+  redis: RedisSinkShape,
+  l: Layout,
+  entries: ReadonlyArray<EntryWrite>
+): Effect.Effect<ReadonlyArray<WriteResult>, Fail> =>
+  entries.length === 0
+    ? Effect.succeed([])
+    : redis.use((c) =>
+      Promise.all(entries.map((e) =>
+        scripted(c).syncOutboxPutEntry(
+          e.key,
+          l.record(e.key),
+          "put",
+          e.at.version,
+          e.at.owner,
+          digest(e.fields),
+          e.expireAt?.getTime() ?? 0,
+          0,
+          ...Object.entries(e.fields).flat()
+        )
+      ))
+    ).pipe(Effect.map((results) => results.map(result)))
 
 /** Remove an auth hash, leaving a tombstone record for `tombstoneMs`. */
 export const removeEntry = (

@@ -15,7 +15,7 @@
  *   write is never undone).
  */
 import { SqlClient } from "@effect/sql"
-import { Clock, Effect, Layer, Option } from "effect"
+import { Clock, Effect, Fiber, Layer, Option } from "effect"
 import type { Cluster } from "ioredis"
 import { hostname } from "node:os"
 import { DriftCounter, type DriftReport, type FamilyDrift, Reconciler, ReconcileError, type ReconcilerShape, type ReconcileOptions } from "../Reconciler.js"
@@ -127,28 +127,15 @@ const make = (options: SyncReconcilerOptions) =>
     // auth:token:* and auth:master:*
     // ---------------------------------------------------------------------------------------
 
-    const tokens = (repair: boolean, pace: Pace, chunk: number) =>
+    const tokens = (repair: boolean, pace: Pace, chunk: number, parallel: number) =>
       Effect.gen(function*() {
         const drift = new DriftCounter("tokens")
         const now = yield* Clock.currentTimeMillis
         const held = new Set<string>()
         const rowIds = new Set<number>()
-        let after = 0
-        for (;;) {
-          const rows: ReadonlyArray<Key> = yield* withSql(ControlPlane.keysAfter(after, page))
-          if (rows.length === 0) break
-          after = rows[rows.length - 1]!.id
-          const live: Array<Key> = []
-          for (const k of rows) {
-            held.add(k.tokenHash)
-            rowIds.add(k.id)
-            const expiry = keyExpiry(k)
-            // Expired: Redis dropped (or drops) its entry by itself, as the handlers arranged.
-            if (expiry === null || expiry.getTime() > now) live.push(k)
-          }
-          // Small pipelined chunks, paced in between: a sweep never holds Redis (or this process) for long.
-          for (let at = 0; at < live.length; at += chunk) {
-            const part = live.slice(at, at + chunk)
+
+        const checkChunk = (part: ReadonlyArray<Key>) =>
+          Effect.gen(function*() {
             const [entries, records, indexed] = yield* redis.use((c) =>
               Promise.all([
                 Promise.all(part.map((k) => c.hgetall(l.token(k.tokenHash)))),
@@ -171,16 +158,38 @@ const make = (options: SyncReconcilerOptions) =>
               }
             })
             yield* pace(part.length * 2 + 1)
-            if (!repair) continue
+            if (!repair) return
             // The handlers' own write: the entry and its record in one fenced script, then the index.
-            const written = yield* Effect.forEach(writes, (k) =>
-              RedisLayout.writeEntry(redis, l, l.token(k.tokenHash), { version: k.version, owner: k.id }, Snapshots.keyFields(k), keyExpiry(k)), {
-              concurrency: "unbounded"
-            })
+            const written = yield* RedisLayout.writeEntries(redis, l, writes.map((k) => ({
+              key: l.token(k.tokenHash),
+              at: { version: k.version, owner: k.id },
+              fields: Snapshots.keyFields(k),
+              expireAt: keyExpiry(k)
+            })))
             yield* RedisLayout.indexKeys(redis, l, [...writes, ...reindex])
             drift.repaired += written.filter((r) => r === "written").length + reindex.length
             yield* pace(writes.length + 1)
+          })
+
+        // The next page of rows is read while this one is compared.
+        let next = yield* Effect.fork(withSql(ControlPlane.keysAfter(0, page)))
+        for (;;) {
+          const rows: ReadonlyArray<Key> = yield* Fiber.join(next)
+          if (rows.length === 0) break
+          next = yield* Effect.fork(withSql(ControlPlane.keysAfter(rows[rows.length - 1]!.id, page)))
+          const live: Array<Key> = []
+          for (const k of rows) {
+            held.add(k.tokenHash)
+            rowIds.add(k.id)
+            const expiry = keyExpiry(k)
+            // Expired: Redis dropped (or drops) its entry by itself, as the handlers arranged.
+            if (expiry === null || expiry.getTime() > now) live.push(k)
           }
+          // Pipelined chunks: under a rate limit small and one at a time, paced in between, so that a
+          // sweep never holds Redis (or this process) for long; unpaced, large and overlapping.
+          const parts: Array<ReadonlyArray<Key>> = []
+          for (let at = 0; at < live.length; at += chunk) parts.push(live.slice(at, at + chunk))
+          yield* Effect.forEach(parts, checkChunk, { concurrency: parallel, discard: true })
         }
 
         // Orphans: entries whose token no row holds, and index entries of gone keys.
@@ -255,10 +264,11 @@ const make = (options: SyncReconcilerOptions) =>
             })
             yield* pace(part.length * 2 + 1)
             if (!repair) continue
-            const written = yield* Effect.forEach(writes, (m) =>
-              RedisLayout.writeEntry(redis, l, l.master(m.id), { version: m.version, owner: m.id }, Snapshots.masterFields(m)), {
-              concurrency: "unbounded"
-            })
+            const written = yield* RedisLayout.writeEntries(redis, l, writes.map((m) => ({
+              key: l.master(m.id),
+              at: { version: m.version, owner: m.id },
+              fields: Snapshots.masterFields(m)
+            })))
             yield* RedisLayout.indexMasters(redis, l, [...writes, ...reindex].map((m) => m.id))
             drift.repaired += written.filter((r) => r === "written").length + reindex.length
             yield* pace(writes.length + 1)
@@ -436,7 +446,8 @@ const make = (options: SyncReconcilerOptions) =>
       Effect.gen(function*() {
         let paced = pace
         // Unpaced, as fast as it goes; under a budget, small round trips the event path can slip between.
-        let chunk = rate === undefined ? 1_000 : pacedChunk
+        let chunk = rate === undefined ? 500 : pacedChunk
+        let parallel = rate === undefined ? 4 : 1
         if (repair) {
           const armed = yield* redis.use((c) => c.exists(l.generationMarker))
           // First, before any entry: a loss during this repair removes it again, and is seen again.
@@ -445,11 +456,12 @@ const make = (options: SyncReconcilerOptions) =>
           // Redis forgot everything: a rebuild, as fast as it goes (the rate limit is for sweeps).
           if (armed === 0) {
             paced = () => Effect.void
-            chunk = 1_000
+            chunk = 500
+            parallel = 4
           }
         }
         const report: Array<FamilyDrift> = []
-        report.push(yield* tokens(repair, paced, chunk))
+        report.push(yield* tokens(repair, paced, chunk, parallel))
         report.push(yield* masters(repair, paced, chunk))
         report.push(...(yield* snapshots(repair, paced)))
         report.push(yield* models(repair, paced))
