@@ -14,7 +14,7 @@ import { type PrivateRedis, startRedis } from "../scripts/services.js"
 import { Convergence, ConvergenceConfig, type FamilyDrift, Metrics, Reconciler, RedisSink, totalDrift as totalDriftOf } from "../src/index.js"
 import { ControlPlane, DataPlane, RedisLayout, SyncHandlers, SyncReconciler, SyncService } from "../src/sync/index.js"
 import * as fixture from "./support/fixture.js"
-import { countRows, eventually, freshDatabase, prefix, redisUrl, sqlLayer, workerLayer } from "./support/harness.js"
+import { countRows, eventually, freshDatabase, prefix, realSleep, redisUrl, sqlLayer, workerLayer } from "./support/harness.js"
 
 let isolated: PrivateRedis
 beforeAll(async () => {
@@ -179,7 +179,11 @@ describe("SyncReconciler", () => {
           await client.hset(token(0), "status", "suspended")
           // A key nobody has: it must not authenticate.
           await client.hset(`${p}auth:token:${"0".repeat(64)}`, { master_id: String(g.master), status: "active", issued_at_epoch: "9" })
+          // Not even a hash any more: read as stale, not a failed reconcile.
+          await client.del(`${p}auth:master:${g.other}`)
+          await client.set(`${p}auth:master:${g.other}`, "junk")
         })
+        const otherMaster = { epoch: "1", status: "active", group: "default", global_qps: "0", default_namespace: "default", namespaces: "default" }
         const sql = yield* SqlClient.SqlClient
         yield* sql`DELETE FROM cp_models WHERE id = ${g.models[1]!}`
         expect(yield* Effect.promise(() => client.hexists(`${p}meta:models`, "team-a.claude"))).toBe(1)
@@ -190,12 +194,14 @@ describe("SyncReconciler", () => {
         expect(family(seen, "tokens")).toMatchObject({ stale: 1, orphaned: 1 })
         expect(family(seen, "models")).toMatchObject({ orphaned: 1 })
         expect(family(seen, "bindings")).toMatchObject({ missing: 0, stale: 0, orphaned: 0 })
-        expect(totalDriftOf(seen)).toBe(3 + 1)
+        expect(family(seen, "masters")).toMatchObject({ stale: 1 })
+        expect(totalDriftOf(seen)).toBe(5)
 
         const fixed = yield* repair
-        expect(fixed.families.reduce((n, f) => n + f.repaired, 0)).toBeGreaterThanOrEqual(4)
+        expect(fixed.families.reduce((n, f) => n + f.repaired, 0)).toBeGreaterThanOrEqual(5)
         expect(yield* Effect.promise(() => client.hgetall(`${p}config:providers`))).toEqual(expectedProviders)
         expect(yield* Effect.promise(() => client.hget(token(0), "status"))).toBe("active")
+        expect(yield* Effect.promise(() => client.hgetall(`${p}auth:master:${g.other}`))).toEqual(otherMaster)
         expect(yield* Effect.promise(() => client.exists(`${p}auth:token:${"0".repeat(64)}`))).toBe(0)
         expect(yield* Effect.promise(() => client.hexists(`${p}meta:models`, "team-a.claude"))).toBe(0)
         // meta:models_meta follows what meta:models holds now.
@@ -231,14 +237,24 @@ describe("SyncReconciler", () => {
       const created: Array<string> = []
       yield* Effect.gen(function*() {
         const master = yield* ControlPlane.createMaster({ name: "busy" })
-        const loop = yield* Effect.fork(Effect.forever(repair.pipe(Effect.provide(reconcilerOn(db, p2)))))
+        // Another process's reconciler (its own pools), repairing over and over while the events flow.
+        let stopped = false
+        const loop = yield* Effect.fork(
+          Effect.gen(function*() {
+            while (!stopped) {
+              yield* repair
+              yield* realSleep(20)
+            }
+          }).pipe(Effect.provide(reconcilerOn(db, p2)), Effect.scoped)
+        )
         for (let i = 0; i < 40; i++) {
           const secret = `busy-${i}-${Math.random().toString(36).slice(2)}`
           yield* ControlPlane.createKey({ masterId: master, secret })
           created.push(secret)
           if (i % 10 === 0) yield* ControlPlane.updateMaster(master, { globalQps: i })
         }
-        yield* eventually(countRows("pending"), (n) => n === 0, { timeout: 20_000 })
+        yield* eventually(countRows("pending"), (n) => n === 0, { timeout: 60_000, interval: 50 })
+        stopped = true
         yield* Fiber.interrupt(loop)
         // No reconcile after the last event: what is there is what the events and the repairs left.
         for (const s of created) expect(yield* authenticates(p2, s)).toBe(true)

@@ -31,13 +31,20 @@ import { keyExpiry, SyncService } from "./SyncService.js"
 export const families = ["tokens", "masters", "providers", "bindings", "models"] as const
 
 export interface SyncReconcilerOptions {
-  /** Rows read from the control plane per query (default 1,000). */
+  /** Rows read from the control plane per query (default 1,000; at most 200 under a rate limit). */
   readonly pageSize?: number | undefined
   /** Entries read from Redis per pipelined round trip under a rate limit (default 100; 1,000 unpaced). */
   readonly chunkSize?: number | undefined
 }
 
 type Pace = ReconcileOptions["pace"]
+
+/** How much one step takes on: entries per Redis round trip, round trips at once, rows per query. */
+interface Sizes {
+  readonly chunk: number
+  readonly parallel: number
+  readonly rowsPerQuery: number
+}
 
 const describeError = (error: unknown): ReconcileError => {
   const tag = typeof error === "object" && error !== null && "_tag" in error ? String(error._tag) : ""
@@ -55,6 +62,13 @@ const sameFields = (seen: Record<string, string>, expected: Record<string, strin
   for (const k of keys) if (seen[k] !== expected[k]) return false
   return true
 }
+
+/**
+ * What a key that is not a hash (a hand-made string, say) reads as: a field no entry has, so it
+ * compares as stale, and the repair's script replaces it (it deletes whatever was there first).
+ */
+const notAHash = (): Record<string, string> => ({ "(not a hash)": "" })
+const noRecord = (): Array<string | null> => [null, null, null]
 
 type Verdict = "same" | "missing" | "stale" | "newer"
 
@@ -127,7 +141,7 @@ const make = (options: SyncReconcilerOptions) =>
     // auth:token:* and auth:master:*
     // ---------------------------------------------------------------------------------------
 
-    const tokens = (repair: boolean, pace: Pace, chunk: number, parallel: number) =>
+    const tokens = (repair: boolean, pace: Pace, { chunk, parallel, rowsPerQuery }: Sizes) =>
       Effect.gen(function*() {
         const drift = new DriftCounter("tokens")
         const now = yield* Clock.currentTimeMillis
@@ -138,8 +152,8 @@ const make = (options: SyncReconcilerOptions) =>
           Effect.gen(function*() {
             const [entries, records, indexed] = yield* redis.use((c) =>
               Promise.all([
-                Promise.all(part.map((k) => c.hgetall(l.token(k.tokenHash)))),
-                Promise.all(part.map((k) => c.hmget(l.record(l.token(k.tokenHash)), "v", "id", "d"))),
+                Promise.all(part.map((k) => c.hgetall(l.token(k.tokenHash)).catch(notAHash))),
+                Promise.all(part.map((k) => c.hmget(l.record(l.token(k.tokenHash)), "v", "id", "d").catch(noRecord))),
                 c.hmget(l.keyIndex, ...part.map((k) => String(k.id)))
               ])
             )
@@ -172,11 +186,11 @@ const make = (options: SyncReconcilerOptions) =>
           })
 
         // The next page of rows is read while this one is compared.
-        let next = yield* Effect.fork(withSql(ControlPlane.keysAfter(0, page)))
+        let next = yield* Effect.fork(withSql(ControlPlane.keysAfter(0, rowsPerQuery)))
         for (;;) {
           const rows: ReadonlyArray<Key> = yield* Fiber.join(next)
           if (rows.length === 0) break
-          next = yield* Effect.fork(withSql(ControlPlane.keysAfter(rows[rows.length - 1]!.id, page)))
+          next = yield* Effect.fork(withSql(ControlPlane.keysAfter(rows[rows.length - 1]!.id, rowsPerQuery)))
           const live: Array<Key> = []
           for (const k of rows) {
             held.add(k.tokenHash)
@@ -229,13 +243,13 @@ const make = (options: SyncReconcilerOptions) =>
         return drift.result()
       })
 
-    const masters = (repair: boolean, pace: Pace, chunk: number) =>
+    const masters = (repair: boolean, pace: Pace, { chunk, rowsPerQuery }: Sizes) =>
       Effect.gen(function*() {
         const drift = new DriftCounter("masters")
         const rowIds = new Set<number>()
         let after = 0
         for (;;) {
-          const rows: ReadonlyArray<Master> = yield* withSql(ControlPlane.mastersAfter(after, page))
+          const rows: ReadonlyArray<Master> = yield* withSql(ControlPlane.mastersAfter(after, rowsPerQuery))
           if (rows.length === 0) break
           after = rows[rows.length - 1]!.id
           for (const m of rows) rowIds.add(m.id)
@@ -243,8 +257,8 @@ const make = (options: SyncReconcilerOptions) =>
             const part = rows.slice(at, at + chunk)
             const [entries, records, indexed] = yield* redis.use((c) =>
               Promise.all([
-                Promise.all(part.map((m) => c.hgetall(l.master(m.id)))),
-                Promise.all(part.map((m) => c.hmget(l.record(l.master(m.id)), "v", "id", "d"))),
+                Promise.all(part.map((m) => c.hgetall(l.master(m.id)).catch(notAHash))),
+                Promise.all(part.map((m) => c.hmget(l.record(l.master(m.id)), "v", "id", "d").catch(noRecord))),
                 c.smismember(l.masterIndex, ...part.map((m) => String(m.id)))
               ])
             )
@@ -324,11 +338,11 @@ const make = (options: SyncReconcilerOptions) =>
         }
         const [providers, meta, providersRecord, bindings, bindingsRecord] = yield* redis.use((c) =>
           Promise.all([
-            c.hgetall(l.providers),
-            c.hgetall(l.providersMeta),
-            c.hget(l.record(l.providers), "d"),
-            c.hgetall(l.bindings),
-            c.hget(l.record(l.bindings), "d")
+            c.hgetall(l.providers).catch(notAHash),
+            c.hgetall(l.providersMeta).catch((): Record<string, string> => ({})),
+            c.hget(l.record(l.providers), "d").catch(() => null),
+            c.hgetall(l.bindings).catch(notAHash),
+            c.hget(l.record(l.bindings), "d").catch(() => null)
           ])
         )
         yield* pace(5)
@@ -445,9 +459,10 @@ const make = (options: SyncReconcilerOptions) =>
     const reconcile = ({ pace, rate, repair }: ReconcileOptions): Effect.Effect<DriftReport, ReconcileError> =>
       Effect.gen(function*() {
         let paced = pace
-        // Unpaced, as fast as it goes; under a budget, small round trips the event path can slip between.
-        let chunk = rate === undefined ? 500 : pacedChunk
-        let parallel = rate === undefined ? 4 : 1
+        // Unpaced, as fast as it goes; under a budget, small round trips (and small pages of rows to
+        // decode) that the event path can slip between.
+        const fast: Sizes = { chunk: 500, parallel: 4, rowsPerQuery: page }
+        let sizes: Sizes = rate === undefined ? fast : { chunk: pacedChunk, parallel: 1, rowsPerQuery: Math.min(page, 200) }
         if (repair) {
           const armed = yield* redis.use((c) => c.exists(l.generationMarker))
           // First, before any entry: a loss during this repair removes it again, and is seen again.
@@ -456,13 +471,12 @@ const make = (options: SyncReconcilerOptions) =>
           // Redis forgot everything: a rebuild, as fast as it goes (the rate limit is for sweeps).
           if (armed === 0) {
             paced = () => Effect.void
-            chunk = 500
-            parallel = 4
+            sizes = fast
           }
         }
         const report: Array<FamilyDrift> = []
-        report.push(yield* tokens(repair, paced, chunk, parallel))
-        report.push(yield* masters(repair, paced, chunk))
+        report.push(yield* tokens(repair, paced, sizes))
+        report.push(yield* masters(repair, paced, sizes))
         report.push(...(yield* snapshots(repair, paced)))
         report.push(yield* models(repair, paced))
         return { families: report, repair }
