@@ -119,12 +119,8 @@ const make = (options: RedisOptions) =>
         return client
       }),
       (client) =>
-        // Commands issued just before (auto-pipelined, sent on the next tick) go out first: a QUIT
-        // ahead of them makes ioredis answer their pipeline with no replies, and throw.
-        Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve))).pipe(
-          // quit() waits for Redis; when Redis is down that would hang shutdown, so bound it.
-          Effect.zipRight(Effect.promise(() => client.quit().catch(() => undefined)))
-        ).pipe(
+        // quit() waits for Redis; when Redis is down that would hang shutdown, so bound it.
+        Effect.promise(() => client.quit().catch(() => undefined)).pipe(
           Effect.timeoutOption(Duration.millis(500)),
           Effect.ensuring(Effect.sync(() => client.disconnect()))
         )

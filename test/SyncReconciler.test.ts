@@ -254,8 +254,10 @@ describe("SyncReconciler", () => {
           if (i % 10 === 0) yield* ControlPlane.updateMaster(master, { globalQps: i })
         }
         yield* eventually(countRows("pending"), (n) => n === 0, { timeout: 60_000, interval: 50 })
+        // Stopped between two repairs: interrupting one mid-flight and closing its client at once
+        // can make ioredis throw from an auto-pipeline (seen here; see the report), not what this tests.
         stopped = true
-        yield* Fiber.interrupt(loop)
+        yield* Fiber.join(loop)
         // No reconcile after the last event: what is there is what the events and the repairs left.
         for (const s of created) expect(yield* authenticates(p2, s)).toBe(true)
         expect(yield* Effect.promise(() => client.hget(`${p2}auth:master:${master}`, "global_qps"))).toBe("30")
