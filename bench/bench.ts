@@ -10,19 +10,44 @@
  *   (e) claim time and worker memory with 10,000 vs 1,000,000 pending
  *   (f) the journal: drain with retention on vs off (0); claim and completion with an empty
  *       vs a 1,000,000-row journal
+ *   (g) convergence (the built-in sync domain): a private Redis holding 10,000 keys and 1,000
+ *       bindings killed and started empty under a running worker: time until the data plane is
+ *       complete again; a reconcile of 100,000 entities in sync: its duration and Redis commands/s;
+ *       the event path's p99 during that sweep vs without. BENCH_CONVERGENCE_KEYS (10000),
+ *       BENCH_CONVERGENCE_BINDINGS (1000), BENCH_CONVERGENCE_ENTITIES (100000) size it;
+ *       BENCH_CONVERGENCE_RATE sets the sweep's budget (default: SYNC_OUTBOX_RECONCILE_RATE's).
  *
  * DATABASE_URL / REDIS_URL select existing servers; otherwise private ones are started.
- * BENCH_QUICK=1 shortens every phase (for a smoke run); BENCH_ONLY=latency,drain,outage,enqueue,claim,journal
+ * BENCH_QUICK=1 shortens every phase (for a smoke run); BENCH_ONLY=latency,drain,outage,enqueue,claim,journal,convergence
  * runs only the phases named.
  */
 import { SqlClient } from "@effect/sql"
-import { Duration, Effect, Exit, Layer, Redacted, Schema } from "effect"
+import { Duration, Effect, Exit, Layer, Option, Redacted, Schema } from "effect"
 import { Redis } from "ioredis"
 import { spawn } from "node:child_process"
 import { cpus, totalmem } from "node:os"
-import { performance } from "node:perf_hooks"
+import { monitorEventLoopDelay, performance } from "node:perf_hooks"
 import pg from "pg"
-import { Database, enqueue, enqueueMany, event, handleBatch, Handlers, Listener, Migrations, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
+import {
+  Convergence,
+  ConvergenceConfig,
+  Database,
+  enqueue,
+  enqueueMany,
+  event,
+  handleBatch,
+  Handlers,
+  Listener,
+  Migrations,
+  OutboxConfig,
+  OutboxEvent,
+  RedisSink,
+  Store,
+  totalDrift,
+  Worker
+} from "../src/index.js"
+import { defaults as ConvergenceDefaults } from "../src/Convergence.js"
+import { ControlPlane, SyncHandlers, SyncReconciler, SyncService } from "../src/sync/index.js"
 import { startProxy, type Proxy } from "../scripts/proxy.js"
 import { createDatabase, type RunningService, startPostgres, startRedis } from "../scripts/services.js"
 
@@ -561,6 +586,168 @@ const journal = async (env: Env) => {
   rows.push({ measure: `(f) complete 500 (journaled), p50 ms, journal ${label}`, ours: show((r) => r.completeMs), bare: "", goal: "flat" })
 }
 
+/**
+ * (g) convergence, on a database of its own and a private redis-server (it is killed): the
+ * built-in sync worker with its reconciler, default settings (loss check every second).
+ */
+const convergence = async (env: Env) => {
+  const keys = Number(process.env["BENCH_CONVERGENCE_KEYS"] ?? (quick ? 2_000 : 10_000))
+  const bindingRows = Number(process.env["BENCH_CONVERGENCE_BINDINGS"] ?? (quick ? 200 : 1_000))
+  const entities = Number(process.env["BENCH_CONVERGENCE_ENTITIES"] ?? (quick ? 20_000 : 100_000))
+  const rate = Number(process.env["BENCH_CONVERGENCE_RATE"] ?? ConvergenceDefaults.rate)
+  const masters = 100
+  const serverUrl = new URL(env.dbUrl)
+  serverUrl.pathname = "/postgres"
+  const name = `sync_outbox_bench_conv_${process.pid}`
+  const dbUrl = await createDatabase(serverUrl.toString(), name)
+  const redisServer = await startRedis()
+  const client = new Redis(redisServer.url)
+  client.on("error", () => undefined)
+  const psql = new pg.Client({ connectionString: dbUrl })
+  try {
+    await Effect.runPromise(Migrations.run(["outbox", "control-plane"]).pipe(Effect.provide(Database.layer({ url: Redacted.make(dbUrl) }))))
+    await psql.connect()
+    // Rows straight into the tables (no events): the reconciler's rebuild is what writes them.
+    await psql.query(`INSERT INTO cp_masters (name) SELECT 'm-' || i FROM generate_series(1, $1) i`, [masters])
+    const addKeys = (from: number, to: number) =>
+      psql.query(
+        `INSERT INTO cp_keys (master_id, token_hash, scopes) SELECT 1 + i % $3, encode(sha256(('bench-key-' || i)::bytea), 'hex'), '{chat}'
+         FROM generate_series($1::int, $2::int) i`,
+        [from, to, masters]
+      )
+    await addKeys(1, keys)
+    await psql.query(`INSERT INTO cp_provider_groups (name, type, base_url, models) SELECT 'g-' || i, 'openai', 'https://x.example/v1', '{gpt-4o,gpt-4o-mini}' FROM generate_series(1, 20) i`)
+    await psql.query(`INSERT INTO cp_api_keys (group_id, api_key) SELECT 1 + i % 20, 'sk-' || i FROM generate_series(1, 100) i`)
+    await psql.query(
+      `INSERT INTO cp_bindings (namespace, public_model, group_id, selector_value) SELECT 'default', 'pm-' || i, 1 + i % 20, 'gpt-4o' FROM generate_series(1, $1) i`,
+      [bindingRows]
+    )
+    await psql.query(`INSERT INTO cp_models (name, context_window) SELECT 'model-' || i, 8192 FROM generate_series(1, 100) i`)
+    await psql.query(`VACUUM ANALYZE`)
+
+    const database = Database.layer({ url: Redacted.make(dbUrl), maxConnections: 8 })
+    const redis = RedisSink.layer({ url: Redacted.make(redisServer.url), commandTimeout: Duration.seconds(2) })
+    const service = SyncService.layer()
+    const worker = Convergence.layer.pipe(
+      Layer.provideMerge(Layer.merge(
+        SyncReconciler.layer().pipe(Layer.provide(service)),
+        ConvergenceConfig.layer({ interval: Option.none() })
+      )),
+      Layer.provideMerge(Worker.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(
+          Store.layer,
+          Listener.layer({ url: Redacted.make(dbUrl), channel: "sync_outbox" }),
+          SyncHandlers.layer.pipe(Layer.provide(service))
+        )),
+        Layer.provideMerge(OutboxConfig.layer({ interval: Duration.seconds(1) }))
+      )),
+      Layer.provideMerge(Layer.merge(database, redis)),
+      Layer.orDie
+    )
+    const commandsProcessed = async () => Number(/total_commands_processed:(\d+)/.exec(await client.info("stats"))?.[1] ?? 0)
+    const journalP99 = async (from: Date, to: Date) => {
+      const { rows } = await psql.query<{ p99: number | null; n: number }>(
+        `SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM applied_at - created_at) * 1000) AS p99, count(*)::int AS n
+         FROM sync_outbox_journal WHERE created_at >= $1 AND created_at < $2`,
+        [from, to]
+      )
+      return { p99: Number(rows[0]?.p99 ?? NaN), n: rows[0]?.n ?? 0 }
+    }
+
+    const result = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      // The worker's first loss check finds a Redis never synced and builds it.
+      const built = performance.now()
+      let size = 0
+      while (performance.now() - built < 120_000) {
+        const marker = yield* Effect.promise(() => client.exists("sync:generation"))
+        const meta = yield* Effect.promise(() => client.exists("meta:models_meta"))
+        if (marker === 1 && meta === 1) {
+          const now = yield* Effect.promise(() => client.dbsize())
+          if (now === size) break
+          size = now
+        }
+        yield* Effect.promise(() => sleep(100))
+      }
+      log(`(g) initial build: ${size} Redis keys in ${f(performance.now() - built, 0)} ms`)
+
+      // Killed, started empty: time from accepting connections to the data plane complete.
+      yield* Effect.promise(() => redisServer.kill())
+      yield* Effect.promise(() => sleep(500))
+      yield* Effect.promise(() => redisServer.start())
+      const back = performance.now()
+      let restoredMs = NaN
+      while (performance.now() - back < 60_000) {
+        const n = yield* Effect.promise(() => client.dbsize().catch(() => 0))
+        if (n >= size) {
+          restoredMs = performance.now() - back
+          break
+        }
+        yield* Effect.promise(() => sleep(5))
+      }
+      // The rebuild may still hold the reconcile lock (recording its run): wait for it.
+      let drift = NaN
+      for (let tries = 0; tries < 100 && Number.isNaN(drift); tries++) {
+        const after = yield* Convergence.runOnce("manual", { repair: false })
+        drift = Option.match(after, { onNone: () => NaN, onSome: totalDrift })
+        if (Number.isNaN(drift)) yield* Effect.promise(() => sleep(100))
+      }
+      log(`(g) restored in ${f(restoredMs, 0)} ms; drift found after: ${drift}`)
+
+      // Grow to `entities` in sync (keys + masters + providers + bindings + models).
+      const extra = entities - keys - masters - 100 - bindingRows - 100
+      if (extra > 0) yield* Effect.promise(() => addKeys(keys + 1, keys + extra))
+      yield* Effect.promise(() => psql.query("VACUUM ANALYZE cp_keys"))
+      yield* Convergence.runOnce("manual", { repair: true })
+
+      // The event path at a steady 100 events/s, without and then during a sweep.
+      let producing = true
+      const producer = Effect.runFork(Effect.gen(function*() {
+        let i = 0
+        while (producing) {
+          yield* ControlPlane.updateMaster(1 + (i % masters), { globalQps: i })
+          i++
+          yield* Effect.promise(() => sleep(10))
+        }
+      }).pipe(Effect.provide(database)))
+      const quiet = quick ? 3_000 : 8_000
+      const loopDelay = monitorEventLoopDelay({ resolution: 1 })
+      loopDelay.enable()
+      const t0 = new Date()
+      yield* Effect.promise(() => sleep(quiet))
+      const t1 = new Date()
+      const quietLoop = loopDelay.percentile(99) / 1e6
+      loopDelay.reset()
+      const before = yield* Effect.promise(commandsProcessed)
+      const sweepStart = performance.now()
+      const sweep = yield* Convergence.runOnce("periodic", { repair: true, rate })
+      const sweepMs = performance.now() - sweepStart
+      const commands = (yield* Effect.promise(commandsProcessed)) - before
+      const t2 = new Date()
+      const sweepLoop = loopDelay.percentile(99) / 1e6
+      loopDelay.disable()
+      log(`(g) event-loop delay p99: ${f(quietLoop)} ms without a sweep, ${f(sweepLoop)} ms during it`)
+      producing = false
+      yield* Effect.promise(() => new Promise<void>((r) => producer.addObserver(() => r())))
+      yield* Effect.promise(() => sleep(1_000))
+      const without = yield* Effect.promise(() => journalP99(t0, t1))
+      const during = yield* Effect.promise(() => journalP99(t1, t2))
+      const checked = Option.match(sweep, { onNone: () => 0, onSome: (r) => r.families.reduce((n, f) => n + f.checked, 0) })
+      return { restoredMs, drift, sweepMs, commands, checked, without, during }
+    }).pipe(Effect.provide(worker))))
+    rows.push({ measure: `(g) Redis restarted empty (${keys} keys, ${bindingRows} bindings): data plane complete, ms`, ours: f(result.restoredMs, 0), bare: "", goal: "≤ 2000" })
+    rows.push({ measure: "(g) drift left after that rebuild", ours: String(result.drift), bare: "", goal: "0" })
+    rows.push({ measure: `(g) sweep of ${result.checked} entities in sync, ms (rate ${rate}/s)`, ours: f(result.sweepMs, 0), bare: "", goal: "" })
+    rows.push({ measure: "(g) its Redis commands/s", ours: f((result.commands / result.sweepMs) * 1000, 0), bare: "", goal: `≤ ${rate}` })
+    rows.push({ measure: `(g) event p99 without a sweep, ms (${result.without.n} events)`, ours: f(result.without.p99), bare: "", goal: "" })
+    rows.push({ measure: `(g) event p99 during the sweep, ms (${result.during.n} events)`, ours: f(result.during.p99), bare: "", goal: "≤ 2× without" })
+  } finally {
+    client.disconnect()
+    await psql.end().catch(() => undefined)
+    await redisServer.stop()
+    await dropDatabase(serverUrl.toString(), name).catch(() => undefined)
+  }
+}
+
 const dropDatabase = async (serverUrl: string, name: string) => {
   const admin = new pg.Client({ connectionString: serverUrl })
   await admin.connect()
@@ -597,7 +784,7 @@ const main = async () => {
     services.push({ url: "", stop: proxy.close })
     const env: Env = { dbUrl, redisPort, proxy }
     const only = process.env["BENCH_ONLY"]?.split(",")
-    for (const [name, phase] of [["latency", latency], ["drain", drain], ["outage", outage], ["enqueue", enqueueCost], ["claim", claimCost], ["journal", journal]] as const) {
+    for (const [name, phase] of [["latency", latency], ["drain", drain], ["outage", outage], ["enqueue", enqueueCost], ["claim", claimCost], ["journal", journal], ["convergence", convergence]] as const) {
       if (only !== undefined && !only.includes(name)) continue
       log(`${name} ...`)
       await phase(env)

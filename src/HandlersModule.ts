@@ -8,6 +8,8 @@
  * // handlers.ts, compiled to handlers.js
  * export const eventTypes = [PlanChanged]
  * export const layer = Handlers.layer(handle(PlanChanged, ...))
+ * // optional: how the worker finds and repairs drift in your sink (see Reconciler)
+ * export const reconciler = Layer.succeed(Reconciler, { detectLoss, reconcile })
  * ```
  */
 import type { SqlClient } from "@effect/sql"
@@ -17,6 +19,7 @@ import type { PgPool } from "./Database.js"
 import type { Handlers } from "./Handlers.js"
 import type { OutboxConfig } from "./OutboxConfig.js"
 import type { EventType } from "./OutboxEvent.js"
+import type { Reconciler } from "./Reconciler.js"
 import type { RedisSink } from "./RedisSink.js"
 
 /** The services the CLI's worker offers a handlers layer. */
@@ -27,4 +30,9 @@ export interface HandlersModule {
   readonly layer: Layer.Layer<Handlers, unknown, Provided>
   /** Every event type the layer handles: what `enqueue` accepts, and what its help lists. */
   readonly eventTypes: ReadonlyArray<EventType.Any>
+  /**
+   * Optional: the module's `Reconciler`. The worker then also heals the sink (`Convergence`):
+   * a rebuild when it lost its data, a periodic rate-limited sweep.
+   */
+  readonly reconciler?: Layer.Layer<Reconciler, unknown, Provided> | undefined
 }

@@ -50,6 +50,26 @@ export const deadDepth = Metric.gauge("sync_outbox_dead", { description: "Dead l
 export const oldestAge = Metric.gauge("sync_outbox_oldest_pending_age_seconds", {
   description: "Age of the oldest pending event"
 })
+
+// Convergence (see Convergence.ts): tagged by family (and kind: missing, stale, orphaned).
+export const driftFound = Metric.counter("sync_outbox_drift_found_total", {
+  description: "Data-plane entries found missing, stale or orphaned by a reconcile",
+  incremental: true
+})
+export const driftRepaired = Metric.counter("sync_outbox_drift_repaired_total", {
+  description: "Data-plane entries written or removed by a reconcile",
+  incremental: true
+})
+export const dataLoss = Metric.counter("sync_outbox_sink_data_loss_total", {
+  description: "Incidents of the sink losing its data (restarted empty, failover), each followed by a rebuild",
+  incremental: true
+})
+export const reconcileLastRun = Metric.gauge("sync_outbox_reconcile_last_run_timestamp_seconds", {
+  description: "When this process last finished a reconcile (unix seconds)"
+})
+export const reconcileDuration = Metric.gauge("sync_outbox_reconcile_duration_ms", {
+  description: "How long this process's last reconcile took, in milliseconds"
+})
 export const journalRows = Metric.gauge("sync_outbox_journal_rows", {
   description: "Applied events kept in the journal (exact up to 100,000, then the planner's estimate)"
 })

@@ -5,6 +5,9 @@
  * Workers: provide `Handlers`, a `SqlClient`, `RedisSink`, `OutboxConfig`, a `Listener`, and
  * build `Worker.layer` (or `SyncOutbox.layerWorker`, which reads all of it from the environment).
  */
+export * as Convergence from "./Convergence.js"
+export { ConvergenceConfig } from "./Convergence.js"
+export type { ConvergenceConfigShape, LastRun, RunReason } from "./Convergence.js"
 export * as Database from "./Database.js"
 export * as InFlight from "./InFlight.js"
 export * from "./Errors.js"
@@ -22,6 +25,8 @@ export * as OutboxEvent from "./OutboxEvent.js"
 export type { ClaimedEvent, EventInput, EventType, StoredEvent } from "./OutboxEvent.js"
 export { classify, isUnavailable, RedisSink } from "./RedisSink.js"
 export type { RedisClient, RedisOptions, RedisSinkShape } from "./RedisSink.js"
+export { DriftCounter, driftOf, Reconciler, ReconcileError, totalDrift } from "./Reconciler.js"
+export type { DriftReport, FamilyDrift, ReconcileOptions, ReconcilerShape } from "./Reconciler.js"
 export * as Prometheus from "./Prometheus.js"
 export * as Retry from "./Retry.js"
 export { enqueue, enqueueMany, enqueueWith, event, Store } from "./Store.js"

@@ -338,7 +338,9 @@ export const layer = Handlers.layer(handle(TenantRenamed, ({ payload, resourceId
     const url = await freshDatabase("cli_worker", ["outbox", "control-plane"])
     const p = prefix()
     const port = await freePort()
-    const env = { DATABASE_URL: url, REDIS_URL: redisUrl() }
+    // The shared Redis holds other databases' entries under the contract's names: this worker must
+    // not reconcile them away as orphans (test/SyncReconciler.test.ts covers that, on a private Redis).
+    const env = { DATABASE_URL: url, REDIS_URL: redisUrl(), SYNC_OUTBOX_RECONCILE_INTERVAL: "off", SYNC_OUTBOX_LOSS_CHECK_INTERVAL: "off" }
     const redis = new Redis(redisUrl())
     // The worker's sync handlers write the contract's names (no prefix); isolate by a QPS no other test uses.
     const qps = String(100_000 + Math.floor(Math.random() * 1_000_000))

@@ -6,13 +6,13 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, Schedule } from "effect"
+import { Context, Effect, Layer, Option, Schedule } from "effect"
 import { Cluster } from "ioredis"
 import { execFileSync } from "node:child_process"
 import { afterAll, beforeAll } from "vitest"
 import { type PrivateRedis, startRedis } from "../scripts/services.js"
-import { RedisSink } from "../src/index.js"
-import { Contract, ControlPlane, DataPlane, SyncService } from "../src/sync/index.js"
+import { Convergence, type DriftReport, RedisSink, totalDrift } from "../src/index.js"
+import { Contract, ControlPlane, DataPlane, SyncReconciler, SyncService } from "../src/sync/index.js"
 import { freshDatabase, prefix, sqlLayer } from "./support/harness.js"
 
 let nodes: Array<PrivateRedis> = []
@@ -112,5 +112,35 @@ describe("SyncService on Redis Cluster", () => {
         yield* ControlPlane.createProviderGroup({ name: `auto-${p}`, type: "openai" })
         expect(yield* sync.syncProviders).toBe("written")
       }).pipe(Effect.provide(services(p, undefined)))
+    }), 60_000)
+
+  it.live("the reconciler on a cluster: SCANs every master node, finds what a node lost and orphans anywhere, repairs them", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      yield* Effect.gen(function*() {
+        const l = (yield* SyncService).layout
+        const master = yield* ControlPlane.createMaster({ name: `rec-${p}` })
+        const secrets = Array.from({ length: 30 }, (_, i) => `rec-${p}-${i}`)
+        for (const s of secrets) yield* ControlPlane.createKey({ masterId: master, secret: s })
+        const repair = Effect.map(Convergence.runOnce("manual", { repair: true }), Option.getOrThrow)
+        const verify = Effect.map(Convergence.runOnce("manual", { repair: false }), Option.getOrThrow)
+        yield* repair
+        expect(totalDrift(yield* verify)).toBe(0)
+        // One node forgets its share of the keys; an orphan appears on whichever node owns its slot.
+        const node = check.nodes("master")[1]!
+        const lost = (yield* Effect.promise(() => node.keys(`${p}auth:token:*`)))
+        expect(lost.length).toBeGreaterThan(0)
+        for (const key of lost) yield* Effect.promise(() => node.del(key))
+        const orphan = `${p}auth:token:${"f".repeat(64)}`
+        yield* Effect.promise(() => check.hset(orphan, { status: "active", master_id: String(master), issued_at_epoch: "9" }))
+        const seen: DriftReport = yield* verify
+        const tokens = seen.families.find((f) => f.family === "tokens")!
+        expect(tokens).toMatchObject({ missing: lost.length, orphaned: 1 })
+        yield* repair
+        expect(totalDrift(yield* verify)).toBe(0)
+        expect(yield* Effect.promise(() => check.exists(orphan))).toBe(0)
+        const redis = yield* RedisSink
+        for (const s of secrets) expect((yield* DataPlane.authenticate(redis, l, s, new Date()))._tag).toBe("Authenticated")
+      }).pipe(Effect.provide(SyncReconciler.layer().pipe(Layer.provideMerge(services(p, true)))))
     }), 60_000)
 })

@@ -3,7 +3,7 @@
  * Node alone; a command's implementation (and Effect) is loaded only when that command runs.
  * A user mistake or an unreachable service ends in a short message on stderr and an exit code
  * scripts can trust: 0 done, 1 the environment failed (database, Redis, migration), 2 the
- * command or its input was wrong.
+ * command or its input was wrong, 3 `verify` found drift.
  */
 import type { Effect } from "effect/Effect"
 import { readFileSync } from "node:fs"
@@ -82,6 +82,7 @@ const rootHelp = (): string => {
     "",
     s.bold("EXIT CODES"),
     "  0 done   1 the environment failed (database, Redis, migration)   2 the command or its input was wrong",
+    "  3 verify found drift between Redis and the control plane",
     ""
   ].join("\n")
 }
@@ -241,7 +242,8 @@ const implementations: Record<string, () => Promise<{ readonly run: (input: Inpu
   enqueue: () => import("./commands/enqueue.js"),
   syncAll: () => import("./commands/syncAll.js"),
   history: () => import("./commands/history.js"),
-  replay: () => import("./commands/replay.js")
+  replay: () => import("./commands/replay.js"),
+  verify: () => import("./commands/verify.js")
 }
 
 const main = async (argv: ReadonlyArray<string>) => {

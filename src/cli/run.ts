@@ -86,8 +86,11 @@ export const describe = (error: unknown): Report => {
   if (tag === "SinkUnavailable") return { code: 1, message: `redis unavailable: ${message} (check REDIS_URL)` }
   if (tag === "MigrationError") {
     const migration = (error as { migration?: unknown }).migration
-    return { code: 1, message: typeof migration === "string" && !message.includes(migration) ? `migration ${migration}: ${message}` : message }
+    // A file that failed to apply is named; a check over a whole set ("outbox/*") says it all already.
+    const file = typeof migration === "string" && migration.endsWith(".sql") && !message.includes(migration)
+    return { code: 1, message: file ? `migration ${migration}: ${message}` : message }
   }
+  if (tag === "DriftFound") return { code: 3, message }
   return { code: usageTags.has(tag) ? 2 : 1, message: configNames(message) || tag }
 }
 

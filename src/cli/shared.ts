@@ -62,6 +62,9 @@ export const loadHandlers = (specifier: string | undefined): Effect.Effect<Handl
       ) {
         problems.push("`eventTypes` (an array of the OutboxEvent.make types it handles)")
       }
+      if (source["reconciler"] !== undefined && !Layer.isLayer(source["reconciler"])) {
+        problems.push("`reconciler`, when given, as a Layer providing Reconciler")
+      }
       if (problems.length > 0) throw new Error(`handlers module ${specifier} must export ${problems.join(" and ")}`)
       return source as unknown as HandlersModule
     },

@@ -44,7 +44,10 @@ export const environment: Record<string, string> = {
   SYNC_OUTBOX_MIGRATIONS_DIR: "folder of the migration files (the package's migrations/)",
   SYNC_OUTBOX_INTERVAL: "poll interval; status shows a worker as live for three of them (5 seconds)",
   SYNC_OUTBOX_RETENTION: "how long applied events stay in the journal; 0 journals nothing (7 days)",
-  "SYNC_OUTBOX_*": "worker settings: ENABLED INTERVAL BATCH_SIZE MAX_RETRIES LEASE BACKOFF_BASE BACKOFF_CAP CONCURRENCY CHANNEL POLL_ONLY CALL_TIMEOUT PROBE_BASE PROBE_CAP RETENTION (see the README)",
+  SYNC_OUTBOX_RECONCILE_INTERVAL: "how often a worker compares Redis with the control plane and repairs drift; off for never (5 minutes)",
+  SYNC_OUTBOX_RECONCILE_RATE: "the sweep's budget of Redis commands per second (5000)",
+  SYNC_OUTBOX_LOSS_CHECK_INTERVAL: "how often a worker checks whether Redis lost its data, to rebuild it at once; off for never (500 millis)",
+  "SYNC_OUTBOX_*": "worker settings: ENABLED INTERVAL BATCH_SIZE MAX_RETRIES LEASE BACKOFF_BASE BACKOFF_CAP CONCURRENCY CHANNEL POLL_ONLY CALL_TIMEOUT PROBE_BASE PROBE_CAP RETENTION RECONCILE_INTERVAL RECONCILE_RATE LOSS_CHECK_INTERVAL (see the README)",
   NO_COLOR: "set (non-empty) to turn colours off; they are only used on a terminal anyway"
 }
 
@@ -82,18 +85,30 @@ export const commands: ReadonlyArray<CommandSpec> = [
   {
     path: ["worker"],
     summary: "Run a worker until SIGTERM or Ctrl-C; in-flight work finishes, unstarted claims are handed back",
+    details: [
+      "With the built-in sync (or a handlers module exporting `reconciler`), it also heals Redis: a",
+      "rebuild at once when Redis lost its data, and a periodic, rate-limited sweep that repairs drift."
+    ],
     args: [],
     options: [
       handlersOption,
       { name: "metrics-port", value: "PORT", integer: true, description: "serve Prometheus text on /metrics at this port (0 picks a free one)" },
       { name: "metrics-host", value: "HOST", description: "address to serve metrics on", default: "127.0.0.1" }
     ],
-    env: [...database, ...redis, "SYNC_OUTBOX_HANDLERS", "SYNC_OUTBOX_*"],
+    env: [
+      ...database,
+      ...redis,
+      "SYNC_OUTBOX_HANDLERS",
+      "SYNC_OUTBOX_RECONCILE_INTERVAL",
+      "SYNC_OUTBOX_RECONCILE_RATE",
+      "SYNC_OUTBOX_LOSS_CHECK_INTERVAL",
+      "SYNC_OUTBOX_*"
+    ],
     module: "worker"
   },
   {
     path: ["status"],
-    summary: "Pending, in flight and dead events by resource type; oldest age; the retention and journal; each worker's loop, breaker and listener",
+    summary: "Pending, in flight and dead events by resource type; oldest age; the retention and journal; each worker's loop, breaker and listener; the last reconcile of each kind",
     args: [],
     options: [{ name: "watch", description: "refresh every second until Ctrl-C" }, json],
     env: [...database, "SYNC_OUTBOX_INTERVAL", "SYNC_OUTBOX_RETENTION"],
@@ -188,6 +203,23 @@ export const commands: ReadonlyArray<CommandSpec> = [
     ],
     env: [...database, "SYNC_OUTBOX_HANDLERS"],
     module: "replay"
+  },
+  {
+    path: ["verify"],
+    summary: "Compare Redis with the control plane: drift per family (missing, stale, orphaned); --repair fixes it",
+    details: [
+      "Reads every row and the whole data plane (paged, pipelined), under the reconcile lock a worker's",
+      "sweep takes too. Exit codes: 0 in sync (or everything found was repaired), 3 drift found (or left",
+      "unrepaired), 1 the environment failed or another reconcile is running, 2 wrong usage."
+    ],
+    args: [],
+    options: [
+      { name: "repair", description: "write what is missing or stale, remove orphans (version-fenced, beside running workers)" },
+      handlersOption,
+      json
+    ],
+    env: [...database, ...redis, "SYNC_OUTBOX_HANDLERS"],
+    module: "verify"
   },
   {
     path: ["sync-all"],

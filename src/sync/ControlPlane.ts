@@ -89,6 +89,24 @@ export const allKeyIds = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql.unsafe<{ id: number }>(`SELECT id::float8 AS id FROM cp_keys ORDER BY id`).withoutTransform
 ).pipe(Effect.map((rows) => rows.map((r) => r.id)))
 
+/** Keys with an id above `afterId`, by id, at most `limit`: a reconciler reads the table in pages. */
+export const keysAfter = (afterId: number, limit: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe(`SELECT ${keyColumns} FROM cp_keys k WHERE k.id > $1 ORDER BY k.id LIMIT $2`, [afterId, limit]).withoutTransform
+  ).pipe(Effect.flatMap(decodeRows(Key, "key")))
+
+/** Masters with an id above `afterId`, by id, at most `limit`. */
+export const mastersAfter = (afterId: number, limit: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe(`SELECT ${masterColumns} FROM cp_masters WHERE id > $1 ORDER BY id LIMIT $2`, [afterId, limit]).withoutTransform
+  ).pipe(Effect.flatMap(decodeRows(Master, "master")))
+
+/** The keys that hold these token hashes now. */
+export const keysByHash = (tokenHashes: ReadonlyArray<string>) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe(`SELECT ${keyColumns} FROM cp_keys k WHERE k.token_hash = ANY($1)`, [tokenHashes]).withoutTransform
+  ).pipe(Effect.flatMap(decodeRows(Key, "key")))
+
 export const allModels = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql.unsafe(`SELECT ${modelColumns} FROM cp_models ORDER BY id`).withoutTransform
 ).pipe(Effect.flatMap(decodeRows(Model, "model")))

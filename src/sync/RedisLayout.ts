@@ -49,6 +49,11 @@ export interface Layout {
   readonly modelsGeneration: string
   readonly keyIndex: string
   readonly masterIndex: string
+  /**
+   * Written first by every full repair (`SyncReconciler`): its absence means Redis lost what it
+   * was told (restarted empty, failed over to an empty replica) or was never synced.
+   */
+  readonly generationMarker: string
 }
 
 export const layout = (options: LayoutOptions = {}): Layout => {
@@ -70,7 +75,8 @@ export const layout = (options: LayoutOptions = {}): Layout => {
     modelIdRecord: (id) => `${record(models)}:id:${id}`,
     modelsGeneration: `${record(models)}:generation`,
     keyIndex: `${p}sync:key-owners`,
-    masterIndex: `${p}sync:masters`
+    masterIndex: `${p}sync:masters`,
+    generationMarker: `${p}sync:generation`
   }
 }
 
@@ -97,7 +103,7 @@ const putEntry = `
 ${refuseOlder("KEYS[2]", "ARGV[2]", "ARGV[3]", "ARGV[4]")}
 redis.call('DEL', KEYS[1])
 if ARGV[1] == 'put' then
-  for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if #ARGV >= 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 7, #ARGV)) end
   local at = tonumber(ARGV[5])
   if at > 0 then redis.call('PEXPIREAT', KEYS[1], at) end
   redis.call('HSET', KEYS[2], 'v', ARGV[2], 'id', ARGV[3], 'd', ARGV[4])
@@ -246,6 +252,41 @@ export const writeEntry = (
   expireAt: Date | null = null
 ) => put(redis, key, l.record(key), at, fields, expireAt)
 
+/** One auth hash to write with `writeEntries`. */
+export interface EntryWrite {
+  readonly key: string
+  readonly at: Versioned
+  readonly fields: Record<string, string>
+  readonly expireAt?: Date | null | undefined
+}
+
+/**
+ * `writeEntry` for many entries at once, through the same script, pipelined in one round trip
+ * (a reconciler's repair): each is fenced on its own, as if written alone.
+ */
+export const writeEntries = (
+  redis: RedisSinkShape,
+  l: Layout,
+  entries: ReadonlyArray<EntryWrite>
+): Effect.Effect<ReadonlyArray<WriteResult>, Fail> =>
+  entries.length === 0
+    ? Effect.succeed([])
+    : redis.use((c) =>
+      Promise.all(entries.map((e) =>
+        scripted(c).syncOutboxPutEntry(
+          e.key,
+          l.record(e.key),
+          "put",
+          e.at.version,
+          e.at.owner,
+          digest(e.fields),
+          e.expireAt?.getTime() ?? 0,
+          0,
+          ...Object.entries(e.fields).flat()
+        )
+      ))
+    ).pipe(Effect.map((results) => results.map(result)))
+
 /** Remove an auth hash, leaving a tombstone record for `tombstoneMs`. */
 export const removeEntry = (
   redis: RedisSinkShape,
@@ -369,6 +410,11 @@ export interface IndexedKey {
 
 export const indexKey = (redis: RedisSinkShape, l: Layout, k: IndexedKey) =>
   redis.use((c) => c.hset(l.keyIndex, String(k.id), `${k.tokenHash}:${k.masterId}`))
+/** `indexKey` for many keys in one command (a reconciler's repair). */
+export const indexKeys = (redis: RedisSinkShape, l: Layout, keys: ReadonlyArray<IndexedKey>) =>
+  keys.length === 0
+    ? Effect.succeed(0)
+    : redis.use((c) => c.hset(l.keyIndex, ...keys.flatMap((k) => [String(k.id), `${k.tokenHash}:${k.masterId}`])))
 export const unindexKey = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.hdel(l.keyIndex, String(id)))
 
 /** Every key the index holds (HSCAN, so a large index does not block Redis). */
@@ -391,6 +437,9 @@ export const indexedKeyHash = (redis: RedisSinkShape, l: Layout, id: number) =>
   redis.use((c) => c.hget(l.keyIndex, String(id))).pipe(Effect.map((v) => (v === null ? undefined : v.split(":")[0])))
 
 export const indexMaster = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.sadd(l.masterIndex, String(id)))
+/** `indexMaster` for many masters in one command. */
+export const indexMasters = (redis: RedisSinkShape, l: Layout, ids: ReadonlyArray<number>) =>
+  ids.length === 0 ? Effect.succeed(0) : redis.use((c) => c.sadd(l.masterIndex, ...ids.map(String)))
 export const unindexMaster = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.srem(l.masterIndex, String(id)))
 export const indexedMasters = (redis: RedisSinkShape, l: Layout) =>
   redis.use((c) => c.smembers(l.masterIndex)).pipe(Effect.map((ids) => ids.map(Number)))

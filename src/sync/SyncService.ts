@@ -38,8 +38,16 @@ export const staleWrites = Metric.counter("sync_outbox_stale_writes_total", {
   incremental: true
 })
 
+/**
+ * When a key's `auth:token:*` expires: Redis drops an active key's entry by itself at its
+ * `expires_at`, so it stops authenticating on time. Shared with the reconciler.
+ */
+export const keyExpiry = (k: Key): Date | null => (k.status === "active" ? k.expiresAt : null)
+
 export interface SyncServiceShape {
   readonly layout: Layout
+  /** How long a removal's tombstone record lives, in milliseconds. */
+  readonly tombstoneMs: number
   /** A master's `auth:master:<id>`; when the master is gone, its keys' `auth:token:*` go too. */
   readonly syncMaster: (id: number) => Effect.Effect<SyncResult, SyncError>
   /** `tokenHash`: the hash the event knew, to remove the entry of a deleted or re-hashed key. */
@@ -74,9 +82,7 @@ const make = (options: SyncServiceOptions) =>
 
     const writeKey = (k: Key) =>
       Effect.gen(function*() {
-        const result = yield* RedisLayout.writeEntry(redis, l, l.token(k.tokenHash), { version: k.version, owner: k.id }, Snapshots.keyFields(k),
-          // Redis drops an expired key by itself: it stops authenticating on time.
-          k.status === "active" ? k.expiresAt : null)
+        const result = yield* RedisLayout.writeEntry(redis, l, l.token(k.tokenHash), { version: k.version, owner: k.id }, Snapshots.keyFields(k), keyExpiry(k))
         yield* RedisLayout.indexKey(redis, l, k)
         return yield* counted(result)
       })
@@ -224,6 +230,7 @@ const make = (options: SyncServiceOptions) =>
 
     return {
       layout: l,
+      tombstoneMs,
       syncMaster,
       syncKey,
       syncModel,

@@ -17,6 +17,7 @@ export * as Inferred from "./Inferred.js"
 export * as RedisLayout from "./RedisLayout.js"
 export * as Snapshots from "./Snapshots.js"
 export * as SyncHandlers from "./SyncHandlers.js"
+export * as SyncReconciler from "./SyncReconciler.js"
 export { SyncService } from "./SyncService.js"
 export type { SyncError, SyncResult, SyncServiceOptions, SyncServiceShape } from "./SyncService.js"
 

@@ -2,6 +2,7 @@ import * as Console from "effect/Console"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Convergence from "../../Convergence.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
 import { Store } from "../../Store.js"
 import type { Input } from "../main.js"
@@ -25,8 +26,10 @@ const statusOnce = (json: boolean, watching = false) =>
       heartbeatAgeMs: Math.round(w.heartbeat_age_ms)
     }))
     const retention = yield* retentionLine(config)
+    // A database migrated before reconciles were recorded has none to show.
+    const reconciles = yield* Convergence.lastRuns.pipe(Effect.orElseSucceed(() => []))
     // Watched, one document per line (a stream a program can split); once, pretty for a person.
-    if (json) return yield* Console.log(JSON.stringify({ ...stats, workers, retention: retention.json }, null, watching ? undefined : 2))
+    if (json) return yield* Console.log(JSON.stringify({ ...stats, workers, retention: retention.json, reconciles }, null, watching ? undefined : 2))
     const lines = [
       `pending ${stats.pending}   in flight ${stats.inFlight}   scheduled retry ${stats.scheduled}   dead ${stats.dead}   oldest pending ${ms(stats.oldestPendingAgeMs)}`,
       retention.line
@@ -42,6 +45,16 @@ const statusOnce = (json: boolean, watching = false) =>
       lines.push(
         `  ${w.owner}  loop ${w.loop}${w.loopError ? ` (${oneLine(w.loopError)})` : ""}  breaker ${w.breaker}  listener ${w.listener}  heartbeat ${ms(w.heartbeatAgeMs)} ago`
       )
+    }
+    lines.push("", reconciles.length === 0 ? "reconcile: never run" : "reconcile (last of each kind):")
+    for (const r of reconciles) {
+      const age = ms(Date.now() - r.startedAt.getTime())
+      const outcome = r.error !== null
+        ? `failed: ${oneLine(r.error)}`
+        : r.finishedAt === null
+        ? "running"
+        : `drift ${r.drift ?? 0}${r.repair ? `, repaired ${r.repaired ?? 0}` : " (not repaired)"}, took ${ms(r.durationMs)}`
+      lines.push(`  ${r.reason.padEnd(8)} ${age} ago by ${r.runner}: ${outcome}`)
     }
     yield* Console.log(lines.join("\n"))
   })

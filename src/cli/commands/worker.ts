@@ -36,9 +36,9 @@ export const run = ({ options }: Input) =>
           return yield* Effect.never
         }
         yield* Console.log(
-          `worker running (${specifier === undefined || specifier === "" ? "built-in control-plane sync" : `handlers ${specifier}`}, ${handlers.eventTypes.length} event types; batch ${config.batchSize}, concurrency ${config.concurrency}, ${config.pollOnly ? "poll-only" : "LISTEN " + config.channel}); SIGTERM or Ctrl-C drains and stops`
+          `worker running (${specifier === undefined || specifier === "" ? "built-in control-plane sync" : `handlers ${specifier}`}, ${handlers.eventTypes.length} event types; ${handlers.reconciler === undefined ? "no reconciler" : "reconciler on"}; batch ${config.batchSize}, concurrency ${config.concurrency}, ${config.pollOnly ? "poll-only" : "LISTEN " + config.channel}); SIGTERM or Ctrl-C drains and stops`
         )
         return yield* Effect.never
-      }).pipe(Effect.provide(Layer.mergeAll(SyncOutbox.layerWorker(handlers.layer), OutboxConfig.layerConfig())))
+      }).pipe(Effect.provide(Layer.mergeAll(SyncOutbox.layerWorker(handlers.layer, { reconciler: handlers.reconciler }), OutboxConfig.layerConfig())))
     )
   })
