@@ -5,7 +5,7 @@ import * as Schema from "effect/Schema"
 import { readFile } from "node:fs/promises"
 import { InvalidPayload, UnknownEventType } from "../../Errors.js"
 import type { EventType } from "../../OutboxEvent.js"
-import { enqueue } from "../../Store.js"
+import { enqueue } from "../../Enqueue.js"
 import type { Input } from "../main.js"
 import { database, integer, loadHandlers, text, UsageError } from "../shared.js"
 

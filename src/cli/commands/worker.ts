@@ -4,7 +4,7 @@ import * as Layer from "effect/Layer"
 import * as Migrations from "../../Migrations.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
 import * as Prometheus from "../../Prometheus.js"
-import { Store } from "../../Store.js"
+import { Admin } from "../../Admin.js"
 import * as SyncOutbox from "../../SyncOutbox.js"
 import type { Input } from "../main.js"
 import { database, integer, loadHandlers, text } from "../shared.js"
@@ -22,7 +22,7 @@ export const run = ({ options }: Input) =>
         const port = integer(options["metrics-port"])
         if (port !== undefined) {
           const host = text(options["metrics-host"]) ?? "127.0.0.1"
-          const address = yield* Prometheus.serve({ port, host }).pipe(Effect.provide(Store.layer))
+          const address = yield* Prometheus.serve({ port, host }).pipe(Effect.provide(Admin.layer))
           yield* Console.log(`metrics on http://${address.host}:${address.port}/metrics`)
         }
         const config = yield* OutboxConfig
