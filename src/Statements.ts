@@ -63,12 +63,16 @@ WITH picked AS MATERIALIZED (
   ORDER BY c.id
   LIMIT $4
   FOR UPDATE OF c SKIP LOCKED
+), candidates AS MATERIALIZED (
+  SELECT ARRAY(SELECT DISTINCT ordering_key FROM picked) AS ordering_keys
 ), claimable AS MATERIALIZED (
-  SELECT sync_outbox_claim_keys(ARRAY(SELECT DISTINCT ordering_key FROM picked), $2) AS ordering_keys
+  SELECT keys AS ordering_keys, cardinality(keys) = (SELECT cardinality(ordering_keys) FROM candidates) AS all_keys
+  FROM sync_outbox_claim_keys((SELECT ordering_keys FROM candidates), $2) AS keys
 ), keys AS MATERIALIZED (
   SELECT ordering_key, bool_or(coalesce) AS coalesce
   FROM picked
-  WHERE ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
+  -- Usually every key is free: then no key is looked up in the array (a linear search per row).
+  WHERE (SELECT all_keys FROM claimable) OR ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
   GROUP BY ordering_key
 )
 UPDATE sync_outbox o
