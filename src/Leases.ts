@@ -71,6 +71,12 @@ export interface LeasesShape {
   readonly renew: (owner: string, ids: ReadonlyArray<string>, until: Date) => Effect.Effect<number, SqlError.SqlError>
   /** The earliest scheduled retry (epoch ms), or null: when to look again even if nothing notifies. */
   readonly nextWakeAt: Effect.Effect<number | null, SqlError.SqlError>
+  /**
+   * Take the outbox's statistics again if they no longer describe it (it changed by more than its
+   * size since); returns whether it did. Plans, the cached ones of prepared statements included,
+   * are made from statistics: those of an empty table make a claim scan every pending row.
+   */
+  readonly refreshStatistics: Effect.Effect<boolean, SqlError.SqlError>
   readonly heartbeat: (worker: WorkerRow) => Effect.Effect<void, SqlError.SqlError>
   readonly unregister: (owner: string) => Effect.Effect<void, SqlError.SqlError>
 }
@@ -167,6 +173,9 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
       return at instanceof Date ? at.getTime() : null
     })
 
+    const refreshStatistics = Effect.flatMap(run<{ stale: boolean }>(Statements.statisticsStale, []), (rows) =>
+      rows[0]?.stale === true ? Effect.as(run(Statements.analyze, []), true) : Effect.succeed(false))
+
     const heartbeat = (worker: WorkerRow) =>
       run(Statements.heartbeat, [
         worker.owner,
@@ -180,7 +189,7 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
 
     const unregister = (owner: string) => Effect.asVoid(run(Statements.unregister, [owner]))
 
-    return { claim, complete, fail, release, renew, nextWakeAt, heartbeat, unregister } satisfies LeasesShape
+    return { claim, complete, fail, release, renew, nextWakeAt, refreshStatistics, heartbeat, unregister } satisfies LeasesShape
   })
 
 export class Leases extends Context.Tag("sync-outbox/Leases")<Leases, LeasesShape>() {

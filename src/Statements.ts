@@ -196,6 +196,23 @@ ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.break
   loop = EXCLUDED.loop, loop_error = EXCLUDED.loop_error`
 }
 
+/**
+ * Whether the outbox changed by more than its whole size (and at least 1,000 rows) since its
+ * statistics were taken: a brand-new database, or a burst into a table analyzed while empty.
+ */
+export const statisticsStale: Statement = {
+  name: "sync_outbox_statistics_stale",
+  text: `SELECT coalesce(s.n_mod_since_analyze > greatest(1000, c.reltuples), false) AS stale
+FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = 'sync_outbox'::regclass`
+}
+
+/** Skipped, not waited for, while autovacuum (or another worker) is at it. */
+export const analyze: Statement = {
+  name: "sync_outbox_analyze",
+  text: `ANALYZE (SKIP_LOCKED) sync_outbox`
+}
+
 export const unregister: Statement = {
   name: "sync_outbox_unregister",
   text: `DELETE FROM sync_outbox_workers WHERE owner = $1`

@@ -5,13 +5,13 @@ import { Duration, Effect, Layer, Metric, Redacted, Schema, TestClock } from "ef
 import pg from "pg"
 import { beforeAll } from "vitest"
 import { Admin, enqueue, enqueueMany, enqueueWith, event, Leases, Metrics, OutboxEvent, Store } from "../src/index.js"
-import { countRows, freshDatabase, SetValue, sqlLayer } from "./support/harness.js"
+import { countRows, eventually, freshDatabase, SetValue, sqlLayer } from "./support/harness.js"
 
 let url: string
 beforeAll(async () => {
   url = await freshDatabase("store")
 })
-const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | Store>) =>
+const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | Store | Leases>) =>
   effect.pipe(Effect.provide(Store.layer.pipe(Layer.provideMerge(sqlLayer(url)))))
 
 const clear = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox CASCADE`)
@@ -306,4 +306,23 @@ describe("Leases through a plain SqlClient (no PgPool: another client, PGlite, a
         Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))
       ))
     ))
+})
+
+describe("Leases: statistics", () => {
+  it.live("a table that changed by more than its size since it was analyzed is analyzed again, once", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* clear
+      yield* sql`ANALYZE sync_outbox`
+      const leases = yield* Leases
+      expect(yield* leases.refreshStatistics).toBe(false)
+      yield* sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+        SELECT 'thing', 'set', 'thing:s' || g, '{}'::jsonb FROM generate_series(1, 3000) g`
+      // The inserting session's counts reach the statistics views within a second or so.
+      yield* eventually(leases.refreshStatistics, (analyzed) => analyzed, { timeout: 15_000, interval: 200 })
+      const [row] = yield* sql<{ reltuples: number }>`SELECT reltuples::float8 AS reltuples FROM pg_class WHERE oid = 'sync_outbox'::regclass`
+      expect(row!.reltuples).toBeGreaterThan(1_000)
+      expect(yield* leases.refreshStatistics).toBe(false)
+      yield* clear
+    })))
 })
