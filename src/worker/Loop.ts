@@ -33,7 +33,7 @@ export interface LoopOptions {
   readonly dueTimer: DueTimer
   /** A sliding queue of one: a wake-up asked for while busy is kept, many collapse into one. */
   readonly wakeups: Queue.Queue<void>
-  /** Done when the worker shuts down. */
+  /** Done when the worker shuts down (which then wakes the loop). */
   readonly stopping: Deferred.Deferred<void>
   readonly state: SubscriptionRef.SubscriptionRef<LoopState>
   readonly error: Ref.Ref<string | null>
@@ -149,10 +149,8 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     Effect.gen(function*() {
       if ((yield* Queue.size(wakeups)) > 0) return
       const waitMs = yield* dueTimer.waitMs(claimedLastTime)
-      yield* Effect.raceFirst(
-        Queue.take(wakeups),
-        Effect.raceFirst(Effect.sleep(Duration.millis(waitMs)), Deferred.await(stopping))
-      )
+      // Shutdown wakes us too (it completes `stopping`, then wakes): one race, two fibers.
+      yield* Effect.raceFirst(Queue.take(wakeups), Effect.sleep(Duration.millis(waitMs)))
     })
 
   const setState = (state: LoopState, error: string | null) =>
