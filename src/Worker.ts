@@ -56,7 +56,7 @@ const make = Effect.gen(function*() {
   // Completions journal what they delete while the retention is above zero; one pruner at a time.
   const journaling = yield* Journal.start(config.retention)
   const dueTimer = yield* DueTimer.make(Duration.toMillis(config.interval), leases.nextWakeAt)
-  const recorder = yield* Recorder.make({ owner, leases, config, journaling, noteRetry: dueTimer.note })
+  const recorder = yield* Recorder.make({ owner, leases, config, journaling, noteRetry: dueTimer.note, wake })
   yield* Effect.forkScoped(Stream.runForEach(listener.wakeups, () => wake))
   yield* Heartbeat.start({ owner, leases, config, breaker: breaker.state, listener: listener.state, loop: loopState, loopError })
   yield* Effect.forkScoped(Effect.zipRight(Breaker.checkAtStart(breaker, redis, config.callTimeout), wake))

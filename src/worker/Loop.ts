@@ -121,11 +121,11 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       // Bounded by the pool's statement and query timeouts (or `Leases`' own, without a pool).
       // The lease ends no earlier than `leaseMs` after this instant (the statement reads the clock later).
       const leaseEndsAt = (yield* Clock.currentTimeMillis) + leaseMs
+      recorder.claiming()
       const events = yield* leases.claim(owner, leaseMs, config.batchSize)
-      if (events.length === 0) {
-        yield* recorder.flush
-        return claimed
-      }
+      // The previous batch may still be being written down: not waited for (the recorder wakes
+      // us if this claim passed over one of its keys).
+      if (events.length === 0) return claimed
       claimed = true
       const unblocked = yield* processBatch(events, leaseEndsAt)
       // The next event of a key just done is claimable once that is written down: claim it now,
@@ -137,10 +137,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       // A short batch took everything there was. Anything committed since has notified, and
       // the sliding wake-up queue kept that: idle will return at once instead of costing a claim.
       // (Unless that batch opened the breaker: then the probe loop above must run.)
-      if (events.length < config.batchSize && !(yield* breaker.isOpen)) {
-        yield* recorder.flush
-        return claimed
-      }
+      if (events.length < config.batchSize && !(yield* breaker.isOpen)) return claimed
     }
   })
 
@@ -160,9 +157,10 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     yield* setState("running", null)
     while (!(yield* isStopping)) {
       const claimed = yield* drain
-      if (yield* isStopping) return
+      if (yield* isStopping) break
       yield* idle(claimed)
     }
+    yield* recorder.flush
   })
 
   const recoverSchedule = Schedule.exponential(Duration.millis(50)).pipe(

@@ -2,8 +2,9 @@
  * Writes outcomes down: applied events completed (and journaled), failures recorded with their
  * backoff or as dead letters, unstarted events released, in at most three statements per batch,
  * retried while Postgres is briefly away (they are idempotent and fenced on the lease owner).
- * A batch is recorded in the background while the next claim runs (its rows stay leased by us
- * until then, so no claim can take them or their keys), one batch at a time. Timed-out events
+ * A batch is recorded in the background while the loop goes on (its rows stay leased by us until
+ * then, so no claim can take them or their keys), one batch at a time; a claim that ran meanwhile
+ * may have passed over a key being completed, so the loop is woken once the record is written. Timed-out events
  * are held until their call can no longer be running (see `hold`).
  */
 import { Clock, Duration, Effect, Fiber, FiberSet, Metric, Option, Schedule, type Scope } from "effect"
@@ -22,6 +23,8 @@ export interface Recorder {
   readonly submit: (outcomes: ReadonlyArray<Outcome>) => Effect.Effect<void>
   /** Wait for the background record (its failure is logged: those rows come back when their leases expire). */
   readonly flush: Effect.Effect<void>
+  /** The loop is about to claim: if a background record is being written, wake the loop once it is. */
+  readonly claiming: () => void
   /** Whether an event with this outcome is dead: permanent, or out of attempts. */
   readonly isDead: (event: Claimed, permanent: boolean) => boolean
 }
@@ -34,6 +37,8 @@ export interface RecorderOptions {
   readonly journaling: boolean
   /** Told of every retry scheduled (the due timer). */
   readonly noteRetry: (at: number) => Effect.Effect<void>
+  /** Wakes the loop. */
+  readonly wake: Effect.Effect<void>
 }
 
 export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, Scope.Scope> =>
@@ -52,7 +57,11 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
       Schedule.upTo(Duration.divide(config.leaseDuration, 2).pipe(Option.getOrElse(() => config.leaseDuration)))
     )
 
-    const record = (outcomes: ReadonlyArray<Outcome>): Effect.Effect<{ readonly unavailable: boolean }, unknown> =>
+    /**
+     * Sort outcomes into statements, on the caller's fiber: retries are noted (the loop's next
+     * sleep must know them) and holds started before anything is written. `write` runs the statements.
+     */
+    const prepare = (outcomes: ReadonlyArray<Outcome>) =>
       Effect.gen(function*() {
         const now = yield* Clock.currentTimeMillis
         const completed: Array<string> = []
@@ -114,18 +123,21 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
         if (failures.length > 0) statements.push(leases.fail(owner, failures))
         if (released.length > 0) statements.push(leases.release(owner, released))
         // The outcomes are known; only writing them down can fail (Postgres restarting). Usually
-        // one statement (all applied): run it on this fiber rather than fork three.
-        yield* (statements.length === 1 ? statements[0]! : Effect.all(statements, { concurrency: "unbounded", discard: true })).pipe(
+        // one statement (all applied): run it on its fiber rather than fork three.
+        const write = (statements.length === 1 ? statements[0]! : Effect.all(statements, { concurrency: "unbounded", discard: true })).pipe(
           Effect.tapError((error) => Effect.logWarning(`sync-outbox: recording outcomes failed, retrying: ${oneLine(error)}`)),
-          Effect.retry(retrySchedule)
+          Effect.retry(retrySchedule),
+          Effect.zipRight(Metric.incrementBy(Metrics.applied, appliedCount)),
+          Effect.zipRight(Metric.incrementBy(Metrics.superseded, supersededBy.size)),
+          Effect.zipRight(Metric.incrementBy(Metrics.failed, failures.length)),
+          Effect.zipRight(Metric.incrementBy(Metrics.dead, deadCount)),
+          Effect.zipRight(Metric.incrementBy(Metrics.released, released.length))
         )
-        yield* Metric.incrementBy(Metrics.applied, appliedCount)
-        yield* Metric.incrementBy(Metrics.superseded, supersededBy.size)
-        yield* Metric.incrementBy(Metrics.failed, failures.length)
-        yield* Metric.incrementBy(Metrics.dead, deadCount)
-        yield* Metric.incrementBy(Metrics.released, released.length)
-        return { unavailable }
+        return { write, unavailable }
       })
+
+    const record = (outcomes: ReadonlyArray<Outcome>): Effect.Effect<{ readonly unavailable: boolean }, unknown> =>
+      Effect.flatMap(prepare(outcomes), ({ unavailable, write }) => Effect.as(write, { unavailable }))
 
     /**
      * A call that timed out may still be running: an interrupted Effect stops, but a Promise does
@@ -167,8 +179,20 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
       )
     }
 
-    // The one background record in progress, if any.
+    // The one background record not yet joined, if any; whether it is still being written, and
+    // whether a claim ran meanwhile.
     let background: Fiber.Fiber<unknown, unknown> | undefined
+    let writing = false
+    let claimedMeanwhile = false
+    const claiming = () => {
+      if (writing) claimedMeanwhile = true
+    }
+    const written = Effect.suspend(() => {
+      writing = false
+      if (!claimedMeanwhile) return Effect.void
+      claimedMeanwhile = false
+      return options.wake
+    })
     const flush = Effect.suspend(() => {
       const pending = background
       background = undefined
@@ -184,11 +208,18 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
     const submit = (outcomes: ReadonlyArray<Outcome>) =>
       Effect.zipRight(
         flush,
-        Effect.flatMap(Effect.fork(record(outcomes)), (fiber) =>
-          Effect.sync(() => {
-            background = fiber
-          }))
+        Effect.flatMap(
+          Effect.flatMap(prepare(outcomes), ({ write }) =>
+            Effect.suspend(() => {
+              writing = true
+              return Effect.fork(Effect.ensuring(write, written))
+            })),
+          (fiber) =>
+            Effect.sync(() => {
+              background = fiber
+            })
+        )
       )
 
-    return { record, submit, flush, isDead }
+    return { record, submit, flush, claiming, isDead }
   })
