@@ -93,15 +93,21 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length } }))
 
   // Stale statistics cost most in a backlog (a claim planned for an empty table scans every
-  // pending row, and may not finish within the statement timeout): look at them before a drain's
-  // first claim, at most once per poll interval; a failure only waits for the next look.
+  // pending row): look at them when a drain starts, at most once per poll interval, beside the
+  // claims rather than before them (the look is a round trip, ANALYZE a sample of the table); a
+  // failure only waits for the next look.
   let statisticsCheckedAt = Number.NEGATIVE_INFINITY
   const checkStatistics = Effect.gen(function*() {
     const now = yield* Clock.currentTimeMillis
     if (now - statisticsCheckedAt < Duration.toMillis(config.interval)) return
     statisticsCheckedAt = now
-    if (yield* leases.refreshStatistics) yield* Effect.logDebug("sync-outbox: outbox statistics refreshed for a backlog")
-  }).pipe(Effect.catchAllCause((cause) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${causeLine(cause)}`)))
+    yield* Effect.fork(
+      Effect.flatMap(leases.refreshStatistics, (analyzed) =>
+        analyzed ? Effect.logDebug("sync-outbox: outbox statistics refreshed for a backlog") : Effect.void).pipe(
+          Effect.catchAllCause((cause) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${causeLine(cause)}`))
+        )
+    )
+  })
 
   /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
   const drain = Effect.gen(function*() {
