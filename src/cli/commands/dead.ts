@@ -2,7 +2,7 @@ import * as Console from "effect/Console"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import { Admin, type DeadSelector } from "../../Admin.js"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { integer, oneLine, pad, adminLayer, text, UsageError } from "../shared.js"
 
 /** `dead show` of an event that is still pending: not a dead letter, and not shown as one. */

@@ -4,7 +4,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { OutboxConfig } from "../../OutboxConfig.js"
 import { Admin } from "../../Admin.js"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { retentionLine } from "../journal.js"
 import { ms, oneLine, pad, adminLayer } from "../shared.js"
 

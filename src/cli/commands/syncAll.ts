@@ -5,7 +5,7 @@ import { RedisSink } from "../../RedisSink.js"
 import { enqueue } from "../../Enqueue.js"
 import * as Events from "../../sync/Events.js"
 import { SyncService } from "../../sync/SyncService.js"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { database } from "../shared.js"
 
 export const run = ({ options }: Input): Effect.Effect<void, unknown> =>

@@ -6,7 +6,7 @@ import { OutboxConfig } from "../../OutboxConfig.js"
 import * as Prometheus from "../../Prometheus.js"
 import { Admin } from "../../Admin.js"
 import * as SyncOutbox from "../../SyncOutbox.js"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { database, integer, loadHandlers, text } from "../shared.js"
 
 export const run = ({ options }: Input) =>
