@@ -274,9 +274,10 @@ const latency = async (env: Env) => {
   const stop = await bareConsumer(env, `redis://127.0.0.1:${env.redisPort}`)
   const bare = await measure("bare")
   await stop()
-  rows.push({ measure: "(a) latency p50, ms", ours: f(ours.p50), bare: f(bare.p50), goal: "≤ 2" })
+  rows.push({ measure: "(a) latency p50, ms", ours: f(ours.p50), bare: f(bare.p50), goal: "" })
   rows.push({ measure: "(a) latency p95, ms", ours: f(ours.p95), bare: f(bare.p95), goal: "" })
-  rows.push({ measure: "(a) latency p99, ms", ours: f(ours.p99), bare: f(bare.p99), goal: "≤ 5" })
+  rows.push({ measure: "(a) latency p99, ms", ours: f(ours.p99), bare: f(bare.p99), goal: "" })
+  rows.push({ measure: "(a) p50 / p99, times the bare loop's", ours: `${f(ours.p50 / bare.p50)} / ${f(ours.p99 / bare.p99)}`, bare: "1 / 1", goal: "≤ 1.2 / 1.5" })
   rows.push({ measure: "(a) of which enqueue call to commit, p50 ms", ours: f(ours.commit), bare: f(bare.commit), goal: "" })
 }
 
@@ -314,8 +315,8 @@ const drain = async (env: Env) => {
   await stop()
   const ours = (n / oursMs) * 1000
   const bare = (n / bareMs) * 1000
-  rows.push({ measure: `(b) drain ${n.toLocaleString("en")} items, items/s`, ours: f(ours, 0), bare: f(bare, 0), goal: "≥ 15,000" })
-  rows.push({ measure: "(b) share of the bare loop", ours: `${f((ours / bare) * 100, 0)} %`, bare: "100 %", goal: "≥ 40 %" })
+  rows.push({ measure: `(b) drain ${n.toLocaleString("en")} items, items/s`, ours: f(ours, 0), bare: f(bare, 0), goal: "" })
+  rows.push({ measure: "(b) share of the bare loop", ours: `${f((ours / bare) * 100, 0)} %`, bare: "100 %", goal: "≥ 60 %" })
 }
 
 /** (c) Redis refused for 3 s while 1,000 events arrive. */

@@ -1,8 +1,9 @@
 /**
  * A `PgClient` (and so a `SqlClient`) whose every call is bounded: a connect timeout, a
  * statement timeout enforced by Postgres and a query timeout enforced by the client, so one hung
- * call cannot stall the worker (the seed's defect 8). Broken connections (Postgres restarted, a
- * backend terminated) are dropped from the pool and replaced on the next query.
+ * call (a lock wait, a server that stopped answering) fails in bounded time instead of stalling
+ * the worker forever. Broken connections (Postgres restarted, a backend terminated) are dropped
+ * from the pool and replaced on the next query.
  */
 import { PgClient } from "@effect/sql-pg"
 import { type SqlClient, SqlError } from "@effect/sql"

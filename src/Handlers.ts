@@ -129,7 +129,6 @@ export interface HandlersShape {
   ) => Effect.Effect<ReadonlyArray<ApplyOutcome>>
   /** The event type registered for a pair, for callers that enqueue by name (the CLI). */
   readonly lookup: (resourceType: string, action: string) => Effect.Effect<EventType.Any, UnknownEventType>
-  readonly types: ReadonlyArray<EventType.Any>
 }
 
 export class Handlers extends Context.Tag("sync-outbox/Handlers")<Handlers, HandlersShape>() {
@@ -142,10 +141,6 @@ export class Handlers extends Context.Tag("sync-outbox/Handlers")<Handlers, Hand
     ...handlers: Hs
   ): Layer.Layer<Handlers, never, Hs[number] extends Handler<infer R> ? R : never> =>
     Layer.effect(Handlers, make(handlers))
-
-  /** Several registries merged into one (the engine's user's handlers beside `sync/`'s). */
-  static readonly merge = (...registries: ReadonlyArray<ReadonlyArray<Handler<any>>>) =>
-    Handlers.layer(...registries.flat())
 }
 
 export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<HandlersShape, never, R> =>
@@ -288,5 +283,5 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
         )
       }).pipe(Effect.provide(context))
 
-    return { apply, applyAll, lookup, types: handlers.map((h) => h.type) }
+    return { apply, applyAll, lookup }
   })

@@ -1,7 +1,7 @@
 /**
  * The journal of applied events (`sync_outbox_journal`, migration 0005): what was applied, when,
  * by which worker, and which newer event covered a coalesced one. Rows are written by the
- * statement that completes them (`Store.complete`); this module prunes them past the retention,
+ * statement that completes them (`Leases.complete`); this module prunes them past the retention,
  * reads them back (`history`), enqueues them again (`replay`) and measures the table.
  */
 import { SqlClient, type SqlError } from "@effect/sql"

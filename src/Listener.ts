@@ -4,7 +4,7 @@
  * claim. pg-listen never gives up reconnecting (`retryTimeout: Infinity`), payloads are passed
  * through unparsed, and the first connect is retried on a schedule, not given up either.
  */
-import { Config, Context, Duration, Effect, Layer, PubSub, Redacted, Schedule, Stream, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Layer, PubSub, Redacted, Schedule, Stream, SubscriptionRef } from "effect"
 import type pg from "pg"
 import * as pgListen from "pg-listen"
 import type { Options as PgListenOptions, Subscriber } from "pg-listen"
@@ -36,12 +36,6 @@ const reconnectDelay = (attempt: number) => Math.min(25 * 2 ** Math.max(0, attem
 
 export class Listener extends Context.Tag("sync-outbox/Listener")<Listener, ListenerShape>() {
   static readonly layer = (options: ListenerOptions): Layer.Layer<Listener> => Layer.scoped(Listener, make(options))
-
-  static readonly layerConfig = (options: {
-    readonly url: Config.Config<Redacted.Redacted>
-    readonly channel: Config.Config<string>
-  }): Layer.Layer<Listener, import("effect/ConfigError").ConfigError> =>
-    Layer.unwrapEffect(Effect.map(Config.all(options), (resolved) => Listener.layer(resolved)))
 
   /** No LISTEN connection (poll-only mode): no wake-ups beyond the worker's own timers. */
   static readonly off: Layer.Layer<Listener> = Layer.effect(

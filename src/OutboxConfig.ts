@@ -26,7 +26,12 @@ export interface OutboxConfigShape {
   readonly channel: string
   /** No LISTEN connection at all (PgBouncer in transaction mode): polling only. */
   readonly pollOnly: boolean
-  /** Bounds every call the worker makes (claim, complete, a handler's apply). */
+  /**
+   * Bounds a batch of handler calls (what has not finished is interrupted: `HandlerTimeout`), the
+   * breaker's probe and the heartbeat. The worker's statements are bounded by it only when its
+   * `SqlClient` has no `PgPool`; under `Database.layer` the pool's `statement_timeout` and query
+   * timeout (`SYNC_OUTBOX_DB_STATEMENT_TIMEOUT`) bound them.
+   */
   readonly callTimeout: Duration.Duration
   /** Breaker probe schedule while the sink is unavailable: starts at `probeBase`, capped at `probeCap`. */
   readonly probeBase: Duration.Duration

@@ -21,7 +21,7 @@ import { createServer } from "node:http"
 import { monitorEventLoopDelay } from "node:perf_hooks"
 import * as Journal from "./Journal.js"
 import * as Metrics from "./Metrics.js"
-import { Store } from "./Store.js"
+import { Admin } from "./Admin.js"
 
 const escapeLabel = (value: string) => value.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"')
 const sanitize = (name: string) => name.replace(/[^a-zA-Z0-9_:]/g, "_")
@@ -122,16 +122,16 @@ const openFileDescriptors = (): number | null => {
 }
 
 /**
- * What a scrape returns: sync-outbox's families and the process's. When a `Store` is in the
+ * What a scrape returns: sync-outbox's families and the process's. When `Admin` is in the
  * context, the queue gauges (`sync_outbox_pending`, `_dead`, `_oldest_pending_age_seconds`) are
  * refreshed from the database first (bounded: a slow database leaves the previous values).
  */
 export const scrape = (options: { readonly prefix?: string | null | undefined; readonly process?: boolean | undefined } = {}): Effect.Effect<string> =>
   Effect.gen(function*() {
-    const store = yield* Effect.serviceOption(Store)
-    if (Option.isSome(store)) {
+    const admin = yield* Effect.serviceOption(Admin)
+    if (Option.isSome(admin)) {
       yield* Effect.gen(function*() {
-        const stats = yield* store.value.stats
+        const stats = yield* admin.value.stats
         yield* Metric.set(Metrics.queueDepth, stats.pending)
         yield* Metric.set(Metrics.deadDepth, stats.dead)
         yield* Metric.set(Metrics.oldestAge, (stats.oldestPendingAgeMs ?? 0) / 1_000)
@@ -168,8 +168,8 @@ export interface ServerOptions {
 }
 
 /**
- * Serve `scrape` over HTTP for the lifetime of the scope; returns the bound address. Give it the
- * worker's `Store` to have the queue gauges refreshed per scrape.
+ * Serve `scrape` over HTTP for the lifetime of the scope; returns the bound address. Give it
+ * `Admin` (`Store.layer` provides it too) to have the queue gauges refreshed per scrape.
  */
 export const serve = (
   options: ServerOptions
@@ -206,12 +206,12 @@ export const serve = (
     return { host, port: typeof address === "object" && address !== null ? address.port : options.port }
   })
 
-/** `serve` as a layer: the server lives as long as the layer; queue gauges come from `Store`. */
-export const layerServer = (options: ServerOptions): Layer.Layer<never, MetricsServerError, Store> =>
+/** `serve` as a layer: the server lives as long as the layer; queue gauges come from `Admin`. */
+export const layerServer = (options: ServerOptions): Layer.Layer<never, MetricsServerError, Admin> =>
   Layer.scopedDiscard(
-    Effect.flatMap(Store, (store) =>
+    Effect.flatMap(Admin, (admin) =>
       Effect.flatMap(serve(options), ({ host, port }) =>
         Effect.logInfo(`sync-outbox: metrics on http://${host}:${port}${options.path ?? "/metrics"}`)).pipe(
-        Effect.provideService(Store, store)
+        Effect.provideService(Admin, admin)
       ))
   )

@@ -1,7 +1,7 @@
 /**
  * Attempt number to delay: exponential from `base`, capped at `cap`, then "equal jitter" (a
- * uniformly random point in the upper half), so rows that failed together do not retry in
- * lockstep (the seed's defect 2). Randomness comes only from Effect's `Random`, so tests can fix it.
+ * uniformly random point in the upper half), so rows that failed together (a burst against a
+ * sick dependency) do not all retry in the same instant and knock it over again. Randomness comes only from Effect's `Random`, so tests can fix it.
  */
 import { Duration, Effect, Random } from "effect"
 

@@ -2,12 +2,15 @@
  * sync-outbox: keep Redis in step with a Postgres control plane through a transactional outbox.
  *
  * Producers: define `EventType`s, call `enqueue` inside their own `sql.withTransaction`.
- * Workers: provide `Handlers`, a `SqlClient`, `RedisSink`, `OutboxConfig`, a `Listener`, and
- * build `Worker.layer` (or `SyncOutbox.layerWorker`, which reads all of it from the environment).
+ * Workers: provide `Handlers`, a `SqlClient`, `Leases`, `RedisSink`, `OutboxConfig`, a `Listener`,
+ * and build `Worker.layer` (or `SyncOutbox.layerWorker`, which reads all of it from the environment).
+ * Operators: `Admin` (queue stats, dead letters, live workers).
  */
 export * as Convergence from "./Convergence.js"
 export { ConvergenceConfig } from "./Convergence.js"
 export type { ConvergenceConfigShape, LastRun, RunReason } from "./Convergence.js"
+export { Admin } from "./Admin.js"
+export type { AdminShape, DeadSelector, LiveWorker, Stats } from "./Admin.js"
 export * as Database from "./Database.js"
 export * as InFlight from "./InFlight.js"
 export * from "./Errors.js"
@@ -29,8 +32,12 @@ export { DriftCounter, driftOf, Reconciler, ReconcileError, totalDrift } from ".
 export type { DriftReport, FamilyDrift, ReconcileOptions, ReconcilerShape } from "./Reconciler.js"
 export * as Prometheus from "./Prometheus.js"
 export * as Retry from "./Retry.js"
-export { enqueue, enqueueMany, enqueueWith, event, Store } from "./Store.js"
-export type { AnyEvent, Claimed, DeadSelector, Failure, Stats } from "./Store.js"
+export { enqueue, enqueueMany, enqueueWith, event } from "./Enqueue.js"
+export type { AnyEvent } from "./Enqueue.js"
+export { Leases } from "./Leases.js"
+export type { Claimed, Failure, Journaling, LeasesOptions, LeasesShape, WorkerRow } from "./Leases.js"
+export { Store } from "./Store.js"
+export type { StoreOptions, StoreShape } from "./Store.js"
 export * as SyncOutbox from "./SyncOutbox.js"
 export { Worker } from "./Worker.js"
 export type { BreakerState, LoopState, WorkerShape } from "./Worker.js"

@@ -363,13 +363,23 @@ export const layer = Handlers.layer(handle(TenantRenamed, ({ payload, resourceId
       }
       expect(seen).toBe(qps)
 
-      const body = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
-      const samples = new Map(
-        body.split("\n").filter((l) => l !== "" && !l.startsWith("#")).map((l) => {
-          const at = l.lastIndexOf(" ")
-          return [l.slice(0, at), Number(l.slice(at + 1))] as const
-        })
-      )
+      // The event is in Redis before its row is deleted and counted (written down in the
+      // background): scrape until that has happened too.
+      const scrape = async () => {
+        const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text()
+        const parsed = new Map(
+          text.split("\n").filter((l) => l !== "" && !l.startsWith("#")).map((l) => {
+            const at = l.lastIndexOf(" ")
+            return [l.slice(0, at), Number(l.slice(at + 1))] as const
+          })
+        )
+        return { body: text, samples: parsed }
+      }
+      let { body, samples } = await scrape()
+      while ((samples.get("sync_outbox_pending") !== 0 || !(samples.get("sync_outbox_applied_total")! >= 1)) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50))
+        ;({ body, samples } = await scrape())
+      }
       expect([...samples.values()].every((v) => Number.isFinite(v))).toBe(true)
       expect(samples.get("sync_outbox_applied_total")).toBeGreaterThanOrEqual(1)
       expect(samples.get("sync_outbox_pending"), body).toBe(0)

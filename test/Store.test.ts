@@ -1,16 +1,17 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Metric, Schema, TestClock } from "effect"
+import { PgClient } from "@effect/sql-pg"
+import { Duration, Effect, Layer, Metric, Redacted, Schema, TestClock } from "effect"
 import pg from "pg"
 import { beforeAll } from "vitest"
-import { enqueue, enqueueMany, enqueueWith, event, Metrics, OutboxEvent, Store } from "../src/index.js"
-import { countRows, freshDatabase, SetValue, sqlLayer } from "./support/harness.js"
+import { Admin, enqueue, enqueueMany, enqueueWith, event, Leases, Metrics, OutboxEvent, Store } from "../src/index.js"
+import { countRows, eventually, freshDatabase, SetValue, sqlLayer } from "./support/harness.js"
 
 let url: string
 beforeAll(async () => {
   url = await freshDatabase("store")
 })
-const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | Store>) =>
+const withDb = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | Store | Leases>) =>
   effect.pipe(Effect.provide(Store.layer.pipe(Layer.provideMerge(sqlLayer(url)))))
 
 const clear = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox CASCADE`)
@@ -299,5 +300,58 @@ describe("Store: claim", () => {
       yield* store.complete("a", first.map((e) => e.id))
       const second = yield* store.claim("a", 10_000, 10)
       expect(second.map((e) => [e.payload, e.successor])).toEqual([[2, false]])
+    })))
+})
+
+describe("Leases through a plain SqlClient (no PgPool: another client, PGlite, a test kit)", () => {
+  it.live("the same statements, the same rows and the same counts as on the pool", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox, sync_outbox_journal CASCADE`
+      const leases = yield* Leases
+      const admin = yield* Admin
+      yield* enqueueMany(Array.from({ length: 4 }, (_, i) => event(SetValue, { payload: { key: `plain${i}`, value: "v" } })))
+      const claimed = yield* leases.claim("plain", 30_000, 10)
+      expect(claimed.map((e) => e.orderingKey)).toEqual(["thing:plain0", "thing:plain1", "thing:plain2", "thing:plain3"])
+      const [a, b, c, d] = claimed.map((e) => e.id) as [string, string, string, string]
+      expect(yield* leases.renew("plain", [a, b], new Date(Date.now() + 60_000))).toBe(2)
+      expect(yield* leases.renew("someone-else", [a], new Date(Date.now() + 60_000))).toBe(0)
+      expect(yield* leases.release("plain", [d])).toBe(1)
+      yield* leases.fail("plain", [{ id: c, attempt: 1, tag: "Boom", message: "no", nextRetryAt: new Date(Date.now() + 60_000), dead: false }])
+      expect((yield* admin.show(c)).failures.map((f) => f.errorTag)).toEqual(["Boom"])
+      expect(yield* leases.nextWakeAt).toBeGreaterThan(Date.now())
+      expect(yield* leases.complete("plain", [a])).toBe(1)
+      expect(yield* leases.complete("plain", [b], { appliedAt: new Date(), supersededBy: new Map() })).toBe(1)
+      expect(yield* leases.complete("plain", [a, b])).toBe(0)
+      const journaled = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM sync_outbox_journal WHERE id = ${b}::bigint`
+      expect(journaled[0]!.n).toBe(1)
+      yield* leases.heartbeat({ owner: "plain", hostname: "h", pid: 1, breaker: "closed", listener: "off", loop: "running", loopError: null })
+      expect((yield* admin.workers(60_000)).map((w) => w.owner)).toEqual(["plain"])
+      yield* leases.unregister("plain")
+      expect(yield* admin.workers(60_000)).toEqual([])
+      expect((yield* admin.stats).pending).toBe(2)
+    }).pipe(
+      Effect.provide(Layer.merge(Leases.layerWith({ callTimeout: Duration.seconds(5) }), Admin.layer).pipe(
+        Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))
+      ))
+    ))
+})
+
+describe("Leases: statistics", () => {
+  it.live("a table that changed by more than its size since it was analyzed is analyzed again, once", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* clear
+      yield* sql`ANALYZE sync_outbox`
+      const leases = yield* Leases
+      expect(yield* leases.refreshStatistics).toBe(false)
+      yield* sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+        SELECT 'thing', 'set', 'thing:s' || g, '{}'::jsonb FROM generate_series(1, 3000) g`
+      // The inserting session's counts reach the statistics views within a second or so.
+      yield* eventually(leases.refreshStatistics, (analyzed) => analyzed, { timeout: 15_000, interval: 200 })
+      const [row] = yield* sql<{ reltuples: number }>`SELECT reltuples::float8 AS reltuples FROM pg_class WHERE oid = 'sync_outbox'::regclass`
+      expect(row!.reltuples).toBeGreaterThan(1_000)
+      expect(yield* leases.refreshStatistics).toBe(false)
+      yield* clear
     })))
 })

@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Data, Deferred, Duration, Effect, Exit, Layer, Metric, Ref, Schema, Scope, TestClock } from "effect"
+import { Chunk, Data, Deferred, Duration, Effect, Exit, Layer, Metric, Ref, Schedule, Schema, Scope, TestClock } from "effect"
 import { beforeAll } from "vitest"
 import {
   enqueue,
@@ -76,7 +76,10 @@ describe("Worker", () => {
       }).pipe(Effect.provide(Layer.merge(worker(), worker())))
       const counts = yield* Effect.gen(function*() {
         const redis = yield* RedisSink
-        return yield* redis.use((c) => c.mget(Array.from({ length: 10_000 }, (_, n) => `${p}${n}`)))
+        // A fresh client: ioredis (no offline queue) refuses commands until it has connected.
+        return yield* redis.use((c) => c.mget(Array.from({ length: 10_000 }, (_, n) => `${p}${n}`))).pipe(
+          Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("5 seconds")))
+        )
       }).pipe(Effect.provide(workerLayer({ url, handlers: counting, config: { enabled: false } })))
       expect(counts.filter((v) => v === "1")).toHaveLength(10_000)
     }), { timeout: 120_000 })

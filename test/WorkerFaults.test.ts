@@ -7,7 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Layer, Logger, Redacted, Ref, Schema } from "effect"
 import pg from "pg"
 import { beforeAll } from "vitest"
-import { Database, enqueue, handle, Handlers, Listener, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
+import { Database, enqueue, handle, Handlers, Leases, Listener, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
 import { countRows, eventually, freshDatabase, prefix, realSleep, redisLayer, sqlLayer, workerLayer } from "./support/harness.js"
 
 let url: string
@@ -41,15 +41,15 @@ describe("Worker faults", () => {
       const p = prefix()
       const broken = yield* Ref.make(true)
       const { lines, logger } = captureLogs()
-      // A store whose claim dies (a bug, not a typed failure) while `broken` holds.
+      // A lease protocol whose claim dies (a bug, not a typed failure) while `broken` holds.
       const store = Layer.effect(
-        Store,
-        Effect.map(Store, (s) => ({
+        Leases,
+        Effect.map(Leases, (s) => ({
           ...s,
           claim: (owner: string, leaseMs: number, limit: number) =>
             Effect.flatMap(Ref.get(broken), (b) => (b ? Effect.die(new Error("claim exploded")) : s.claim(owner, leaseMs, limit)))
         }))
-      ).pipe(Layer.provide(Store.layer))
+      ).pipe(Layer.provide(Leases.layer))
       const worker = Worker.layer.pipe(
         Layer.provideMerge(Layer.mergeAll(store, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(noteHandler(p)))),
         Layer.provideMerge(Layer.mergeAll(OutboxConfig.layer({ interval: Duration.millis(500) }), sqlLayer(url), redisLayer())),

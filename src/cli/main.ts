@@ -7,13 +7,9 @@
  */
 import type { Effect } from "effect/Effect"
 import { readFileSync } from "node:fs"
-import { type CommandSpec, commands, environment, groups, type OptionSpec } from "./spec.js"
+import { type CommandSpec, commands, environment, groups, type Input, type OptionSpec } from "./spec.js"
 
-export interface Input {
-  readonly command: CommandSpec
-  readonly args: Readonly<Record<string, string | undefined>>
-  readonly options: Readonly<Record<string, string | number | boolean | undefined>>
-}
+export type { Input } from "./spec.js"
 
 class UsageFailure extends Error {
   constructor(message: string, readonly command?: CommandSpec | undefined) {

@@ -7,10 +7,10 @@ import { isAbsolute, resolve } from "node:path"
 import { pathToFileURL } from "node:url"
 import * as Database from "../Database.js"
 import type { HandlersModule } from "../HandlersModule.js"
-import { Store } from "../Store.js"
+import { Admin } from "../Admin.js"
 
 export const database = Database.layerConfig()
-export const storeLayer = Store.layer.pipe(Layer.provideMerge(database))
+export const adminLayer = Admin.layer.pipe(Layer.provideMerge(database))
 
 /** A usage error the commands raise themselves: exit code 2, like a bad flag. */
 export class UsageError extends Data.TaggedError("UsageError")<{ readonly message: string }> {}

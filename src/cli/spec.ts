@@ -235,3 +235,10 @@ export const commands: ReadonlyArray<CommandSpec> = [
 export const groups: Record<string, string> = {
   dead: "Inspect, requeue and purge dead letters"
 }
+
+/** A parsed command line, as a command's implementation receives it. */
+export interface Input {
+  readonly command: CommandSpec
+  readonly args: Readonly<Record<string, string | undefined>>
+  readonly options: Readonly<Record<string, string | number | boolean | undefined>>
+}

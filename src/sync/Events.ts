@@ -27,8 +27,6 @@ const ModelDeletePayload = Schema.Struct({ name: Schema.NonEmptyTrimmedString })
 export const MasterActions = ["create", "update", "upsert", "delete", "sync"] as const
 export const KeyActions = ["create", "update", "upsert", "delete", "sync"] as const
 export const ModelActions = ["create", "update", "upsert", "sync"] as const
-export const SnapshotActions = ["sync_all", "sync_bindings", "sync_providers"] as const
-export const BindingActions = ["create", "update", "upsert", "delete", "sync", "sync_bindings"] as const
 
 const master = (action: (typeof MasterActions)[number]) =>
   OutboxEvent.make({ resourceType: "master", action, payload: NoPayload, coalesce: true, requiresResourceId: true })

@@ -22,6 +22,7 @@ import * as Migrations from "../Migrations.js"
 import { OutboxConfig, type OutboxConfigShape } from "../OutboxConfig.js"
 import type { StoredEvent } from "../OutboxEvent.js"
 import { classify, RedisSink, type RedisSinkShape } from "../RedisSink.js"
+import { Leases } from "../Leases.js"
 import { Store } from "../Store.js"
 import { type BreakerState, Worker } from "../Worker.js"
 import * as MemoryRedis from "./MemoryRedis.js"
@@ -276,8 +277,8 @@ class Tracker {
 
 class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
 
-/** The same Store, every call counted (whatever its methods: the worker's use of it may change). */
-const trackStore = (store: Context.Tag.Service<Store>, tracker: Tracker): Context.Tag.Service<Store> => {
+/** The same service, every call counted (whatever its methods: the worker's use of it may change). */
+const trackCalls = <S extends object>(service: S, tracker: Tracker): S => {
   const track = (name: string, effect: Effect.Effect<unknown, unknown>) =>
     Effect.suspend(() => {
       tracker.inFlight++
@@ -295,7 +296,7 @@ const trackStore = (store: Context.Tag.Service<Store>, tracker: Tracker): Contex
       )
     })
   const wrapped: Record<string, unknown> = {}
-  for (const [name, value] of Object.entries(store)) {
+  for (const [name, value] of Object.entries(service)) {
     wrapped[name] = typeof value === "function"
       ? (...args: Array<unknown>) => {
         const result = (value as (...a: Array<unknown>) => unknown)(...args)
@@ -305,7 +306,7 @@ const trackStore = (store: Context.Tag.Service<Store>, tracker: Tracker): Contex
       ? track(name, value as Effect.Effect<unknown, unknown>)
       : value
   }
-  return wrapped as Context.Tag.Service<Store>
+  return wrapped as unknown as S
 }
 
 const make = (drainTimeout: Duration.Duration) =>
@@ -582,8 +583,9 @@ export const layerWith = <E, R>(
   const realStore = Layer.unwrapEffect(Effect.map(OutboxConfig, (c) => Store.layerWith({ callTimeout: c.callTimeout })))
   const store = Layer.effectContext(Effect.gen(function*() {
     const tracker = new Tracker()
-    const store = trackStore(yield* Store, tracker)
-    return Context.make(Store, store).pipe(Context.add(StoreTracker, tracker))
+    // The worker's statements go through Leases: those are the calls a drain waits out.
+    const leases = trackCalls(yield* Leases, tracker)
+    return Context.make(Leases, leases).pipe(Context.add(StoreTracker, tracker), Context.add(Store, yield* Store))
   })).pipe(Layer.provide(realStore))
   const worker = Worker.layer.pipe(
     // No LISTEN: the test decides when the worker looks (drain, advance), so nothing happens

@@ -1,10 +1,9 @@
 import * as Console from "effect/Console"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
-import type { DeadSelector } from "../../Store.js"
-import { Store } from "../../Store.js"
-import type { Input } from "../main.js"
-import { integer, oneLine, pad, storeLayer, text, UsageError } from "../shared.js"
+import { Admin, type DeadSelector } from "../../Admin.js"
+import type { Input } from "../spec.js"
+import { integer, oneLine, pad, adminLayer, text, UsageError } from "../shared.js"
 
 /** `dead show` of an event that is still pending: not a dead letter, and not shown as one. */
 export class NotDead extends Data.TaggedError("NotDead")<{ readonly message: string }> {}
@@ -26,10 +25,10 @@ const selector = (input: Input): Effect.Effect<DeadSelector, UsageError> => {
 
 const list = (input: Input) =>
   Effect.gen(function*() {
-    const store = yield* Store
+    const admin = yield* Admin
     const limit = integer(input.options["limit"]) ?? 50
     if (limit < 1) return yield* new UsageError({ message: "--limit must be at least 1" })
-    const rows = yield* store.listDead({ resourceType: text(input.options["resource-type"]), limit })
+    const rows = yield* admin.listDead({ resourceType: text(input.options["resource-type"]), limit })
     if (input.options["json"] === true) {
       return yield* Console.log(JSON.stringify(rows.map((r) => ({
         id: r.id,
@@ -54,10 +53,10 @@ const list = (input: Input) =>
 
 const show = (input: Input) =>
   Effect.gen(function*() {
-    const store = yield* Store
+    const admin = yield* Admin
     const id = input.args["ID"]!
     if (!/^[1-9][0-9]{0,18}$/.test(id)) return yield* new UsageError({ message: `not an event id: ${oneLine(id, 40)} (ids are positive integers)` })
-    const { event, failures } = yield* store.show(id)
+    const { event, failures } = yield* admin.show(id)
     if (event.status !== "dead") {
       return yield* new NotDead({
         message: `event ${event.id} is ${event.status}, not a dead letter (${event.retryCount} failed attempts so far${event.nextRetryAt === null ? "" : `, next attempt ${event.nextRetryAt.toISOString()}`}); see sync-outbox status`
@@ -93,8 +92,8 @@ const show = (input: Input) =>
 
 /** One named event that the dead-letter command did not find dead: say whether it exists at all. */
 const notDeadOrMissing = (id: string) =>
-  Effect.flatMap(Store, (store) =>
-    store.show(id).pipe(
+  Effect.flatMap(Admin, (admin) =>
+    admin.show(id).pipe(
       Effect.flatMap(({ event }) =>
         new NotDead({ message: `event ${id} is ${event.status === "pending" ? "pending" : event.status}, not a dead letter: nothing done` })
       )
@@ -102,9 +101,9 @@ const notDeadOrMissing = (id: string) =>
 
 const requeue = (input: Input) =>
   Effect.gen(function*() {
-    const store = yield* Store
+    const admin = yield* Admin
     const which = yield* selector(input)
-    const n = yield* store.requeue(which).pipe(
+    const n = yield* admin.requeue(which).pipe(
       Effect.catchTag("EventNotFound", (e) => which._tag === "One" ? notDeadOrMissing(which.id) : Effect.fail(e))
     )
     yield* Console.log(`requeued ${n}`)
@@ -112,14 +111,14 @@ const requeue = (input: Input) =>
 
 const purge = (input: Input) =>
   Effect.gen(function*() {
-    const store = yield* Store
+    const admin = yield* Admin
     const which = yield* selector(input)
-    const n = yield* store.purge(which).pipe(
+    const n = yield* admin.purge(which).pipe(
       Effect.catchTag("EventNotFound", (e) => which._tag === "One" ? notDeadOrMissing(which.id) : Effect.fail(e))
     )
     yield* Console.log(`purged ${n}`)
   })
 
-const byName: Record<string, (input: Input) => Effect.Effect<void, unknown, Store>> = { list, show, requeue, purge }
+const byName: Record<string, (input: Input) => Effect.Effect<void, unknown, Admin>> = { list, show, requeue, purge }
 
-export const run = (input: Input) => byName[input.command.path[1]!]!(input).pipe(Effect.provide(storeLayer))
+export const run = (input: Input) => byName[input.command.path[1]!]!(input).pipe(Effect.provide(adminLayer))

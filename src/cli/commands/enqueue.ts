@@ -5,8 +5,8 @@ import * as Schema from "effect/Schema"
 import { readFile } from "node:fs/promises"
 import { InvalidPayload, UnknownEventType } from "../../Errors.js"
 import type { EventType } from "../../OutboxEvent.js"
-import { enqueue } from "../../Store.js"
-import type { Input } from "../main.js"
+import { enqueue } from "../../Enqueue.js"
+import type { Input } from "../spec.js"
 import { database, integer, loadHandlers, text, UsageError } from "../shared.js"
 
 const readStdin = async (): Promise<string> => {

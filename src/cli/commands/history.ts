@@ -1,5 +1,5 @@
 import * as Effect from "effect/Effect"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { showHistory } from "../journal.js"
 import { database, integer, text } from "../shared.js"
 

@@ -1,7 +1,7 @@
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Migrations from "../../Migrations.js"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { database, text, UsageError } from "../shared.js"
 
 export const run = ({ options }: Input) =>

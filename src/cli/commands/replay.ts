@@ -1,5 +1,5 @@
 import * as Effect from "effect/Effect"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { runReplay } from "../journal.js"
 import { database, loadHandlers, text } from "../shared.js"
 

@@ -4,17 +4,17 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Convergence from "../../Convergence.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
-import { Store } from "../../Store.js"
-import type { Input } from "../main.js"
+import { Admin } from "../../Admin.js"
+import type { Input } from "../spec.js"
 import { retentionLine } from "../journal.js"
-import { ms, oneLine, pad, storeLayer } from "../shared.js"
+import { ms, oneLine, pad, adminLayer } from "../shared.js"
 
 const statusOnce = (json: boolean, watching = false) =>
   Effect.gen(function*() {
-    const store = yield* Store
+    const admin = yield* Admin
     const config = yield* OutboxConfig
-    const stats = yield* store.stats
-    const workers = (yield* store.workers(Duration.toMillis(config.interval) * 3)).map((w) => ({
+    const stats = yield* admin.stats
+    const workers = (yield* admin.workers(Duration.toMillis(config.interval) * 3)).map((w) => ({
       owner: w.owner,
       hostname: w.hostname,
       pid: w.pid,
@@ -69,5 +69,5 @@ export const run = ({ options }: Input) => {
   const once = options["watch"] === true
     ? Effect.forever(header.pipe(Effect.zipRight(statusOnce(json, true)), Effect.zipRight(Effect.sleep(Duration.seconds(1)))))
     : statusOnce(json)
-  return once.pipe(Effect.provide(Layer.merge(storeLayer, OutboxConfig.layerConfig())))
+  return once.pipe(Effect.provide(Layer.merge(adminLayer, OutboxConfig.layerConfig())))
 }

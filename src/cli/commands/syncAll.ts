@@ -2,10 +2,10 @@ import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { RedisSink } from "../../RedisSink.js"
-import { enqueue } from "../../Store.js"
+import { enqueue } from "../../Enqueue.js"
 import * as Events from "../../sync/Events.js"
 import { SyncService } from "../../sync/SyncService.js"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { database } from "../shared.js"
 
 export const run = ({ options }: Input): Effect.Effect<void, unknown> =>

@@ -4,9 +4,9 @@ import * as Layer from "effect/Layer"
 import * as Migrations from "../../Migrations.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
 import * as Prometheus from "../../Prometheus.js"
-import { Store } from "../../Store.js"
+import { Admin } from "../../Admin.js"
 import * as SyncOutbox from "../../SyncOutbox.js"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { database, integer, loadHandlers, text, UsageError } from "../shared.js"
 
 export const run = ({ options }: Input) =>
@@ -27,7 +27,7 @@ export const run = ({ options }: Input) =>
       Effect.gen(function*() {
         if (port !== undefined) {
           const host = text(options["metrics-host"]) ?? "127.0.0.1"
-          const address = yield* Prometheus.serve({ port, host }).pipe(Effect.provide(Store.layer))
+          const address = yield* Prometheus.serve({ port, host }).pipe(Effect.provide(Admin.layer))
           yield* Console.log(`metrics on http://${address.host}:${address.port}/metrics`)
         }
         const config = yield* OutboxConfig

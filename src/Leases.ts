@@ -1,0 +1,203 @@
+/**
+ * The lease protocol: how a worker takes events (`claim` writes a lease: owner and expiry) and
+ * how it gives each one back (`complete`, `fail`, `release`), every step fenced on the lease
+ * owner, so a worker that lost its lease cannot touch a row another worker has since taken. Plus
+ * the worker's own registration (`heartbeat`, `unregister`) and the earliest retry it must wake
+ * for. The SQL is in `Statements`.
+ *
+ * Through a `SqlClient` alone (any client, PGlite included) every statement is bounded by
+ * `callTimeout`. When the `SqlClient` comes from `Database.layer`, its `PgPool` is used directly:
+ * named prepared statements, planned once per connection and bounded by the pool's own statement
+ * and query timeouts. Both ways run the same text and read the same rows.
+ */
+import { SqlClient, SqlError } from "@effect/sql"
+import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
+import { PgPool } from "./Database.js"
+import type * as OutboxEvent from "./OutboxEvent.js"
+import * as Statements from "./Statements.js"
+
+/** A claimed event, and whether another pending event of its key waits behind it. */
+export interface Claimed extends OutboxEvent.ClaimedEvent {
+  readonly successor: boolean
+}
+
+/** One failed attempt to record. `dead: true` parks the row; otherwise it is retried at `nextRetryAt`. */
+export interface Failure {
+  readonly id: string
+  readonly attempt: number
+  readonly tag: string
+  readonly message: string
+  readonly nextRetryAt: Date
+  readonly dead: boolean
+  /**
+   * Keep the row leased until its lease expires (a call that timed out may still be running):
+   * neither it nor its key is claimable before then, and its retry is due no earlier.
+   */
+  readonly keepLease?: boolean | undefined
+}
+
+/** What `complete` journals: when, and which completed events a newer one covered (id -> newer id). */
+export interface Journaling {
+  readonly appliedAt: Date
+  readonly supersededBy: ReadonlyMap<string, string>
+}
+
+/** A worker as it registers itself in `sync_outbox_workers`. */
+export interface WorkerRow {
+  readonly owner: string
+  readonly hostname: string
+  readonly pid: number
+  readonly breaker: string
+  readonly listener: string
+  /** The claim loop: `running`, `restarting` (after a failure, with `loopError`), `stopped`. */
+  readonly loop: string
+  readonly loopError: string | null
+}
+
+export interface LeasesShape {
+  /** Lease up to `limit` due events (more for coalescing keys) to `owner` for `leaseMs`; oldest first. */
+  readonly claim: (owner: string, leaseMs: number, limit: number) => Effect.Effect<ReadonlyArray<Claimed>, SqlError.SqlError>
+  /** Delete applied rows still leased by `owner`; with `journal`, journal them in the same statement. Returns how many. */
+  readonly complete: (
+    owner: string,
+    ids: ReadonlyArray<string>,
+    journal?: Journaling
+  ) => Effect.Effect<number, SqlError.SqlError>
+  /** Record failed attempts of rows still leased by `owner` (history, backoff, dead letters). */
+  readonly fail: (owner: string, failures: ReadonlyArray<Failure>) => Effect.Effect<void, SqlError.SqlError>
+  /** Hand rows back without counting an attempt. Returns how many. */
+  readonly release: (owner: string, ids: ReadonlyArray<string>) => Effect.Effect<number, SqlError.SqlError>
+  /** Extend `owner`'s leases to `until` (a timed-out call still running). Returns how many. */
+  readonly renew: (owner: string, ids: ReadonlyArray<string>, until: Date) => Effect.Effect<number, SqlError.SqlError>
+  /** The earliest scheduled retry (epoch ms), or null: when to look again even if nothing notifies. */
+  readonly nextWakeAt: Effect.Effect<number | null, SqlError.SqlError>
+  /**
+   * Take the outbox's statistics again if they no longer describe it (it changed by more than its
+   * size since); returns whether it did. Plans, the cached ones of prepared statements included,
+   * are made from statistics: those of an empty table make a claim scan every pending row.
+   */
+  readonly refreshStatistics: Effect.Effect<boolean, SqlError.SqlError>
+  readonly heartbeat: (worker: WorkerRow) => Effect.Effect<void, SqlError.SqlError>
+  readonly unregister: (owner: string) => Effect.Effect<void, SqlError.SqlError>
+}
+
+export interface LeasesOptions {
+  /** Bounds each statement when it goes through a `SqlClient` without a `PgPool`. */
+  readonly callTimeout: Duration.Duration
+}
+
+interface ClaimRow extends Statements.EventRow {
+  readonly successor: boolean
+}
+
+const toClaimed = (row: ClaimRow): Claimed => ({ ...Statements.toClaimedEvent(row), successor: row.successor === true })
+
+// RETURNING has no order; callers get events oldest first (ids are bigints as text).
+const byId = (a: { readonly id: string }, b: { readonly id: string }) =>
+  a.id.length - b.id.length || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+
+type Run = <A extends object>(statement: Statements.Statement, params: ReadonlyArray<unknown>) => Effect.Effect<ReadonlyArray<A>, SqlError.SqlError>
+
+/** How statements reach the database: the pool's named prepared statements, or the `SqlClient`. */
+const runner = (sql: SqlClient.SqlClient, pool: Option.Option<PgPool["Type"]>, callTimeout: Duration.Duration): Run =>
+  Option.match(pool, {
+    // A client of the caller's own may have no timeouts: bound the call here.
+    onNone: () => <A extends object>(statement: Statements.Statement, params: ReadonlyArray<unknown>) =>
+      sql.unsafe<A>(statement.text, params).withoutTransform.pipe(
+        Effect.timeoutFail({
+          duration: callTimeout,
+          onTimeout: () => new SqlError.SqlError({ cause: null, message: `${label(statement)} timed out` })
+        })
+      ),
+    // The pool enforces statement_timeout and query_timeout itself (Database.layer): no timer here.
+    onSome: (p) => <A extends object>(statement: Statements.Statement, params: ReadonlyArray<unknown>) =>
+      Effect.tryPromise({
+        try: () => p.query<A>({ name: statement.name, text: statement.text, values: params as Array<unknown> }),
+        catch: (cause) => new SqlError.SqlError({ cause, message: `${label(statement)} failed` })
+      }).pipe(Effect.map((result) => result.rows))
+  })
+
+/** `sync_outbox_claim` as it is named in errors: `sync-outbox claim`. */
+const label = (statement: Statements.Statement) => statement.name.replace(/^sync_outbox_/, "sync-outbox ")
+
+const count = (rows: ReadonlyArray<{ readonly n: number }>) => rows[0]?.n ?? 0
+
+export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const run = runner(yield* SqlClient.SqlClient, yield* Effect.serviceOption(PgPool), options.callTimeout)
+
+    const claim = (owner: string, leaseMs: number, limit: number) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        run<ClaimRow>(Statements.claim, [owner, new Date(now), new Date(now + leaseMs), limit])).pipe(
+          Effect.map((rows) => rows.map(toClaimed).sort(byId))
+        )
+
+    const complete = (owner: string, ids: ReadonlyArray<string>, journal?: Journaling) =>
+      ids.length === 0
+        ? Effect.succeed(0)
+        : Effect.map(
+          journal === undefined
+            ? run<{ n: number }>(Statements.complete, [owner, ids])
+            : run<{ n: number }>(Statements.completeJournaled, [
+              owner,
+              ids,
+              journal.appliedAt,
+              [...journal.supersededBy.keys()],
+              [...journal.supersededBy.values()]
+            ]),
+          count
+        )
+
+    const fail = (owner: string, failures: ReadonlyArray<Failure>) =>
+      failures.length === 0 ? Effect.void : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        run(Statements.fail, [
+          owner,
+          failures.map((f) => f.id),
+          failures.map((f) => f.tag),
+          failures.map((f) => f.message),
+          failures.map((f) => f.nextRetryAt),
+          failures.map((f) => f.dead),
+          failures.map((f) => f.attempt),
+          new Date(now),
+          failures.map((f) => f.keepLease === true)
+        ])).pipe(Effect.asVoid)
+
+    const release = (owner: string, ids: ReadonlyArray<string>) =>
+      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.release, [owner, ids]), count)
+
+    const renew = (owner: string, ids: ReadonlyArray<string>, until: Date) =>
+      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.renew, [owner, ids, until]), count)
+
+    const nextWakeAt = Effect.map(run<{ at: Date | number | null }>(Statements.nextWake, []), (rows) => {
+      const at = rows[0]?.at
+      return at instanceof Date ? at.getTime() : null
+    })
+
+    const refreshStatistics = Effect.flatMap(run<{ stale: boolean }>(Statements.statisticsStale, []), (rows) =>
+      rows[0]?.stale === true ? Effect.as(run(Statements.analyze, []), true) : Effect.succeed(false))
+
+    const heartbeat = (worker: WorkerRow) =>
+      run(Statements.heartbeat, [
+        worker.owner,
+        worker.hostname,
+        worker.pid,
+        worker.breaker,
+        worker.listener,
+        worker.loop,
+        worker.loopError
+      ]).pipe(Effect.asVoid)
+
+    const unregister = (owner: string) => Effect.asVoid(run(Statements.unregister, [owner]))
+
+    return { claim, complete, fail, release, renew, nextWakeAt, refreshStatistics, heartbeat, unregister } satisfies LeasesShape
+  })
+
+export class Leases extends Context.Tag("sync-outbox/Leases")<Leases, LeasesShape>() {
+  /** With the default `callTimeout` (10 s) for a `SqlClient` without a `PgPool`. */
+  static readonly layer: Layer.Layer<Leases, never, SqlClient.SqlClient> = Layer.effect(
+    Leases,
+    make({ callTimeout: Duration.seconds(10) })
+  )
+  static readonly layerWith = (options: LeasesOptions): Layer.Layer<Leases, never, SqlClient.SqlClient> =>
+    Layer.effect(Leases, make(options))
+}

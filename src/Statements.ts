@@ -1,0 +1,314 @@
+/**
+ * The SQL text of every statement on the outbox tables (`sync_outbox`, `sync_outbox_failures`,
+ * `sync_outbox_workers`), in one place: the producer's inserts (`Enqueue`), the lease protocol
+ * (`Leases`) and the operator's queries (`Admin`). Times are parameters from Effect's `Clock`,
+ * never the database's `now()` (but for display columns), so `TestClock` drives leases and
+ * retries against a real database. Statements whose count matters return it as a row (`n`), so
+ * that every client counts rows the same way.
+ */
+
+import type { ClaimedEvent, StoredEvent } from "./OutboxEvent.js"
+
+/** A statement the worker runs often: prepared once per connection under `name` when it can be. */
+export interface Statement {
+  readonly name: string
+  readonly text: string
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producer
+// ---------------------------------------------------------------------------------------------
+
+export const insertOne = `INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING id::text AS id`
+
+export const insertMany = `INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::boolean[])
+RETURNING id::text AS id`
+
+// ---------------------------------------------------------------------------------------------
+// Lease protocol
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The claim, in one statement. `picked`: due, unleased rows in id order, skipping keys with a live
+ * lease (and, for non-coalescing types, keys with an older pending row), locked with SKIP LOCKED.
+ * `claimable`: `sync_outbox_claim_keys` takes an advisory transaction lock per picked key, then
+ * looks again, with one fresh snapshot for them all, for a live lease on each. Every lease is
+ * written under its key's lock, so a lease committed by another worker after this statement began
+ * (which the statement's own snapshot cannot see) is seen there: two claims never hold one key.
+ * Then the lease is written on the picked rows and, for coalescing keys, on every pending
+ * coalescing row of the key. `successor`: a non-coalescing row with another pending row of its
+ * key behind it, so the worker claims that one as soon as this one is done rather than on the
+ * next poll.
+ *
+ * $1 owner, $2 now, $3 lease end, $4 batch size.
+ */
+export const claim: Statement = {
+  name: "sync_outbox_claim",
+  text: `
+WITH picked AS MATERIALIZED (
+  SELECT c.id, c.ordering_key, c.coalesce
+  FROM sync_outbox c
+  WHERE c.status = 'pending'
+    AND c.next_retry_at <= $2
+    AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $2)
+    AND NOT coalesce((
+      SELECT true FROM sync_outbox l
+      WHERE l.ordering_key = c.ordering_key AND l.status = 'pending' AND l.lease_expires_at > $2
+      LIMIT 1), false)
+    AND (c.coalesce OR NOT EXISTS (
+      SELECT 1 FROM sync_outbox e
+      WHERE e.ordering_key = c.ordering_key AND e.status = 'pending' AND e.id < c.id))
+  ORDER BY c.id
+  LIMIT $4
+  FOR UPDATE OF c SKIP LOCKED
+), candidates AS MATERIALIZED (
+  SELECT ARRAY(SELECT DISTINCT ordering_key FROM picked) AS ordering_keys
+), claimable AS MATERIALIZED (
+  SELECT keys AS ordering_keys, cardinality(keys) = (SELECT cardinality(ordering_keys) FROM candidates) AS all_keys
+  FROM sync_outbox_claim_keys((SELECT ordering_keys FROM candidates), $2) AS keys
+), keys AS MATERIALIZED (
+  SELECT ordering_key, bool_or(coalesce) AS coalesce
+  FROM picked
+  -- Usually every key is free: then no key is looked up in the array (a linear search per row).
+  WHERE (SELECT all_keys FROM claimable) OR ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
+  GROUP BY ordering_key
+)
+UPDATE sync_outbox o
+SET lease_owner = $1, lease_expires_at = $3
+FROM keys k
+WHERE o.ordering_key = k.ordering_key
+  AND o.status = 'pending'
+  AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
+  -- A coalescing handler reads current state after this claim, so it covers every coalescing
+  -- event of the key committed before now: lease them all, however far past the batch limit.
+  AND (o.id IN (SELECT id FROM picked) OR (k.coalesce AND o.coalesce))
+RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
+  o.payload, o.coalesce, o.retry_count, o.created_at,
+  (NOT o.coalesce AND EXISTS (
+    SELECT 1 FROM sync_outbox n
+    WHERE n.ordering_key = o.ordering_key AND n.status = 'pending' AND n.id > o.id)) AS successor`
+}
+
+/** Delete completed rows, fenced on the lease owner. $1 owner, $2 ids. */
+export const complete: Statement = {
+  name: "sync_outbox_complete",
+  text: `WITH done AS (
+  DELETE FROM sync_outbox WHERE id = ANY($2::bigint[]) AND lease_owner = $1 RETURNING 1
+)
+SELECT count(*)::int AS n FROM done`
+}
+
+/**
+ * The same completion, journaled in the same statement (see migrations/outbox/0005_journal.sql),
+ * so there is never a journal row for a deletion that did not happen: `$3` is the worker's
+ * Clock, `$4`/`$5` link coalesced events to the event that covered them.
+ */
+export const completeJournaled: Statement = {
+  name: "sync_outbox_complete_journaled",
+  text: `
+WITH done AS (
+  DELETE FROM sync_outbox o WHERE o.id = ANY($2::bigint[]) AND o.lease_owner = $1
+  RETURNING o.id, o.resource_type, o.action, o.resource_id, o.ordering_key, o.payload, o.coalesce, o.created_at, o.retry_count,
+    o.replay_of
+), links AS (
+  SELECT * FROM unnest($4::bigint[], $5::bigint[]) AS t(id, superseded_by)
+), journaled AS (
+  INSERT INTO sync_outbox_journal (id, resource_type, action, resource_id, ordering_key, payload, coalesce, created_at,
+    applied_at, attempts, worker, superseded_by, replay_of)
+  SELECT d.id, d.resource_type, d.action, d.resource_id, d.ordering_key, d.payload, d.coalesce, d.created_at,
+    $3, d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by, d.replay_of
+  FROM done d LEFT JOIN links l ON l.id = d.id
+)
+SELECT count(*)::int AS n FROM done`
+}
+
+/** Extend this owner's leases. $1 owner, $2 ids, $3 new end. */
+export const renew: Statement = {
+  name: "sync_outbox_renew",
+  text: `WITH renewed AS (
+  UPDATE sync_outbox SET lease_expires_at = $3
+  WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'pending'
+  RETURNING 1
+)
+SELECT count(*)::int AS n FROM renewed`
+}
+
+/** Hand rows back unattempted. $1 owner, $2 ids. */
+export const release: Statement = {
+  name: "sync_outbox_release",
+  text: `WITH released AS (
+  UPDATE sync_outbox SET lease_owner = NULL, lease_expires_at = NULL
+  WHERE id = ANY($2::bigint[]) AND lease_owner = $1
+  RETURNING 1
+)
+SELECT count(*)::int AS n FROM released`
+}
+
+/**
+ * Record failed attempts (history row each; dead, or due again at `next_retry_at`), fenced on
+ * the lease owner. $1 owner, $2..$7 and $9 one array entry per failure, $8 now.
+ */
+export const fail: Statement = {
+  name: "sync_outbox_fail",
+  text: `
+WITH input AS (
+  SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::boolean[], $7::integer[], $9::boolean[])
+    AS t(id, tag, message, next_retry_at, dead, attempt, keep_lease)
+), updated AS (
+  UPDATE sync_outbox o
+  SET retry_count = i.attempt,
+      last_error = i.tag || ': ' || i.message,
+      status = CASE WHEN i.dead THEN 'dead' ELSE 'pending' END,
+      -- A kept lease still blocks the row and its key until it expires; the retry waits for it.
+      next_retry_at = CASE WHEN i.keep_lease THEN greatest(i.next_retry_at, o.lease_expires_at) ELSE i.next_retry_at END,
+      lease_owner = CASE WHEN i.keep_lease THEN o.lease_owner END,
+      lease_expires_at = CASE WHEN i.keep_lease THEN o.lease_expires_at END
+  FROM input i
+  WHERE o.id = i.id AND o.lease_owner = $1
+  RETURNING o.id, i.attempt, i.tag, i.message
+), history AS (
+  INSERT INTO sync_outbox_failures (outbox_id, attempt, error_tag, message, failed_at)
+  SELECT id, attempt, tag, message, $8 FROM updated
+  ON CONFLICT (outbox_id, attempt) DO NOTHING
+)
+SELECT count(*)::int AS n FROM updated`
+}
+
+/**
+ * The earliest scheduled retry (one already due counts too: it may have fallen due while the
+ * worker was busy). Lease expiry is not looked up: there is no index on it, so that a claim stays
+ * a HOT update; the poll finds expired leases, at most one interval late.
+ */
+export const nextWake: Statement = {
+  name: "sync_outbox_next_wake",
+  text: `SELECT min(next_retry_at) AS at FROM sync_outbox
+WHERE status = 'pending' AND next_retry_at > '-infinity' AND lease_owner IS NULL`
+}
+
+/** Register or refresh a worker's row (the database's clock: it is for display). */
+export const heartbeat: Statement = {
+  name: "sync_outbox_heartbeat",
+  text: `INSERT INTO sync_outbox_workers (owner, hostname, pid, breaker, listener, loop, loop_error)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.breaker, listener = EXCLUDED.listener,
+  loop = EXCLUDED.loop, loop_error = EXCLUDED.loop_error`
+}
+
+/**
+ * Whether the outbox changed by more than its whole size (and at least 1,000 rows) since its
+ * statistics were taken: a brand-new database, or a burst into a table analyzed while empty.
+ */
+export const statisticsStale: Statement = {
+  name: "sync_outbox_statistics_stale",
+  text: `SELECT coalesce(s.n_mod_since_analyze > greatest(1000, c.reltuples), false) AS stale
+FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = 'sync_outbox'::regclass`
+}
+
+/** Skipped, not waited for, while autovacuum (or another worker) is at it. */
+export const analyze: Statement = {
+  name: "sync_outbox_analyze",
+  text: `ANALYZE (SKIP_LOCKED) sync_outbox`
+}
+
+export const unregister: Statement = {
+  name: "sync_outbox_unregister",
+  text: `DELETE FROM sync_outbox_workers WHERE owner = $1`
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator
+// ---------------------------------------------------------------------------------------------
+
+/** $1 now. */
+export const stats = `SELECT resource_type,
+  count(*) FILTER (WHERE status = 'pending')::int AS pending,
+  count(*) FILTER (WHERE status = 'pending' AND lease_expires_at > $1)::int AS in_flight,
+  count(*) FILTER (WHERE status = 'dead')::int AS dead,
+  count(*) FILTER (WHERE status = 'pending' AND next_retry_at > $1)::int AS scheduled,
+  min(created_at) FILTER (WHERE status = 'pending') AS oldest
+FROM sync_outbox GROUP BY resource_type ORDER BY resource_type`
+
+export const storedColumns = `id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key, payload,
+  coalesce, retry_count, created_at, status, last_error, next_retry_at, lease_owner, lease_expires_at`
+
+/** An outbox row as `claim` returns it and `storedColumns` select it. */
+export interface EventRow {
+  readonly id: string
+  readonly resource_type: string
+  readonly action: string
+  readonly resource_id: number | null
+  readonly ordering_key: string
+  readonly payload: unknown
+  readonly coalesce: boolean
+  readonly retry_count: number
+  readonly created_at: Date
+}
+
+export interface StoredRow extends EventRow {
+  readonly status: "pending" | "dead"
+  readonly last_error: string | null
+  readonly next_retry_at: Date | number
+  readonly lease_owner: string | null
+  readonly lease_expires_at: Date | null
+}
+
+export const toClaimedEvent = (row: EventRow): ClaimedEvent => ({
+  id: row.id,
+  resourceType: row.resource_type,
+  action: row.action,
+  resourceId: row.resource_id,
+  orderingKey: row.ordering_key,
+  payload: row.payload,
+  coalesce: row.coalesce,
+  retryCount: row.retry_count,
+  createdAt: row.created_at
+})
+
+export const toStoredEvent = (row: StoredRow): StoredEvent => ({
+  ...toClaimedEvent(row),
+  status: row.status,
+  lastError: row.last_error,
+  // pg-types reads '-infinity' as the number -Infinity: "due at once".
+  nextRetryAt: row.next_retry_at instanceof Date ? row.next_retry_at : null,
+  leaseOwner: row.lease_owner,
+  leaseExpiresAt: row.lease_expires_at
+})
+
+/** $1 resource type or null, $2 limit. */
+export const listDead = `SELECT ${storedColumns} FROM sync_outbox
+WHERE status = 'dead' AND ($1::text IS NULL OR resource_type = $1)
+ORDER BY id LIMIT $2`
+
+/** $1 id. */
+export const showEvent = `SELECT ${storedColumns} FROM sync_outbox WHERE id = $1::bigint`
+
+/** $1 id. */
+export const showFailures = `SELECT attempt, error_tag, message, failed_at FROM sync_outbox_failures
+WHERE outbox_id = $1::bigint ORDER BY attempt`
+
+/** Dead letters back to pending, due at once, with a fresh attempt budget. */
+export const requeue = (where: string) =>
+  `WITH requeued AS (
+  UPDATE sync_outbox SET status = 'pending', retry_count = 0, next_retry_at = '-infinity',
+    lease_owner = NULL, lease_expires_at = NULL
+  WHERE ${where}
+  RETURNING 1
+)
+SELECT count(*)::int AS n FROM requeued`
+
+export const purge = (where: string) =>
+  `WITH purged AS (DELETE FROM sync_outbox WHERE ${where} RETURNING 1)
+SELECT count(*)::int AS n FROM purged`
+
+/** Wake the workers as an insert would (the channel the trigger uses). */
+export const notify = `SELECT pg_notify(coalesce(nullif(current_setting('sync_outbox.channel', true), ''), 'sync_outbox'), '')`
+
+/** $1 staleness in ms. */
+export const workers = `SELECT owner, hostname, pid, breaker, listener, loop, loop_error, started_at,
+  (extract(epoch FROM now() - heartbeat_at) * 1000)::float8 AS heartbeat_age_ms
+FROM sync_outbox_workers
+WHERE heartbeat_at > now() - make_interval(secs => $1::float8 / 1000)
+ORDER BY started_at`

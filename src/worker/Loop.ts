@@ -1,0 +1,194 @@
+/**
+ * The claim loop: wake on a notification (or a reconnect), at the earliest due retry, or on the
+ * poll interval (which also finds leases that expired); claim a batch; apply it with bounded
+ * concurrency; hand its outcomes to the `Recorder`; claim again until a claim comes back short.
+ * Supervised: whatever ends it other than shutdown (a database error, a bug) is logged in one
+ * line, counted, and the loop starts again after a capped backoff; its state is published for
+ * the heartbeat.
+ */
+import { Cause, Clock, Deferred, Duration, Effect, Metric, Queue, Ref, Schedule, SubscriptionRef } from "effect"
+import type { HandlersShape } from "../Handlers.js"
+import type { Claimed, LeasesShape } from "../Leases.js"
+import * as Metrics from "../Metrics.js"
+import type { OutboxConfigShape } from "../OutboxConfig.js"
+import type { Breaker } from "./Breaker.js"
+import { causeLine } from "./Causes.js"
+import type { DueTimer } from "./DueTimer.js"
+import { fromApply, groupByKey, type Outcome } from "./Outcome.js"
+import type { Recorder } from "./Recorder.js"
+
+/**
+ * The claim loop: `starting`, `running`, `restarting` (it failed and waits out its backoff),
+ * `stopped` (shut down, or disabled).
+ */
+export type LoopState = "starting" | "running" | "restarting" | "stopped"
+
+export interface LoopOptions {
+  readonly owner: string
+  readonly config: OutboxConfigShape
+  readonly leases: LeasesShape
+  readonly handlers: HandlersShape
+  readonly breaker: Breaker
+  readonly recorder: Recorder
+  readonly dueTimer: DueTimer
+  /** A sliding queue of one: a wake-up asked for while busy is kept, many collapse into one. */
+  readonly wakeups: Queue.Queue<void>
+  /** Done when the worker shuts down (which then wakes the loop). */
+  readonly stopping: Deferred.Deferred<void>
+  readonly state: SubscriptionRef.SubscriptionRef<LoopState>
+  readonly error: Ref.Ref<string | null>
+}
+
+/** The supervised loop; it returns only once `stopping` is done. */
+export const run = (options: LoopOptions): Effect.Effect<void> => {
+  const { breaker, config, dueTimer, handlers, leases, owner, recorder, stopping, wakeups } = options
+  const leaseMs = Duration.toMillis(config.leaseDuration)
+  const isStopping = Deferred.isDone(stopping)
+
+  // Checked before each piece of work starts: once we stop or the sink is known down, nothing new begins.
+  const admit = Effect.map(Effect.all([isStopping, breaker.isOpen]), ([stopping, open]) => !stopping && !open)
+
+  // Several non-coalescing events of one key (rare): strictly in order, one at a time, stopping
+  // at the first that does not apply; the rest go back untouched.
+  const runSequence = (sequence: ReadonlyArray<Claimed>, leaseEndsAt: number) =>
+    Effect.gen(function*() {
+      const outcomes: Array<Outcome> = []
+      for (let i = 0; i < sequence.length; i++) {
+        const event = sequence[i]!
+        const [result] = yield* handlers.applyAll([event], { concurrency: 1, timeout: config.callTimeout, admit })
+        const outcome = fromApply(event, [], result!, leaseEndsAt)
+        outcomes.push(outcome)
+        if (outcome._tag !== "Applied") {
+          const rest = sequence.slice(i + 1).map((e) => e.id)
+          if (rest.length > 0) outcomes.push({ _tag: "Released", ids: rest, unavailable: false })
+          break
+        }
+      }
+      return outcomes
+    })
+
+  /** Apply a claimed batch; returns whether an event done now has another of its key waiting. */
+  const processBatch = (events: ReadonlyArray<Claimed>, leaseEndsAt: number) =>
+    Effect.gen(function*() {
+      // What has not begun when we stop or the sink is known down goes back without an attempt.
+      if ((yield* isStopping) || (yield* breaker.isOpen)) {
+        yield* recorder.flush
+        yield* recorder.record([{ _tag: "Released", ids: events.map((e) => e.id), unavailable: false }])
+        return false
+      }
+      const groups = groupByKey(events)
+      const single = groups.filter((g) => g.sequence.length === 0)
+      const sequences = groups.filter((g) => g.sequence.length > 0)
+      const [results, sequenced] = yield* Effect.all([
+        handlers.applyAll(single.map((g) => g.target), { concurrency: config.concurrency, timeout: config.callTimeout, admit }),
+        Effect.forEach(sequences, (g) => runSequence(g.sequence, leaseEndsAt), { concurrency: config.concurrency })
+      ], { concurrency: sequences.length === 0 ? 1 : 2 })
+      const outcomes = [...single.map((g, i) => fromApply(g.target, g.superseded, results[i]!, leaseEndsAt)), ...sequenced.flat()]
+      if (outcomes.some((o) => o._tag === "Released" && o.unavailable)) yield* breaker.open("a command failed")
+      yield* recorder.submit(outcomes)
+      // An event that is done (applied, or dead) unblocks the next one of its key.
+      return outcomes.some((o) =>
+        (o._tag === "Applied" || (o._tag === "Failed" && recorder.isDead(o.event, o.permanent))) && o.event.successor
+      )
+    }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length } }))
+
+  // Stale statistics cost most in a backlog (a claim planned for an empty table scans every
+  // pending row): look at them when a drain starts, at most once per poll interval, beside the
+  // claims rather than before them (the look is a round trip, ANALYZE a sample of the table); a
+  // failure only waits for the next look.
+  let statisticsCheckedAt = Number.NEGATIVE_INFINITY
+  const checkStatistics = Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    if (now - statisticsCheckedAt < Duration.toMillis(config.interval)) return
+    statisticsCheckedAt = now
+    yield* Effect.fork(
+      Effect.flatMap(leases.refreshStatistics, (analyzed) =>
+        analyzed ? Effect.logDebug("sync-outbox: outbox statistics refreshed for a backlog") : Effect.void).pipe(
+          Effect.catchAllCause((cause) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${causeLine(cause)}`))
+        )
+    )
+  })
+
+  /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
+  const drain = Effect.gen(function*() {
+    yield* checkStatistics
+    let claimed = false
+    for (;;) {
+      if (yield* isStopping) {
+        yield* recorder.flush
+        return claimed
+      }
+      if (yield* breaker.isOpen) {
+        yield* recorder.flush
+        yield* Effect.raceFirst(breaker.awaitSink, Deferred.await(stopping))
+        continue
+      }
+      yield* Queue.takeAll(wakeups)
+      // Bounded by the pool's statement and query timeouts (or `Leases`' own, without a pool).
+      // The lease ends no earlier than `leaseMs` after this instant (the statement reads the clock later).
+      const leaseEndsAt = (yield* Clock.currentTimeMillis) + leaseMs
+      recorder.claiming()
+      const events = yield* leases.claim(owner, leaseMs, config.batchSize)
+      // The previous batch may still be being written down: not waited for (the recorder wakes
+      // us if this claim passed over one of its keys).
+      if (events.length === 0) return claimed
+      claimed = true
+      const unblocked = yield* processBatch(events, leaseEndsAt)
+      // The next event of a key just done is claimable once that is written down: claim it now,
+      // not on the next poll.
+      if (unblocked) {
+        yield* recorder.flush
+        continue
+      }
+      // A short batch took everything there was. Anything committed since has notified, and
+      // the sliding wake-up queue kept that: idle will return at once instead of costing a claim.
+      // (Unless that batch opened the breaker: then the probe loop above must run.)
+      if (events.length < config.batchSize && !(yield* breaker.isOpen)) return claimed
+    }
+  })
+
+  /** Sleep until a wake-up, the earliest due retry, or the poll interval. */
+  const idle = (claimedLastTime: boolean) =>
+    Effect.gen(function*() {
+      if ((yield* Queue.size(wakeups)) > 0) return
+      const waitMs = yield* dueTimer.waitMs(claimedLastTime)
+      // Shutdown wakes us too (it completes `stopping`, then wakes): one race, two fibers.
+      yield* Effect.raceFirst(Queue.take(wakeups), Effect.sleep(Duration.millis(waitMs)))
+    })
+
+  const setState = (state: LoopState, error: string | null) =>
+    Effect.zipRight(Ref.set(options.error, error), SubscriptionRef.set(options.state, state))
+
+  const loop = Effect.gen(function*() {
+    yield* setState("running", null)
+    while (!(yield* isStopping)) {
+      const claimed = yield* drain
+      if (yield* isStopping) break
+      yield* idle(claimed)
+    }
+    yield* recorder.flush
+  })
+
+  const recoverSchedule = Schedule.exponential(Duration.millis(50)).pipe(
+    Schedule.either(Schedule.spaced(Duration.seconds(2))),
+    Schedule.jittered
+  )
+  return loop.pipe(
+    Effect.sandbox,
+    Effect.tapError((cause) =>
+      Cause.isInterruptedOnly(cause) ? Effect.void : Effect.gen(function*() {
+        const line = causeLine(cause)
+        yield* Metric.increment(Metrics.loopErrors)
+        yield* setState("restarting", line)
+        // A defect is a bug: its stack is worth the lines. A failure is an incident: one line.
+        yield* Cause.isDie(cause)
+          ? Effect.logError("sync-outbox: worker loop died, restarting", cause)
+          : Effect.logWarning(`sync-outbox: worker loop failed, restarting: ${line}`)
+      })
+    ),
+    Effect.retry({ schedule: recoverSchedule, while: (cause) => !Cause.isInterruptedOnly(cause) }),
+    Effect.unsandbox,
+    Effect.ignore,
+    Effect.ensuring(setState("stopped", null))
+  )
+}

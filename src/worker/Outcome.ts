@@ -1,0 +1,86 @@
+/**
+ * What the worker does with each claimed event once its handler is done, and how a claim is
+ * grouped by ordering key before anything runs.
+ */
+import type { HandlerTimeout } from "../Errors.js"
+import type { ApplyOutcome } from "../Handlers.js"
+import type { Claimed } from "../Leases.js"
+import type { ClaimedEvent } from "../OutboxEvent.js"
+
+export type Outcome =
+  | { readonly _tag: "Applied"; readonly event: Claimed; readonly superseded: ReadonlyArray<string> }
+  | {
+    readonly _tag: "Failed"
+    readonly event: Claimed
+    readonly superseded: ReadonlyArray<string>
+    readonly error: unknown
+    readonly permanent: boolean
+    readonly keepLease: boolean
+  }
+  | {
+    // Timed out: recorded once its call can no longer be running (see `Recorder`).
+    readonly _tag: "Held"
+    readonly event: Claimed
+    readonly superseded: ReadonlyArray<string>
+    readonly error: HandlerTimeout
+    readonly running: ReadonlyArray<PromiseLike<unknown>>
+    readonly leaseEndsAt: number
+  }
+  | { readonly _tag: "Released"; readonly ids: ReadonlyArray<string>; readonly unavailable: boolean }
+
+export type Held = Extract<Outcome, { readonly _tag: "Held" }>
+
+/** A handler's typed outcome for one event (and the older events it covered), as the worker records it. */
+export const fromApply = (
+  event: Claimed,
+  superseded: ReadonlyArray<string>,
+  outcome: ApplyOutcome,
+  leaseEndsAt: number
+): Outcome => {
+  switch (outcome._tag) {
+    case "Applied":
+      return { _tag: "Applied", event, superseded }
+    case "Failed":
+      return { _tag: "Failed", event, superseded, error: outcome.error, permanent: outcome.permanent, keepLease: false }
+    case "Defect":
+      return { _tag: "Failed", event, superseded, error: outcome.error, permanent: false, keepLease: false }
+    case "TimedOut":
+      return { _tag: "Held", event, superseded, error: outcome.error, running: outcome.running, leaseEndsAt }
+    case "NotStarted":
+      return { _tag: "Released", ids: [event.id, ...superseded], unavailable: false }
+    case "Unavailable":
+      return { _tag: "Released", ids: [event.id, ...superseded], unavailable: true }
+  }
+}
+
+/** Events of one ordering key in one claim: the newest is applied, older coalescing ones collapse into it. */
+export interface Group<E extends ClaimedEvent = ClaimedEvent> {
+  readonly target: E
+  readonly superseded: ReadonlyArray<string>
+  /** Non-coalescing events of one key, in order (only when the claim returned several). */
+  readonly sequence: ReadonlyArray<E>
+}
+
+export const groupByKey = <E extends ClaimedEvent>(events: ReadonlyArray<E>): ReadonlyArray<Group<E>> => {
+  const byKey = new Map<string, Array<E>>()
+  for (const event of events) {
+    const list = byKey.get(event.orderingKey)
+    if (list === undefined) byKey.set(event.orderingKey, [event])
+    else list.push(event)
+  }
+  const groups: Array<Group<E>> = []
+  for (const list of byKey.values()) {
+    if (list.length === 1) {
+      groups.push({ target: list[0]!, superseded: [], sequence: [] })
+      continue
+    }
+    list.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1))
+    const newest = list[list.length - 1]!
+    if (newest.coalesce) {
+      groups.push({ target: newest, superseded: list.slice(0, -1).map((e) => e.id), sequence: [] })
+    } else {
+      groups.push({ target: list[0]!, superseded: [], sequence: list })
+    }
+  }
+  return groups
+}
