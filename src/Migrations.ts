@@ -143,6 +143,27 @@ export const verify = (
         })
       }
     }
+    // A database our migrator keeps (it has sync_outbox_migrations) must have every file of this
+    // release: an upgrade that skipped `migrate` would otherwise fail on its first claim. Files
+    // that cannot be found (a bundle without the folder) are not held against it.
+    const recorded = yield* sql.unsafe<{ name: string }>(
+      `SELECT name FROM sync_outbox_migrations`
+    ).withoutTransform.pipe(Effect.orElseSucceed(() => null))
+    if (recorded === null) return
+    const done = new Set(recorded.map((r) => r.name))
+    const pending = sets.flatMap((set) => {
+      try {
+        return load(set).map((m) => m.name).filter((name) => !done.has(name))
+      } catch {
+        return []
+      }
+    })
+    if (pending.length > 0) {
+      return yield* new MigrationError({
+        migration: `${pending[0]!.split("/")[0]}/*`,
+        message: `this database lacks ${pending.length === 1 ? "migration" : "migrations"} ${pending.join(", ")}: run \`sync-outbox migrate\` (or Migrations.run())`
+      })
+    }
   }).pipe(
     Effect.catchTag("SqlError", (error) =>
       Effect.fail(new MigrationError({ migration: "(check)", message: `could not check the schema: ${describe(error)}`, cause: error })))

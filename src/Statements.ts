@@ -167,7 +167,7 @@ WITH input AS (
       lease_expires_at = CASE WHEN i.keep_lease THEN o.lease_expires_at END
   FROM input i
   WHERE o.id = i.id AND o.lease_owner = $1
-  RETURNING o.id, i.attempt, i.tag, i.message
+  RETURNING o.id, o.attempts_before + i.attempt AS attempt, i.tag, i.message
 ), history AS (
   INSERT INTO sync_outbox_failures (outbox_id, attempt, error_tag, message, failed_at)
   SELECT id, attempt, tag, message, $8 FROM updated
@@ -292,7 +292,8 @@ WHERE outbox_id = $1::bigint ORDER BY attempt`
 /** Dead letters back to pending, due at once, with a fresh attempt budget. */
 export const requeue = (where: string) =>
   `WITH requeued AS (
-  UPDATE sync_outbox SET status = 'pending', retry_count = 0, next_retry_at = '-infinity',
+  UPDATE sync_outbox SET status = 'pending', attempts_before = attempts_before + retry_count, retry_count = 0,
+    next_retry_at = '-infinity',
     lease_owner = NULL, lease_expires_at = NULL
   WHERE ${where}
   RETURNING 1

@@ -73,4 +73,17 @@ describe("Migrations", () => {
       expect(controlPlane.message).toContain("run `sync-outbox migrate --control-plane`")
       expect(yield* Migrations.applied.pipe(Effect.provide(layer))).toEqual(Migrations.load("outbox").map((m) => m.name))
     }))
+
+  it.live("verify catches an upgrade that skipped migrate: a file of this release not applied is named", () =>
+    Effect.gen(function*() {
+      const url = yield* emptyDatabase("upgrade")
+      const layer = sqlLayer(url)
+      yield* Migrations.run(["outbox"]).pipe(Effect.provide(layer))
+      const newest = Migrations.load("outbox").at(-1)!.name
+      // As a database migrated by the previous release would be: the newest file not recorded.
+      yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM sync_outbox_migrations WHERE name = ${newest}`)
+        .pipe(Effect.provide(layer))
+      const error = yield* Migrations.verify(["outbox"]).pipe(Effect.provide(layer), Effect.flip)
+      expect(error.message).toBe(`this database lacks migration ${newest}: run \`sync-outbox migrate\` (or Migrations.run())`)
+    }))
 })

@@ -215,6 +215,9 @@ describe("sync-outbox/testing: reports", () => {
       expect(yield* Effect.flatMap(Store, (s) => s.requeue({ _tag: "One", id }))).toBe(1)
       const again = yield* outbox.drain
       expect(again.failed.map((f) => [f.attempt, f.message])).toEqual([[1, "call 3"]])
+      // The history keeps the whole story: attempt numbers go on growing across the requeue.
+      const shown = yield* Effect.flatMap(Store, (s) => s.show(id))
+      expect(shown.failures.map((f) => [f.attempt, f.message])).toEqual([[1, "call 1"], [2, "call 2"], [3, "call 3"]])
     }).pipe(Effect.provide(outboxTest({
       handlers: Layer.unwrapEffect(Effect.map(Ref.make(0), (calls) =>
         Handlers.layer(handle(Counted, () =>
