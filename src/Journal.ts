@@ -30,6 +30,11 @@ export interface JournalEntry {
   readonly worker: string
   /** For a coalesced event: the newer event whose apply covered it. */
   readonly supersededBy: string | null
+  /**
+   * For a coalesced event: whether that newer event had applied when this one was retired (false:
+   * it had failed, and was retried or went dead; look it up). Null for an event applied itself.
+   */
+  readonly coveringApplied: boolean | null
   /** For an event `replay` enqueued: the journaled event it repeated. */
   readonly replayOf: string | null
   /** Enqueue (row created) to applied. */
@@ -49,11 +54,12 @@ interface EntryRow {
   readonly attempts: number
   readonly worker: string
   readonly superseded_by: string | null
+  readonly covering_applied: boolean | null
   readonly replay_of: string | null
 }
 
 const entryColumns = `id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key, payload,
-  coalesce, created_at, applied_at, attempts, worker, superseded_by::text AS superseded_by, replay_of::text AS replay_of`
+  coalesce, created_at, applied_at, attempts, worker, superseded_by::text AS superseded_by, covering_applied, replay_of::text AS replay_of`
 
 const toEntry = (row: EntryRow): JournalEntry => ({
   id: row.id,
@@ -68,6 +74,7 @@ const toEntry = (row: EntryRow): JournalEntry => ({
   attempts: row.attempts,
   worker: row.worker,
   supersededBy: row.superseded_by,
+  coveringApplied: row.covering_applied,
   replayOf: row.replay_of,
   latencyMs: Math.max(0, row.applied_at.getTime() - row.created_at.getTime())
 })

@@ -40,6 +40,8 @@ export interface Failure {
 export interface Journaling {
   readonly appliedAt: Date
   readonly supersededBy: ReadonlyMap<string, string>
+  /** Superseded events whose covering event had not applied (it failed or is held). */
+  readonly coveredUnapplied?: ReadonlySet<string> | undefined
 }
 
 /** A worker as it registers itself in `sync_outbox_workers`. */
@@ -143,7 +145,8 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
               ids,
               journal.appliedAt,
               [...journal.supersededBy.keys()],
-              [...journal.supersededBy.values()]
+              [...journal.supersededBy.values()],
+              [...(journal.coveredUnapplied ?? [])]
             ]),
           count
         )

@@ -103,7 +103,8 @@ SELECT count(*)::int AS n FROM done`
 /**
  * The same completion, journaled in the same statement (see migrations/outbox/0005_journal.sql),
  * so there is never a journal row for a deletion that did not happen: `$3` is the worker's
- * Clock, `$4`/`$5` link coalesced events to the event that covered them.
+ * Clock, `$4`/`$5` link coalesced events to the event that covered them, `$6` lists those whose
+ * covering event had not applied (it failed, or is held).
  */
 export const completeJournaled: Statement = {
   name: "sync_outbox_complete_journaled",
@@ -116,9 +117,10 @@ WITH done AS (
   SELECT * FROM unnest($4::bigint[], $5::bigint[]) AS t(id, superseded_by)
 ), journaled AS (
   INSERT INTO sync_outbox_journal (id, resource_type, action, resource_id, ordering_key, payload, coalesce, created_at,
-    applied_at, attempts, worker, superseded_by, replay_of)
+    applied_at, attempts, worker, superseded_by, covering_applied, replay_of)
   SELECT d.id, d.resource_type, d.action, d.resource_id, d.ordering_key, d.payload, d.coalesce, d.created_at,
-    $3, d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by, d.replay_of
+    $3, d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by,
+    CASE WHEN l.superseded_by IS NULL THEN NULL ELSE NOT (d.id = ANY($6::bigint[])) END, d.replay_of
   FROM done d LEFT JOIN links l ON l.id = d.id
 )
 SELECT count(*)::int AS n FROM done`

@@ -171,8 +171,34 @@ describe("Journal: written by the completing statement", () => {
       expect(by.get(ids[1]!)).toMatchObject({ superseded_by: ids[2], attempts: 0 })
       expect(by.get(ids[2]!)).toMatchObject({ superseded_by: null, attempts: 1 })
       expect(by.get(ids[3]!)).toMatchObject({ superseded_by: null, attempts: 1 })
-      expect(formatHistory(yield* Effect.provide(Journal.history({ resourceType: "latest" }), sqlLayer(url))))
-        .toContain(`(covered by ${ids[2]})`)
+      const history = yield* Effect.provide(Journal.history({ resourceType: "latest" }), sqlLayer(url))
+      expect(formatHistory(history)).toContain(`(covered by ${ids[2]})`)
+      expect(history.find((e) => e.id === ids[0])!.coveringApplied).toBe(true)
+      expect(history.find((e) => e.id === ids[2])!.coveringApplied).toBeNull()
+    }))
+
+  it.live("events covered by a newer one that then failed are not journaled as if it had applied", () =>
+    Effect.gen(function*() {
+      yield* Effect.provide(clear, sqlLayer(url))
+      const Refused = OutboxEvent.make({
+        resourceType: "refused",
+        action: "set",
+        payload: Schema.String,
+        orderingKey: () => "refused:1",
+        coalesce: true
+      })
+      const refusing = Handlers.layer(handle(Refused, () => Effect.fail(new Error("no"))))
+      const ids = yield* Effect.provide(enqueueMany(["1", "2", "3"].map((v) => event(Refused, { payload: v }))), sqlLayer(url))
+      yield* Effect.gen(function*() {
+        yield* eventually(countRows("dead"), (n) => n === 1, { timeout: 30_000 })
+      }).pipe(Effect.provide(workerLayer({ url, handlers: refusing, config: { maxRetries: 1 } })))
+      const history = yield* Effect.provide(Journal.history({ resourceType: "refused" }), sqlLayer(url))
+      // The two older ones left the outbox, covered by the newest, which never applied: it is dead.
+      expect(history.map((e) => [e.id, e.supersededBy, e.coveringApplied])).toEqual([
+        [ids[1], ids[2], false],
+        [ids[0], ids[2], false]
+      ])
+      expect(formatHistory(history)).toContain(`(covered by ${ids[2]}, which had not applied`)
     }))
 
   it.live("retention 0 keeps today's delete-only behaviour: events are applied and deleted, nothing is journaled", () =>

@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS sync_outbox_journal (
   worker        text        NOT NULL,
   -- A coalesced event: the newer event of its key whose apply covered it.
   superseded_by bigint      NULL,
+  -- For a coalesced event: whether the newer event had applied when this one was retired. False
+  -- when it had failed (and was to be retried, or went dead): then nothing of this event reached
+  -- the sink through it yet, and `applied_at` is only when it left the outbox. NULL otherwise.
+  covering_applied boolean  NULL,
   -- An event enqueued by `replay`: the journaled event it repeats.
   replay_of     bigint      NULL
 );

@@ -30,7 +30,7 @@ export const formatHistory = (entries: ReadonlyArray<Journal.JournalEntry>): str
       `${e.appliedAt.toISOString().padEnd(24)} ${e.id.padStart(8)}  ${`${e.resourceType}/${e.action}`.padEnd(26)} ${
         String(e.resourceId ?? "-").padStart(9)
       } ${ms(e.latencyMs).padStart(8)} ${String(e.attempts).padStart(5)}  ${e.worker}${
-        e.supersededBy === null ? "" : `  (covered by ${e.supersededBy})`
+        e.supersededBy === null ? "" : `  (covered by ${e.supersededBy}${e.coveringApplied === false ? ", which had not applied: see dead show / history" : ""})`
       }${e.replayOf === null ? "" : `  (replay of ${e.replayOf})`}`
     )
   }

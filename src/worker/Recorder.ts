@@ -68,6 +68,7 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
         const released: Array<string> = []
         const failures: Array<Failure> = []
         const supersededBy = new Map<string, string>()
+        const coveredUnapplied = new Set<string>()
         let appliedCount = 0
         let deadCount = 0
         let unavailable = false
@@ -89,11 +90,13 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
             }
             case "Held": {
               covered(outcome)
+              for (const id of outcome.superseded) coveredUnapplied.add(id)
               yield* FiberSet.run(holds, hold(outcome))
               break
             }
             case "Failed": {
               covered(outcome)
+              for (const id of outcome.superseded) coveredUnapplied.add(id)
               const attempt = outcome.event.retryCount + 1
               const dead = isDead(outcome.event, outcome.permanent)
               const wait = Duration.toMillis(yield* Retry.delay(policy, attempt))
@@ -118,7 +121,7 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
         }
         const statements: Array<Effect.Effect<unknown, unknown>> = []
         if (completed.length > 0) {
-          statements.push(leases.complete(owner, completed, journaling ? { appliedAt: new Date(now), supersededBy } : undefined))
+          statements.push(leases.complete(owner, completed, journaling ? { appliedAt: new Date(now), supersededBy, coveredUnapplied } : undefined))
         }
         if (failures.length > 0) statements.push(leases.fail(owner, failures))
         if (released.length > 0) statements.push(leases.release(owner, released))
