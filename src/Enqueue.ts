@@ -5,29 +5,31 @@
  * invalid one writes nothing and leaves the caller's transaction usable.
  */
 import { SqlClient, SqlError } from "@effect/sql"
-import { Effect, Metric } from "effect"
+import { Clock, Effect, Metric } from "effect"
 import type pg from "pg"
 import type { InvalidEvent, InvalidPayload } from "./Errors.js"
 import * as Metrics from "./Metrics.js"
 import * as OutboxEvent from "./OutboxEvent.js"
 import * as Statements from "./Statements.js"
 
-const oneParams = (e: OutboxEvent.EncodedEvent): ReadonlyArray<unknown> => [
+const oneParams = (e: OutboxEvent.EncodedEvent, now: number): ReadonlyArray<unknown> => [
   e.resourceType,
   e.action,
   e.resourceId,
   e.orderingKey,
   e.payload === null ? null : JSON.stringify(e.payload),
-  e.coalesce
+  e.coalesce,
+  new Date(now)
 ]
 
-const manyParams = (events: ReadonlyArray<OutboxEvent.EncodedEvent>): ReadonlyArray<unknown> => [
+const manyParams = (events: ReadonlyArray<OutboxEvent.EncodedEvent>, now: number): ReadonlyArray<unknown> => [
   events.map((e) => e.resourceType),
   events.map((e) => e.action),
   events.map((e) => e.resourceId),
   events.map((e) => e.orderingKey),
   events.map((e) => (e.payload === null ? null : JSON.stringify(e.payload))),
-  events.map((e) => e.coalesce)
+  events.map((e) => e.coalesce),
+  new Date(now)
 ]
 
 /**
@@ -41,7 +43,7 @@ export const enqueue = <A, I>(
   Effect.gen(function*() {
     const encoded = yield* OutboxEvent.encode(type, input)
     const sql = yield* SqlClient.SqlClient
-    const rows = yield* sql.unsafe<{ id: string }>(Statements.insertOne, oneParams(encoded))
+    const rows = yield* sql.unsafe<{ id: string }>(Statements.insertOne, oneParams(encoded, yield* Clock.currentTimeMillis))
     // Counted when written, even if the caller's transaction later rolls back: a count of
     // attempts to enqueue, not of commits (the outbox itself is the count of what committed).
     yield* Metric.increment(Metrics.enqueued)
@@ -68,7 +70,7 @@ export const enqueueMany = (
     if (events.length === 0) return []
     const encoded = yield* Effect.forEach(events, (e) => OutboxEvent.encode(e.type, e.input))
     const sql = yield* SqlClient.SqlClient
-    const rows = yield* sql.unsafe<{ id: string }>(Statements.insertMany, manyParams(encoded))
+    const rows = yield* sql.unsafe<{ id: string }>(Statements.insertMany, manyParams(encoded, yield* Clock.currentTimeMillis))
     yield* Metric.incrementBy(Metrics.enqueued, rows.length)
     return rows.map((row) => row.id)
   }).pipe(Effect.withSpan("sync-outbox.enqueueMany", { attributes: { count: events.length } }))
@@ -84,8 +86,9 @@ export const enqueueWith = <A, I>(
 ): Effect.Effect<string, InvalidPayload | InvalidEvent | SqlError.SqlError> =>
   Effect.gen(function*() {
     const encoded = yield* OutboxEvent.encode(type, input)
+    const now = yield* Clock.currentTimeMillis
     const result = yield* Effect.tryPromise({
-      try: () => client.query<{ id: string }>(Statements.insertOne, oneParams(encoded) as Array<unknown>),
+      try: () => client.query<{ id: string }>(Statements.insertOne, oneParams(encoded, now) as Array<unknown>),
       catch: (cause) => new SqlError.SqlError({ cause, message: "enqueueWith: insert failed" })
     })
     yield* Metric.increment(Metrics.enqueued)

@@ -330,8 +330,8 @@ export interface ReplayResult {
 // One statement, in the selection's order, so new ids keep the original order per key (the
 // claim's ordering and coalescing then apply as to any new event); the insert trigger notifies.
 const replayInsertSql = `
-INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce, replay_of)
-SELECT t.resource_type, t.action, t.resource_id, t.ordering_key, t.payload, t.coalesce, t.replay_of
+INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce, replay_of, created_at)
+SELECT t.resource_type, t.action, t.resource_id, t.ordering_key, t.payload, t.coalesce, t.replay_of, $8::timestamptz
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::boolean[], $7::bigint[])
   WITH ORDINALITY AS t(resource_type, action, resource_id, ordering_key, payload, coalesce, replay_of, ord)
 ORDER BY t.ord
@@ -436,7 +436,8 @@ export const replay = (
       events.map((e) => e.orderingKey),
       events.map((e) => (e.payload === null ? null : JSON.stringify(e.payload))),
       events.map((e) => e.coalesce),
-      events.map((e) => e.id)
+      events.map((e) => e.id),
+      new Date(yield* Clock.currentTimeMillis)
     ]).withoutTransform
     yield* Metric.incrementBy(Metrics.enqueued, inserted.length)
     const enqueued = inserted.map((r) => r.id).sort((a, b) => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0))

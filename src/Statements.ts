@@ -19,11 +19,13 @@ export interface Statement {
 // Producer
 // ---------------------------------------------------------------------------------------------
 
-export const insertOne = `INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING id::text AS id`
+// `created_at` is the producer's Effect Clock, as every other time the library writes: under
+// TestClock an event's age and its journal timings are then in one clock.
+export const insertOne = `INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce, created_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7) RETURNING id::text AS id`
 
-export const insertMany = `INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::boolean[])
+export const insertMany = `INSERT INTO sync_outbox (resource_type, action, resource_id, ordering_key, payload, coalesce, created_at)
+SELECT t.*, $7::timestamptz FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::boolean[]) AS t
 RETURNING id::text AS id`
 
 // ---------------------------------------------------------------------------------------------

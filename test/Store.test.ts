@@ -166,6 +166,18 @@ describe("Store: enqueue", () => {
       expect(error._tag).toBe("InvalidPayload")
     })))
 
+  it.effect("an event's created_at is the producer's Clock, like every time the library writes", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      yield* TestClock.setTime(new Date("2030-01-02T03:04:05.000Z").getTime())
+      const one = yield* enqueue(SetValue, { payload: { key: "clock", value: "1" } })
+      const [many] = yield* enqueueMany([event(SetValue, { payload: { key: "clock", value: "2" } })])
+      const store = yield* Store
+      for (const id of [one, many!]) {
+        expect((yield* store.show(id)).event.createdAt.toISOString()).toBe("2030-01-02T03:04:05.000Z")
+      }
+    })))
+
   it.live("a resource id that is not a positive integer is an InvalidEvent", () =>
     withDb(Effect.gen(function*() {
       for (const resourceId of [0, -1, 1.5, Number.NaN]) {
