@@ -89,7 +89,10 @@ const acquire = (options: RedisOptions): RedisClient => {
     maxRetriesPerRequest: 0,
     commandTimeout,
     connectTimeout,
-    enableAutoPipelining: true,
+    // Off: ioredis's auto-pipelining can throw from a callback (an uncaught TypeError that ends
+    // the process) when a pipeline meets a command defined after it was made or a connection that
+    // closes under it (ioredis issues #1931, #2109). Handlers pipeline explicitly where it pays.
+    enableAutoPipelining: false,
     retryStrategy
   }
   if (options.clusterNodes !== undefined && options.clusterNodes.length > 0) {
@@ -99,7 +102,7 @@ const acquire = (options: RedisOptions): RedisClient => {
     })
     return new Cluster(nodes, {
       enableOfflineQueue: false,
-      enableAutoPipelining: true,
+      enableAutoPipelining: false,
       clusterRetryStrategy: retryStrategy,
       redisOptions: common
     })
