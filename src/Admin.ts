@@ -32,8 +32,9 @@ export type DeadSelector =
   | { readonly _tag: "All" }
 
 /** A registered worker, as `status` shows it (the columns as they are named). */
-export interface LiveWorker extends Omit<WorkerRow, "loopError"> {
+export interface LiveWorker extends Omit<WorkerRow, "loopError" | "retentionMs"> {
   readonly loop_error: string | null
+  readonly retention_ms: number | null
   readonly started_at: Date
   readonly heartbeat_age_ms: number
 }

@@ -54,6 +54,8 @@ export interface WorkerRow {
   /** The claim loop: `running`, `restarting` (after a failure, with `loopError`), `stopped`. */
   readonly loop: string
   readonly loopError: string | null
+  /** The journal retention it runs with, in milliseconds (0: no journal). */
+  readonly retentionMs?: number | null | undefined
 }
 
 export interface LeasesShape {
@@ -187,7 +189,8 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
         worker.breaker,
         worker.listener,
         worker.loop,
-        worker.loopError
+        worker.loopError,
+        worker.retentionMs ?? null
       ]).pipe(Effect.asVoid)
 
     const unregister = (owner: string) => Effect.asVoid(run(Statements.unregister, [owner]))

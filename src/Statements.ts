@@ -194,10 +194,10 @@ WHERE status = 'pending' AND next_retry_at > '-infinity' AND lease_owner IS NULL
 /** Register or refresh a worker's row (the database's clock: it is for display). */
 export const heartbeat: Statement = {
   name: "sync_outbox_heartbeat",
-  text: `INSERT INTO sync_outbox_workers (owner, hostname, pid, breaker, listener, loop, loop_error)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+  text: `INSERT INTO sync_outbox_workers (owner, hostname, pid, breaker, listener, loop, loop_error, retention_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.breaker, listener = EXCLUDED.listener,
-  loop = EXCLUDED.loop, loop_error = EXCLUDED.loop_error`
+  loop = EXCLUDED.loop, loop_error = EXCLUDED.loop_error, retention_ms = EXCLUDED.retention_ms`
 }
 
 /**
@@ -312,7 +312,7 @@ SELECT count(*)::int AS n FROM purged`
 export const notify = `SELECT pg_notify(coalesce(nullif(current_setting('sync_outbox.channel', true), ''), 'sync_outbox'), '')`
 
 /** $1 staleness in ms. */
-export const workers = `SELECT owner, hostname, pid, breaker, listener, loop, loop_error, started_at,
+export const workers = `SELECT owner, hostname, pid, breaker, listener, loop, loop_error, retention_ms::float8 AS retention_ms, started_at,
   (extract(epoch FROM now() - heartbeat_at) * 1000)::float8 AS heartbeat_age_ms
 FROM sync_outbox_workers
 WHERE heartbeat_at > now() - make_interval(secs => $1::float8 / 1000)

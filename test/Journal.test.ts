@@ -512,8 +512,18 @@ describe("Journal: the CLI", () => {
     expect(dry.code).toBe(0)
     expect(dry.stdout).toContain("dry run: would enqueue 1 event(s)")
     expect(await Effect.runPromise(Effect.provide(countRows(), sqlLayer(url)))).toBe(0)
-    expect((await cli(["status"], { SYNC_OUTBOX_RETENTION: "3 days" })).stdout).toContain("retention 3d   journal 1 event(s)")
+    // No live worker (the other tests' workers are gone): this environment's setting, said to be that.
+    await Effect.runPromise(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM sync_outbox_workers`).pipe(Effect.provide(sqlLayer(url))))
+    expect((await cli(["status"], { SYNC_OUTBOX_RETENTION: "3 days" })).stdout)
+      .toContain("retention 3d (no live worker says; this environment's SYNC_OUTBOX_RETENTION)   journal 1 event(s)")
     expect((await cli(["status"], { SYNC_OUTBOX_RETENTION: "0" })).stdout).toContain("retention off")
-    expect(JSON.parse((await cli(["status", "--json"])).stdout).retention).toMatchObject({ retentionMs: 604_800_000, journal: { rows: 1 } })
+    expect(JSON.parse((await cli(["status", "--json"])).stdout).retention).toMatchObject({ retentionMs: 604_800_000, retentionFrom: "environment", journal: { rows: 1 } })
+    // A live worker running with one hour: that is the retention in force, whatever this shell says.
+    await Effect.runPromise(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      sql`INSERT INTO sync_outbox_workers (owner, hostname, pid, loop, retention_ms) VALUES ('w1', 'h', 1, 'running', 3600000)`
+    ).pipe(Effect.provide(sqlLayer(url))))
+    const live = await cli(["status"], { SYNC_OUTBOX_RETENTION: "3 days" })
+    expect(live.stdout).toContain("retention 1h   journal 1 event(s)")
+    expect(JSON.parse((await cli(["status", "--json"])).stdout)).toMatchObject({ retention: { retentionMs: 3_600_000, retentionFrom: "workers" }, workers: [{ owner: "w1", retentionMs: 3_600_000 }] })
   }, 120_000)
 })

@@ -123,25 +123,36 @@ export const runReplay = (
     return result
   })
 
-/** For `status`: the retention in force and what the journal holds. */
+/**
+ * For `status`: the retention in force and what the journal holds. The live workers' retention is
+ * the one in force (they prune); this process's own setting is shown only when none is live.
+ */
 export const retentionLine = (
-  config: OutboxConfigShape
+  config: OutboxConfigShape,
+  workerRetentions: ReadonlyArray<number> = []
 ): Effect.Effect<{ readonly line: string; readonly json: unknown }, SqlError.SqlError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
-    const retentionMs = Duration.toMillis(config.retention)
+    const distinct = [...new Set(workerRetentions)].sort((a, b) => a - b)
+    const retentionMs = distinct.length > 0 ? distinct[0]! : Duration.toMillis(config.retention)
+    const source = distinct.length === 0
+      ? " (no live worker says; this environment's SYNC_OUTBOX_RETENTION)"
+      : distinct.length > 1
+      ? ` (workers differ: ${distinct.map((ms) => Duration.format(Duration.millis(ms))).join(", ")}; the shortest prunes)`
+      : ""
     const stats = yield* Journal.stats
     const now = Date.now()
     const oldest = stats.oldestAppliedAt === null ? null : now - stats.oldestAppliedAt.getTime()
     return {
       line: retentionMs === 0
-        ? `retention off (SYNC_OUTBOX_RETENTION=0: applied events are deleted, not journaled)${
+        ? `retention off (SYNC_OUTBOX_RETENTION=0: applied events are deleted, not journaled)${source}${
           stats.rows > 0 ? `; journal still holds ${stats.rows} row(s)` : ""
         }`
-        : `retention ${Duration.format(config.retention)}   journal ${stats.approximate ? "~" : ""}${stats.rows} event(s)${
+        : `retention ${Duration.format(Duration.millis(retentionMs))}${source}   journal ${stats.approximate ? "~" : ""}${stats.rows} event(s)${
           oldest === null ? "" : `, oldest applied ${ms(oldest)} ago`
         }`,
       json: {
         retentionMs,
+        retentionFrom: distinct.length === 0 ? "environment" : "workers",
         journal: { rows: stats.rows, approximate: stats.approximate, oldestAppliedAt: stats.oldestAppliedAt, bytes: stats.bytes }
       }
     }

@@ -16,11 +16,24 @@ export interface DueTimer {
   readonly waitMs: (claimedLastTime: boolean) => Effect.Effect<number, unknown>
 }
 
+// Retries this worker knows of, soonest first; a worker failing thousands at once needs only the
+// soonest few (the database is asked again once they are consumed).
+const maxNoted = 1_024
+
 export const make = <E>(pollMs: number, nextWakeAt: Effect.Effect<number | null, E>): Effect.Effect<DueTimer> =>
   Effect.gen(function*() {
-    const earliest = yield* Ref.make<number | null>(null)
+    // Every noted time, not only the earliest: consuming one that is due must not forget a later
+    // one. (The database, read while a failure is still being written in the background, can
+    // return the retry just consumed; taking it as "the earliest" used to wipe the new one, and
+    // the worker then slept a whole poll past it.)
+    const noted = yield* Ref.make<ReadonlyArray<number>>([])
     const askedAt = yield* Ref.make(Number.NEGATIVE_INFINITY)
-    const note = (at: number) => Ref.update(earliest, (current) => (current === null || at < current ? at : current))
+    const note = (at: number) =>
+      Ref.update(noted, (times) => {
+        if (times.includes(at)) return times
+        const next = [...times, at].sort((a, b) => a - b)
+        return next.length > maxNoted ? next.slice(0, maxNoted) : next
+      })
 
     const waitMs = (claimedLastTime: boolean) =>
       Effect.gen(function*() {
@@ -30,10 +43,12 @@ export const make = <E>(pollMs: number, nextWakeAt: Effect.Effect<number | null,
           yield* Ref.set(askedAt, now)
           if (fromDb !== null) yield* note(fromDb)
         }
-        const dueAt = yield* Ref.get(earliest)
+        const times = yield* Ref.get(noted)
+        const dueAt = times.length === 0 ? null : times[0]!
         if (dueAt !== null && dueAt <= now) {
-          // Consumed: the next wait asks the database for whatever is due after it.
-          yield* Ref.set(earliest, null)
+          // Consumed (the claim that follows takes what is due); later ones stay. The next wait
+          // asks the database for whatever else is due.
+          yield* Ref.set(noted, times.filter((at) => at > now))
           yield* Ref.set(askedAt, Number.NEGATIVE_INFINITY)
         }
         const floor = claimedLastTime ? 0 : blockedRetryFloorMs

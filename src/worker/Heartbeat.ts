@@ -15,7 +15,7 @@ import type { LoopState } from "./Loop.js"
 export interface HeartbeatOptions {
   readonly owner: string
   readonly leases: LeasesShape
-  readonly config: Pick<OutboxConfigShape, "interval" | "callTimeout">
+  readonly config: Pick<OutboxConfigShape, "interval" | "callTimeout" | "retention">
   readonly breaker: SubscriptionRef.SubscriptionRef<BreakerState>
   readonly listener: SubscriptionRef.SubscriptionRef<ListenerState>
   readonly loop: SubscriptionRef.SubscriptionRef<LoopState>
@@ -25,7 +25,14 @@ export interface HeartbeatOptions {
 export const start = (options: HeartbeatOptions): Effect.Effect<void, never, Scope.Scope> =>
   Effect.gen(function*() {
     const { config, leases, owner } = options
-    const beat = Effect.gen(function*() {
+    // One statement at a time, and none after the row is removed: a beat still in flight when the
+    // worker stops (the loop's "stopped" is itself a change that beats) would otherwise upsert the
+    // row again after the DELETE, and `status` would show a worker that is gone.
+    const gate = yield* Effect.makeSemaphore(1)
+    let unregistered = false
+    // Uninterruptible: stopping waits for a statement already sent rather than abandoning it to land later.
+    const beat = gate.withPermits(1)(Effect.suspend(() => (unregistered ? Effect.void : Effect.uninterruptible(beatNow))))
+    const beatNow = Effect.gen(function*() {
       yield* leases.heartbeat({
         owner,
         hostname: hostname(),
@@ -33,11 +40,17 @@ export const start = (options: HeartbeatOptions): Effect.Effect<void, never, Sco
         breaker: yield* SubscriptionRef.get(options.breaker),
         listener: yield* SubscriptionRef.get(options.listener),
         loop: yield* SubscriptionRef.get(options.loop),
-        loopError: yield* Ref.get(options.loopError)
+        loopError: yield* Ref.get(options.loopError),
+        retentionMs: Duration.toMillis(config.retention)
       }).pipe(Effect.timeout(config.callTimeout))
     }).pipe(Effect.catchAllCause((cause) => Effect.logDebug(`sync-outbox: heartbeat failed: ${causeLine(cause)}`)))
     // Finalizers run in reverse: whatever the caller added later (the loop) stops first, then the beats, then the row goes.
-    yield* Effect.addFinalizer(() => leases.unregister(owner).pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore))
+    yield* Effect.addFinalizer(() =>
+      gate.withPermits(1)(Effect.suspend(() => {
+        unregistered = true
+        return leases.unregister(owner)
+      })).pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore)
+    )
     yield* beat
     yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(config.interval)))
     yield* Effect.forkScoped(

@@ -20,12 +20,13 @@ const statusOnce = (json: boolean, watching = false) =>
       pid: w.pid,
       loop: w.loop,
       loopError: w.loop_error,
+      retentionMs: w.retention_ms,
       breaker: w.breaker,
       listener: w.listener,
       startedAt: w.started_at,
       heartbeatAgeMs: Math.round(w.heartbeat_age_ms)
     }))
-    const retention = yield* retentionLine(config)
+    const retention = yield* retentionLine(config, workers.flatMap((w) => (w.retentionMs === null ? [] : [w.retentionMs])))
     // A database migrated before reconciles were recorded has none to show.
     const reconciles = yield* Convergence.lastRuns.pipe(Effect.orElseSucceed(() => []))
     // Watched, one document per line (a stream a program can split); once, pretty for a person.
