@@ -490,6 +490,11 @@ const make = (drainTimeout: Duration.Duration) =>
         (rows) => rows.map((r) => r.id)
       )
 
+    // The worker looks once as it starts. Let that look end before the test's first step, so an
+    // event the test writes next is the test's to drain (and to see in the report), not taken
+    // by a claim already under way.
+    yield* Effect.orDie(settle)
+
     return {
       drain,
       advance,
