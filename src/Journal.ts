@@ -7,6 +7,7 @@
 import { SqlClient, type SqlError } from "@effect/sql"
 import { Cause, Clock, Data, Duration, Effect, Either, Metric, Option, ParseResult, Schedule, Schema, type Scope } from "effect"
 import * as Metrics from "./Metrics.js"
+import type { EventRow } from "./Statements.js"
 import { parseDuration } from "./OutboxConfig.js"
 
 /** Input a journal query cannot use (a bad id, an unknown type, a time it cannot read); nothing was done. */
@@ -41,15 +42,8 @@ export interface JournalEntry {
   readonly latencyMs: number
 }
 
-interface EntryRow {
-  readonly id: string
-  readonly resource_type: string
-  readonly action: string
-  readonly resource_id: number | null
-  readonly ordering_key: string
-  readonly payload: unknown
-  readonly coalesce: boolean
-  readonly created_at: Date
+/** A journal row: the outbox row it was (less its retry count), and how it was applied. */
+interface EntryRow extends Omit<EventRow, "retry_count"> {
   readonly applied_at: Date
   readonly attempts: number
   readonly worker: string

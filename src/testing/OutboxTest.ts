@@ -23,6 +23,7 @@ import { OutboxConfig, type OutboxConfigShape } from "../OutboxConfig.js"
 import type { StoredEvent } from "../OutboxEvent.js"
 import { classify, RedisSink, type RedisSinkShape } from "../RedisSink.js"
 import { Leases } from "../Leases.js"
+import type { StoredRow } from "../Statements.js"
 import { Store } from "../Store.js"
 import { type BreakerState, Worker } from "../Worker.js"
 import * as MemoryRedis from "./MemoryRedis.js"
@@ -198,20 +199,8 @@ const acquireDatabase = (schema: string) =>
 const snapshotSql = `SELECT id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key,
   payload, coalesce, retry_count, status, last_error, next_retry_at, lease_expires_at FROM sync_outbox ORDER BY id`
 
-interface SnapshotRow {
-  readonly id: string
-  readonly resource_type: string
-  readonly action: string
-  readonly resource_id: number | null
-  readonly ordering_key: string
-  readonly payload: unknown
-  readonly coalesce: boolean
-  readonly retry_count: number
-  readonly status: "pending" | "dead"
-  readonly last_error: string | null
-  readonly next_retry_at: Date | number
-  readonly lease_expires_at: Date | null
-}
+/** An outbox row as `snapshotSql` selects it: the stored row less its creation time and owner. */
+type SnapshotRow = Omit<StoredRow, "created_at" | "lease_owner">
 
 /** When something next falls due after `now`: a scheduled retry or a lease running out. */
 const nextDueAt = (rows: Map<string, SnapshotRow>, now: number): number | null => {

@@ -99,25 +99,19 @@ const notDeadOrMissing = (id: string) =>
       )
     ))
 
-const requeue = (input: Input) =>
+/** `requeue` and `purge`: the same selection, the same answer for a named event that is not dead. */
+const onDeadLetters = (verb: "requeue" | "purge", done: string) => (input: Input) =>
   Effect.gen(function*() {
     const admin = yield* Admin
     const which = yield* selector(input)
-    const n = yield* admin.requeue(which).pipe(
+    const n = yield* admin[verb](which).pipe(
       Effect.catchTag("EventNotFound", (e) => which._tag === "One" ? notDeadOrMissing(which.id) : Effect.fail(e))
     )
-    yield* Console.log(`requeued ${n}`)
+    yield* Console.log(`${done} ${n}`)
   })
 
-const purge = (input: Input) =>
-  Effect.gen(function*() {
-    const admin = yield* Admin
-    const which = yield* selector(input)
-    const n = yield* admin.purge(which).pipe(
-      Effect.catchTag("EventNotFound", (e) => which._tag === "One" ? notDeadOrMissing(which.id) : Effect.fail(e))
-    )
-    yield* Console.log(`purged ${n}`)
-  })
+const requeue = onDeadLetters("requeue", "requeued")
+const purge = onDeadLetters("purge", "purged")
 
 const byName: Record<string, (input: Input) => Effect.Effect<void, unknown, Admin>> = { list, show, requeue, purge }
 
