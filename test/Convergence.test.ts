@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Fiber, Layer, Metric, Option, Ref, TestClock } from "effect"
+import { Chunk, ConfigProvider, Duration, Effect, Fiber, Layer, Metric, Option, Ref, TestClock } from "effect"
 import { beforeAll } from "vitest"
 import {
   Convergence,
@@ -129,6 +129,8 @@ describe("Convergence", () => {
       const toy = yield* toyDomain()
       // Three entries at 1 command per second: the sweep waits three seconds before it ends.
       const fiber = yield* Effect.fork(Convergence.runOnce("manual", { repair: false, rate: 1 }).pipe(Effect.provide(toy.layer)))
+      // The lock is taken in real time first: move the clock only once the sweep is waiting on it.
+      yield* eventually(Effect.map(TestClock.sleeps(), Chunk.size), (n) => n > 0)
       yield* TestClock.adjust(Duration.seconds(2))
       expect(Option.isNone(yield* Fiber.poll(fiber))).toBe(true)
       yield* TestClock.adjust(Duration.seconds(1))
