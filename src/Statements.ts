@@ -55,13 +55,12 @@ WITH picked AS MATERIALIZED (
   WHERE c.status = 'pending'
     AND c.next_retry_at <= $2
     AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $2)
-    AND NOT coalesce((
-      SELECT true FROM sync_outbox l
-      WHERE l.ordering_key = c.ordering_key AND l.status = 'pending' AND l.lease_expires_at > $2
-      LIMIT 1), false)
-    AND (c.coalesce OR NOT EXISTS (
-      SELECT 1 FROM sync_outbox e
-      WHERE e.ordering_key = c.ordering_key AND e.status = 'pending' AND e.id < c.id))
+    -- One probe of the key's pending rows for both reasons to wait: a live lease on the key, or
+    -- (for a non-coalescing row) an older pending row of it.
+    AND NOT EXISTS (
+      SELECT 1 FROM sync_outbox l
+      WHERE l.ordering_key = c.ordering_key AND l.status = 'pending' AND l.id <> c.id
+        AND (l.lease_expires_at > $2 OR (NOT c.coalesce AND l.id < c.id)))
   ORDER BY c.id
   LIMIT $4
   FOR UPDATE OF c SKIP LOCKED
@@ -70,22 +69,25 @@ WITH picked AS MATERIALIZED (
 ), claimable AS MATERIALIZED (
   SELECT keys AS ordering_keys, cardinality(keys) = (SELECT cardinality(ordering_keys) FROM candidates) AS all_keys
   FROM sync_outbox_claim_keys((SELECT ordering_keys FROM candidates), $2) AS keys
-), keys AS MATERIALIZED (
-  SELECT ordering_key, bool_or(coalesce) AS coalesce
-  FROM picked
-  -- Usually every key is free: then no key is looked up in the array (a linear search per row).
-  WHERE (SELECT all_keys FROM claimable) OR ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
-  GROUP BY ordering_key
+), chosen AS MATERIALIZED (
+  SELECT p.id, p.ordering_key, p.coalesce FROM picked p
+  WHERE (SELECT all_keys FROM claimable) OR p.ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
+), targets AS (
+  -- By id rather than by key: a join on the key alone made the generic plan scan the table.
+  -- A coalescing handler reads current state after this claim, so it covers every coalescing
+  -- event of the key committed before now: lease them all, however far past the batch limit.
+  SELECT id FROM chosen
+  UNION
+  SELECT o.id FROM (SELECT DISTINCT ordering_key FROM chosen WHERE coalesce) k
+  JOIN sync_outbox o ON o.ordering_key = k.ordering_key
+  WHERE o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
 )
 UPDATE sync_outbox o
 SET lease_owner = $1, lease_expires_at = $3
-FROM keys k
-WHERE o.ordering_key = k.ordering_key
+FROM targets t
+WHERE o.id = t.id
   AND o.status = 'pending'
   AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
-  -- A coalescing handler reads current state after this claim, so it covers every coalescing
-  -- event of the key committed before now: lease them all, however far past the batch limit.
-  AND (o.id IN (SELECT id FROM picked) OR (k.coalesce AND o.coalesce))
 RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
   o.payload, o.coalesce, o.retry_count, o.created_at,
   (NOT o.coalesce AND EXISTS (
