@@ -4,7 +4,7 @@
  * resource id is a typed failure, never a silent success. Whatever a handler does (fails, dies,
  * throws, hangs), the worker gets one typed `ApplyOutcome` per event.
  */
-import { Cause, Context, Data, Duration, Effect, Exit, Layer, Option, ParseResult, Schema } from "effect"
+import { Cause, Context, Data, Duration, Effect, Either, Exit, Layer, Option, ParseResult, Schema } from "effect"
 import {
   HandlerDefect,
   HandlerTimeout,
@@ -157,7 +157,12 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
       table.set(key, handler)
     }
     const decoders = new Map(
-      handlers.map((h) => [pairKey(h.type.resourceType, h.type.action), Schema.decodeUnknown(h.type.payload)] as const)
+      handlers.map((h) =>
+        [pairKey(h.type.resourceType, h.type.action), {
+          now: Schema.decodeUnknownEither(h.type.payload),
+          effect: Schema.decodeUnknown(h.type.payload)
+        }] as const
+      )
     )
     const lookup = (resourceType: string, action: string) => {
       const handler = table.get(pairKey(resourceType, action))
@@ -165,23 +170,39 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
         ? Effect.fail(new UnknownEventType({ resourceType, action }))
         : Effect.succeed(handler.type)
     }
-    const decode = (
-      event: ClaimedEvent,
-      key: string
-    ): Effect.Effect<Applying<unknown>, MalformedPayload | MissingResourceId> => {
+    const malformed = (event: ClaimedEvent, error: ParseResult.ParseError) =>
+      new MalformedPayload({
+        resourceType: event.resourceType,
+        action: event.action,
+        message: ParseResult.TreeFormatter.formatErrorSync(error)
+      })
+    const applying = (event: ClaimedEvent, payload: unknown): Applying<unknown> => ({
+      id: event.id,
+      resourceId: event.resourceId,
+      payload,
+      attempt: event.retryCount + 1,
+      event
+    })
+    type Decoded = Either.Either<Applying<unknown>, MalformedPayload | MissingResourceId>
+    /**
+     * Decode without an effect when the schema allows it (a thousand events cost a thousand
+     * effects otherwise); `undefined` when the schema is asynchronous and only `decode` can run it.
+     */
+    const decodeNow = (event: ClaimedEvent, key: string): Decoded | undefined => {
       // A row written by SQL (`sync_outbox_enqueue`) skipped `enqueue`'s checks: the type knows.
       if (event.resourceId === null && table.get(key)!.type.requiresResourceId) {
-        return Effect.fail(new MissingResourceId({ resourceType: event.resourceType, action: event.action }))
+        return Either.left(new MissingResourceId({ resourceType: event.resourceType, action: event.action }))
       }
-      return decoders.get(key)!(event.payload).pipe(
-        Effect.mapError((error) =>
-          new MalformedPayload({
-            resourceType: event.resourceType,
-            action: event.action,
-            message: ParseResult.TreeFormatter.formatErrorSync(error)
-          })
-        ),
-        Effect.map((payload) => ({ id: event.id, resourceId: event.resourceId, payload, attempt: event.retryCount + 1, event }))
+      const result = decoders.get(key)!.now(event.payload)
+      if (Either.isRight(result)) return Either.right(applying(event, result.right))
+      return result.left.issue._tag === "Forbidden" ? undefined : Either.left(malformed(event, result.left))
+    }
+    const decode = (event: ClaimedEvent, key: string): Effect.Effect<Applying<unknown>, MalformedPayload | MissingResourceId> => {
+      const now = decodeNow(event, key)
+      if (now !== undefined) return now
+      return decoders.get(key)!.effect(event.payload).pipe(
+        Effect.mapError((error) => malformed(event, error)),
+        Effect.map((payload) => applying(event, payload))
       )
     }
 
@@ -221,7 +242,7 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
             const decoded: Array<Applying<unknown>> = []
             const at: Array<number> = []
             for (const i of indexes) {
-              const exit = yield* Effect.either(decode(events[i]!, key))
+              const exit = decodeNow(events[i]!, key) ?? (yield* Effect.either(decode(events[i]!, key)))
               if (exit._tag === "Left") {
                 outcomes[i] = failed(exit.left)
               } else {

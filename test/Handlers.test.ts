@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Duration, Effect, Exit, Schema } from "effect"
+import { Data, Duration, Effect, Exit, ParseResult, Schema } from "effect"
 import { type ApplyOutcome, handle, handleBatch, Handlers, InFlight, OutboxEvent, type ClaimedEvent } from "../src/index.js"
 
 class Refused extends Data.TaggedError("Refused")<{ readonly message: string }> {}
@@ -101,6 +101,30 @@ describe("Handlers: one typed outcome per event, whatever the handler does", () 
       expect(missing.error).toMatchObject({ _tag: "MissingResourceId", message: "needy/update needs a resource id (needy id missing)" })
       expect(present?._tag).toBe("Applied")
     }).pipe(Effect.provide(registry)))
+
+  it.live("a payload schema that decodes asynchronously is decoded, and a payload it rejects is a permanent MalformedPayload", () =>
+    Effect.gen(function*() {
+      // A transformation that needs an effect: the synchronous decoder cannot run it.
+      const Slow = OutboxEvent.make({
+        resourceType: "slow",
+        action: "set",
+        payload: Schema.transformOrFail(Schema.String, Schema.String, {
+          strict: true,
+          decode: (s) => Effect.delay(s === "bad" ? ParseResult.fail(new ParseResult.Type(Schema.String.ast, s, "bad payload")) : ParseResult.succeed(s.toUpperCase()), Duration.millis(1)),
+          encode: ParseResult.succeed
+        })
+      })
+      const seen: Array<string> = []
+      const handlers = yield* Effect.provide(Handlers, Handlers.layer(handleBatch(Slow, (events) =>
+        Effect.sync(() => events.map((e) => {
+          seen.push(e.payload)
+          return Exit.void
+        })))))
+      const [good, bad] = yield* handlers.applyAll([claimed(Slow, "fine"), claimed(Slow, "bad")], { concurrency: 1, timeout: Duration.seconds(5) })
+      expect(good?._tag).toBe("Applied")
+      expect(seen).toEqual(["FINE"])
+      expect(bad).toMatchObject({ _tag: "Failed", permanent: true, error: { _tag: "MalformedPayload" } })
+    }))
 
   it.live("what outlives the call timeout is TimedOut; its promise calls still running are handed over, their signal aborted", () =>
     Effect.gen(function*() {
