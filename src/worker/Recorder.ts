@@ -7,7 +7,7 @@
  * may have passed over a key being completed, so the loop is woken once the record is written. Timed-out events
  * are held until their call can no longer be running (see `hold`).
  */
-import { Clock, Duration, Effect, Fiber, FiberSet, Metric, Option, Schedule, type Scope } from "effect"
+import { Clock, Duration, Effect, Fiber, FiberRef, FiberSet, Metric, Option, Schedule, type Scope } from "effect"
 import { describeFailure, oneLine } from "../Errors.js"
 import type { Claimed, Failure, LeasesShape } from "../Leases.js"
 import * as Metrics from "../Metrics.js"
@@ -72,6 +72,7 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
         let appliedCount = 0
         let deadCount = 0
         let unavailable = false
+        const ages: Array<number> = []
         const covered = (outcome: Extract<Outcome, { readonly superseded: ReadonlyArray<string> }>) => {
           // Older events it superseded are redundant whatever happens to the newest one.
           for (const id of outcome.superseded) {
@@ -85,7 +86,7 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
               completed.push(outcome.event.id)
               covered(outcome)
               appliedCount++
-              yield* Metric.update(Metrics.latency, Math.max(0, now - outcome.event.createdAt.getTime()))
+              ages.push(Math.max(0, now - outcome.event.createdAt.getTime()))
               break
             }
             case "Held": {
@@ -118,6 +119,11 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
               break
             }
           }
+        }
+        // One histogram update per event, without an effect per event (a batch is a thousand).
+        if (ages.length > 0) {
+          const labels = yield* FiberRef.get(FiberRef.currentMetricLabels)
+          for (const age of ages) Metrics.latency.unsafeUpdate(age, labels)
         }
         const statements: Array<Effect.Effect<unknown, unknown>> = []
         if (completed.length > 0) {
