@@ -88,6 +88,12 @@ export interface LeasesShape {
 export interface LeasesOptions {
   /** Bounds each statement when it goes through a `SqlClient` without a `PgPool`. */
   readonly callTimeout: Duration.Duration
+  /**
+   * Commit the lease protocol's writes without waiting for the WAL flush (default true): a crash
+   * can then undo the last leases and completions, which only repeats work. Events written by
+   * producers are not affected. False keeps the session's `synchronous_commit`.
+   */
+  readonly asyncCommit?: boolean | undefined
 }
 
 interface ClaimRow extends Statements.EventRow {
@@ -129,10 +135,11 @@ const count = (rows: ReadonlyArray<{ readonly n: number }>) => rows[0]?.n ?? 0
 export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const run = runner(yield* SqlClient.SqlClient, yield* Effect.serviceOption(PgPool), options.callTimeout)
+    const commitMode = options.asyncCommit === false ? null : "off"
 
     const claim = (owner: string, leaseMs: number, limit: number) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        run<ClaimRow>(Statements.claim, [owner, new Date(now), new Date(now + leaseMs), limit])).pipe(
+        run<ClaimRow>(Statements.claim, [owner, new Date(now), new Date(now + leaseMs), limit, commitMode])).pipe(
           Effect.map((rows) => rows.map(toClaimed).sort(byId))
         )
 
@@ -141,14 +148,15 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
         ? Effect.succeed(0)
         : Effect.map(
           journal === undefined
-            ? run<{ n: number }>(Statements.complete, [owner, ids])
+            ? run<{ n: number }>(Statements.complete, [owner, ids, commitMode])
             : run<{ n: number }>(Statements.completeJournaled, [
               owner,
               ids,
               journal.appliedAt,
               [...journal.supersededBy.keys()],
               [...journal.supersededBy.values()],
-              [...(journal.coveredUnapplied ?? [])]
+              [...(journal.coveredUnapplied ?? [])],
+              commitMode
             ]),
           count
         )
@@ -164,14 +172,15 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
           failures.map((f) => f.dead),
           failures.map((f) => f.attempt),
           new Date(now),
-          failures.map((f) => f.keepLease === true)
+          failures.map((f) => f.keepLease === true),
+          commitMode
         ])).pipe(Effect.asVoid)
 
     const release = (owner: string, ids: ReadonlyArray<string>) =>
-      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.release, [owner, ids]), count)
+      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.release, [owner, ids, commitMode]), count)
 
     const renew = (owner: string, ids: ReadonlyArray<string>, until: Date) =>
-      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.renew, [owner, ids, until]), count)
+      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.renew, [owner, ids, until, commitMode]), count)
 
     const nextWakeAt = Effect.map(run<{ at: Date | number | null }>(Statements.nextWake, []), (rows) => {
       const at = rows[0]?.at

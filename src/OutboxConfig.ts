@@ -38,6 +38,13 @@ export interface OutboxConfigShape {
   readonly probeCap: Duration.Duration
   /** How long applied events stay in the journal (`sync_outbox_journal`); zero journals nothing. */
   readonly retention: Duration.Duration
+  /**
+   * Commit the worker's bookkeeping (leases, completions, failures, the journal) without waiting
+   * for the WAL flush: a crash of Postgres may undo the last few, which only applies those events
+   * again. Producers' transactions are untouched. False: every write waits, as the session's
+   * `synchronous_commit` says.
+   */
+  readonly asyncCommit: boolean
 }
 
 export const defaults: OutboxConfigShape = {
@@ -54,7 +61,8 @@ export const defaults: OutboxConfigShape = {
   callTimeout: Duration.seconds(10),
   probeBase: Duration.millis(10),
   probeCap: Duration.millis(50),
-  retention: Duration.days(7)
+  retention: Duration.days(7),
+  asyncCommit: true
 }
 
 const units: Record<string, Duration.Unit> = {
@@ -98,7 +106,8 @@ const variables: Record<keyof OutboxConfigShape, string> = {
   callTimeout: "CALL_TIMEOUT",
   probeBase: "PROBE_BASE",
   probeCap: "PROBE_CAP",
-  retention: "RETENTION"
+  retention: "RETENTION",
+  asyncCommit: "ASYNC_COMMIT"
 }
 
 /** Check a configuration; every rule says which value is wrong and why. */
@@ -167,7 +176,8 @@ export const config: Config.Config<OutboxConfigShape> = Config.all({
       })
     ),
     Config.withDefault(defaults.retention)
-  )
+  ),
+  asyncCommit: Config.boolean("ASYNC_COMMIT").pipe(Config.withDefault(defaults.asyncCommit))
 }).pipe(Config.nested("SYNC_OUTBOX"))
 
 export class OutboxConfig extends Context.Tag("sync-outbox/OutboxConfig")<OutboxConfig, OutboxConfigShape>() {

@@ -33,6 +33,16 @@ RETURNING id::text AS id`
 // ---------------------------------------------------------------------------------------------
 
 /**
+ * The worker's bookkeeping (leases, completions, failures) may commit without waiting for its
+ * WAL to reach disk: `$n` is `'off'` for that, or NULL to keep the session's setting. Losing the
+ * last such commits to a crash only repeats work (a lease or a completion undone: the event is
+ * applied again, as after any crash); producers' commits, the events themselves, stay as durable
+ * as the caller's transaction. The setting is transaction-local, so a pool shared with the
+ * application's own transactions is untouched.
+ */
+const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coalesce($${n}::text, current_setting('synchronous_commit')), true))`
+
+/**
  * The claim, in one statement. `picked`: due, unleased rows in id order, skipping keys with a live
  * lease (and, for non-coalescing types, keys with an older pending row), locked with SKIP LOCKED.
  * `claimable`: `sync_outbox_claim_keys` takes an advisory transaction lock per picked key, then
@@ -44,7 +54,7 @@ RETURNING id::text AS id`
  * key behind it, so the worker claims that one as soon as this one is done rather than on the
  * next poll.
  *
- * $1 owner, $2 now, $3 lease end, $4 batch size.
+ * $1 owner, $2 now, $3 lease end, $4 batch size, $5 commit mode (see `commitMode`).
  */
 export const claim: Statement = {
   name: "sync_outbox_claim",
@@ -65,7 +75,8 @@ WITH picked AS MATERIALIZED (
   LIMIT $4
   FOR UPDATE OF c SKIP LOCKED
 ), candidates AS MATERIALIZED (
-  SELECT ARRAY(SELECT DISTINCT ordering_key FROM picked) AS ordering_keys
+  -- Evaluated whenever a row was picked (locked): the commit mode is set before the commit.
+  SELECT ARRAY(SELECT DISTINCT ordering_key FROM picked) AS ordering_keys, ${commitMode(5)} AS commit_mode
 ), claimable AS MATERIALIZED (
   SELECT keys AS ordering_keys, cardinality(keys) = (SELECT cardinality(ordering_keys) FROM candidates) AS all_keys
   FROM sync_outbox_claim_keys((SELECT ordering_keys FROM candidates), $2) AS keys
@@ -95,20 +106,20 @@ RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS 
     WHERE n.ordering_key = o.ordering_key AND n.status = 'pending' AND n.id > o.id)) AS successor`
 }
 
-/** Delete completed rows, fenced on the lease owner. $1 owner, $2 ids. */
+/** Delete completed rows, fenced on the lease owner. $1 owner, $2 ids, $3 commit mode. */
 export const complete: Statement = {
   name: "sync_outbox_complete",
   text: `WITH done AS (
   DELETE FROM sync_outbox WHERE id = ANY($2::bigint[]) AND lease_owner = $1 RETURNING 1
 )
-SELECT count(*)::int AS n FROM done`
+SELECT count(*)::int AS n FROM done, ${commitMode(3)} AS commit_mode(setting)`
 }
 
 /**
  * The same completion, journaled in the same statement (see migrations/outbox/0005_journal.sql),
  * so there is never a journal row for a deletion that did not happen: `$3` is the worker's
  * Clock, `$4`/`$5` link coalesced events to the event that covered them, `$6` lists those whose
- * covering event had not applied (it failed, or is held).
+ * covering event had not applied (it failed, or is held). $7 commit mode.
  */
 export const completeJournaled: Statement = {
   name: "sync_outbox_complete_journaled",
@@ -127,10 +138,10 @@ WITH done AS (
     CASE WHEN l.superseded_by IS NULL THEN NULL ELSE NOT (d.id = ANY($6::bigint[])) END, d.replay_of
   FROM done d LEFT JOIN links l ON l.id = d.id
 )
-SELECT count(*)::int AS n FROM done`
+SELECT count(*)::int AS n FROM done, ${commitMode(7)} AS commit_mode(setting)`
 }
 
-/** Extend this owner's leases. $1 owner, $2 ids, $3 new end. */
+/** Extend this owner's leases. $1 owner, $2 ids, $3 new end, $4 commit mode. */
 export const renew: Statement = {
   name: "sync_outbox_renew",
   text: `WITH renewed AS (
@@ -138,10 +149,10 @@ export const renew: Statement = {
   WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'pending'
   RETURNING 1
 )
-SELECT count(*)::int AS n FROM renewed`
+SELECT count(*)::int AS n FROM renewed, ${commitMode(4)} AS commit_mode(setting)`
 }
 
-/** Hand rows back unattempted. $1 owner, $2 ids. */
+/** Hand rows back unattempted. $1 owner, $2 ids, $3 commit mode. */
 export const release: Statement = {
   name: "sync_outbox_release",
   text: `WITH released AS (
@@ -149,12 +160,12 @@ export const release: Statement = {
   WHERE id = ANY($2::bigint[]) AND lease_owner = $1
   RETURNING 1
 )
-SELECT count(*)::int AS n FROM released`
+SELECT count(*)::int AS n FROM released, ${commitMode(3)} AS commit_mode(setting)`
 }
 
 /**
  * Record failed attempts (history row each; dead, or due again at `next_retry_at`), fenced on
- * the lease owner. $1 owner, $2..$7 and $9 one array entry per failure, $8 now.
+ * the lease owner. $1 owner, $2..$7 and $9 one array entry per failure, $8 now, $10 commit mode.
  */
 export const fail: Statement = {
   name: "sync_outbox_fail",
@@ -179,7 +190,7 @@ WITH input AS (
   SELECT id, attempt, tag, message, $8 FROM updated
   ON CONFLICT (outbox_id, attempt) DO NOTHING
 )
-SELECT count(*)::int AS n FROM updated`
+SELECT count(*)::int AS n FROM updated, ${commitMode(10)} AS commit_mode(setting)`
 }
 
 /**

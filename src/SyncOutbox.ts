@@ -31,7 +31,7 @@ export const layerWorker = <E, R, E2 = never, R2 = never>(
       const url = yield* Database.urlConfig()
       const listener = outbox.pollOnly ? Listener.off : Listener.layer({ url, channel: outbox.channel })
       const worker = Worker.layer.pipe(
-        Layer.provide(Layer.mergeAll(Store.layerWith({ callTimeout: outbox.callTimeout }), listener, handlers)),
+        Layer.provide(Layer.mergeAll(Store.layerWith({ callTimeout: outbox.callTimeout, asyncCommit: outbox.asyncCommit }), listener, handlers)),
         Layer.provideMerge(Layer.succeed(OutboxConfig, outbox))
       )
       // A database that was never migrated fails here, once, with the fix, rather than in every claim.

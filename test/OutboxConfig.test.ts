@@ -17,6 +17,7 @@ describe("OutboxConfig", () => {
       expect(config.maxRetries).toBe(10)
       expect(config.channel).toBe("sync_outbox")
       expect(config.pollOnly).toBe(false)
+      expect(config.asyncCommit).toBe(true)
     }))
 
   it.effect("reads every SYNC_OUTBOX_* name", () =>
@@ -31,9 +32,10 @@ describe("OutboxConfig", () => {
         SYNC_OUTBOX_BACKOFF_CAP: "10 seconds",
         SYNC_OUTBOX_CONCURRENCY: "8",
         SYNC_OUTBOX_CHANNEL: "cp_sync",
-        SYNC_OUTBOX_POLL_ONLY: "true"
+        SYNC_OUTBOX_POLL_ONLY: "true",
+        SYNC_OUTBOX_ASYNC_COMMIT: "false"
       })
-      expect(config).toMatchObject({ enabled: false, batchSize: 500, maxRetries: 4, concurrency: 8, channel: "cp_sync", pollOnly: true })
+      expect(config).toMatchObject({ enabled: false, batchSize: 500, maxRetries: 4, concurrency: 8, channel: "cp_sync", pollOnly: true, asyncCommit: false })
       expect(Duration.toMillis(config.interval)).toBe(2_000)
       expect(Duration.toMillis(config.leaseDuration)).toBe(60_000)
       expect(Duration.toMillis(config.backoffBase)).toBe(50)
@@ -50,7 +52,8 @@ describe("OutboxConfig", () => {
     [{ SYNC_OUTBOX_CHANNEL: "Robert'); DROP TABLE" }, "channel (SYNC_OUTBOX_CHANNEL) must be a lower-case SQL identifier"],
     [{ SYNC_OUTBOX_INTERVAL: "1 nanos" }, "interval (SYNC_OUTBOX_INTERVAL) must be at least 10 millis"],
     [{ SYNC_OUTBOX_RETENTION: "999999999 days" }, "retention (SYNC_OUTBOX_RETENTION) must be at most 3650 days"],
-    [{ SYNC_OUTBOX_ENABLED: "maybe" }, "ENABLED"]
+    [{ SYNC_OUTBOX_ENABLED: "maybe" }, "ENABLED"],
+    [{ SYNC_OUTBOX_ASYNC_COMMIT: "sometimes" }, "ASYNC_COMMIT"]
   ] as const)("a bad value fails at startup with InvalidConfig naming it: %o", ([env, fragment]) =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(fromEnv(env))

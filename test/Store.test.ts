@@ -349,6 +349,64 @@ describe("Leases through a plain SqlClient (no PgPool: another client, PGlite, a
     ))
 })
 
+describe("Leases: commits", () => {
+  // Seen inside a transaction of the test's own, which the plain SqlClient's statements join.
+  const settingAfter = (asyncCommit: boolean | undefined, step: (leases: Leases["Type"], ids: ReadonlyArray<string>) => Effect.Effect<unknown, unknown>) =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox, sync_outbox_journal CASCADE`
+      const leases = yield* Leases
+      yield* enqueue(SetValue, { payload: { key: "durable", value: "v" } })
+      return yield* sql.withTransaction(Effect.gen(function*() {
+        const ids = (yield* leases.claim("committer", 30_000, 10)).map((e) => e.id)
+        expect(ids).toHaveLength(1)
+        yield* sql`SET LOCAL synchronous_commit = on`
+        yield* step(leases, ids)
+        return (yield* sql<{ setting: string }>`SELECT current_setting('synchronous_commit') AS setting`)[0]!.setting
+      }))
+    }).pipe(
+      Effect.provide(Leases.layerWith({ callTimeout: Duration.seconds(5), asyncCommit }).pipe(
+        Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))
+      ))
+    )
+  const steps: ReadonlyArray<readonly [string, (leases: Leases["Type"], ids: ReadonlyArray<string>) => Effect.Effect<unknown, unknown>]> = [
+    ["claim", (leases) => leases.claim("committer", 30_000, 10)],
+    ["complete", (leases, ids) => leases.complete("committer", ids)],
+    ["complete (journaled)", (leases, ids) => leases.complete("committer", ids, { appliedAt: new Date(), supersededBy: new Map() })],
+    ["fail", (leases, ids) => leases.fail("committer", ids.map((id) => ({ id, attempt: 1, tag: "T", message: "m", nextRetryAt: new Date(), dead: false })))],
+    ["release", (leases, ids) => leases.release("committer", ids)],
+    ["renew", (leases, ids) => leases.renew("committer", ids, new Date(Date.now() + 60_000))]
+  ]
+
+  it.live("the worker's bookkeeping commits without waiting for the WAL flush, by default, in every write of the lease protocol", () =>
+    Effect.gen(function*() {
+      for (const [name, step] of steps) {
+        // The claim's own setting is overridden by the SET LOCAL above: it is the next step's that counts.
+        expect([name, yield* settingAfter(undefined, step)]).toEqual([name, name === "claim" ? "on" : "off"])
+      }
+    }))
+
+  it.live("the claim itself sets it, in the statement that writes the lease", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox, sync_outbox_journal CASCADE`
+      yield* enqueue(SetValue, { payload: { key: "durable", value: "v" } })
+      const leases = yield* Leases
+      const setting = yield* sql.withTransaction(Effect.zipRight(
+        leases.claim("committer", 30_000, 10),
+        Effect.map(sql<{ setting: string }>`SELECT current_setting('synchronous_commit') AS setting`, (rows) => rows[0]!.setting)
+      ))
+      expect(setting).toBe("off")
+    }).pipe(
+      Effect.provide(Leases.layerWith({ callTimeout: Duration.seconds(5) }).pipe(Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))))
+    ))
+
+  it.live("asyncCommit: false leaves the session's synchronous_commit as it is", () =>
+    Effect.gen(function*() {
+      for (const [name, step] of steps) expect([name, yield* settingAfter(false, step)]).toEqual([name, "on"])
+    }))
+})
+
 describe("Leases: statistics", () => {
   it.live("a table that changed by more than its size since it was analyzed is analyzed again, once", () =>
     withDb(Effect.gen(function*() {
