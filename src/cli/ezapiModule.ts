@@ -1,12 +1,12 @@
-/** The built-in control-plane sync as a handlers module: what the CLI runs without `--handlers`. */
+/** The built-in ez-api control-plane sync as a handlers module: what the CLI runs without `--handlers`. */
 import * as Layer from "effect/Layer"
 import type { HandlersModule } from "../HandlersModule.js"
-import * as SyncHandlers from "../sync/SyncHandlers.js"
-import * as SyncReconciler from "../sync/SyncReconciler.js"
-import { SyncService } from "../sync/SyncService.js"
+import * as Dispatch from "../ezapi/Dispatch.js"
+import * as DataPlaneReconciler from "../ezapi/DataPlaneReconciler.js"
+import { Projector } from "../ezapi/Projector.js"
 
 export const module: HandlersModule = {
-  layer: SyncHandlers.layer.pipe(Layer.provide(SyncService.layer())),
-  eventTypes: SyncHandlers.handlers.map((handler) => handler.type),
-  reconciler: SyncReconciler.layer().pipe(Layer.provide(SyncService.layer()))
+  layer: Dispatch.layer.pipe(Layer.provide(Projector.layer())),
+  eventTypes: Dispatch.handlers.map((handler) => handler.type),
+  reconciler: DataPlaneReconciler.layer().pipe(Layer.provide(Projector.layer()))
 }
