@@ -10,7 +10,7 @@
  *   (e) claim time and worker memory with 10,000 vs 1,000,000 pending
  *   (f) the journal: drain with retention on vs off (0); claim and completion with an empty
  *       vs a 1,000,000-row journal
- *   (g) convergence (the built-in sync domain): a private Redis holding 10,000 keys and 1,000
+ *   (g) convergence (the built-in ez-api domain): a private Redis holding 10,000 keys and 1,000
  *       bindings killed and started empty under a running worker: time until the data plane is
  *       complete again; a reconcile of 100,000 entities in sync: its duration and Redis commands/s;
  *       the event path's p99 during that sweep vs without. BENCH_CONVERGENCE_KEYS (10000),
@@ -47,7 +47,7 @@ import {
   Worker
 } from "../src/index.js"
 import { defaults as ConvergenceDefaults } from "../src/Convergence.js"
-import { ControlPlane, SyncHandlers, SyncReconciler, SyncService } from "../src/sync/index.js"
+import { ControlPlane, Dispatch, DataPlaneReconciler, Projector } from "../src/ezapi/index.js"
 import { startProxy, type Proxy } from "../scripts/proxy.js"
 import { createDatabase, type RunningService, startPostgres, startRedis } from "../scripts/services.js"
 
@@ -628,17 +628,17 @@ const convergence = async (env: Env) => {
 
     const database = Database.layer({ url: Redacted.make(dbUrl), maxConnections: 8 })
     const redis = RedisSink.layer({ url: Redacted.make(redisServer.url), commandTimeout: Duration.seconds(2) })
-    const service = SyncService.layer()
+    const service = Projector.layer()
     const worker = Convergence.layer.pipe(
       Layer.provideMerge(Layer.merge(
-        SyncReconciler.layer().pipe(Layer.provide(service)),
+        DataPlaneReconciler.layer().pipe(Layer.provide(service)),
         ConvergenceConfig.layer({ interval: Option.none() })
       )),
       Layer.provideMerge(Worker.layer.pipe(
         Layer.provideMerge(Layer.mergeAll(
           Store.layer,
           Listener.layer({ url: Redacted.make(dbUrl), channel: "sync_outbox" }),
-          SyncHandlers.layer.pipe(Layer.provide(service))
+          Dispatch.layer.pipe(Layer.provide(service))
         )),
         Layer.provideMerge(OutboxConfig.layer({ interval: Duration.seconds(1) }))
       )),

@@ -10,8 +10,8 @@
 import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Metric, Redacted, Stream } from "effect"
 import { Redis } from "ioredis"
-import { Database, Metrics, Migrations, OutboxConfig, RedisSink, Store, SyncOutbox, Worker } from "../src/index.js"
-import { Contract, ControlPlane, DataPlane, Inferred, RedisLayout, Snapshots, SyncHandlers, SyncService } from "../src/sync/index.js"
+import { Database, Metrics, Migrations, OutboxConfig, RedisSink, Store, WorkerEnv, Worker } from "../src/index.js"
+import { Contract, ControlPlane, DataPlane, Inferred, RedisLayout, Snapshots, Dispatch, Projector } from "../src/ezapi/index.js"
 import { startProxy } from "./proxy.js"
 import { createDatabase, type RunningService, startPostgres, startRedis } from "./services.js"
 
@@ -157,7 +157,7 @@ const program = (redisServer: string) =>
       return ok && stats.dead === 0
     }).pipe(
       Effect.scoped,
-      Effect.provide(SyncOutbox.layerWorker(SyncHandlers.layer.pipe(Layer.provideMerge(SyncService.layer())))),
+      Effect.provide(WorkerEnv.layer(Dispatch.layer.pipe(Layer.provideMerge(Projector.layer())))),
       Effect.provide(OutboxConfig.layerConfig()),
       Effect.ensuring(Effect.sync(() => redis.disconnect()))
     )

@@ -142,7 +142,7 @@ const main = async () => {
   const packed = expectOk("npm pack", await run("npm", ["pack", "--json", "--pack-destination", work], { cwd: root, timeoutMs: 180_000 }))
   const info = (JSON.parse(packed.stdout.slice(packed.stdout.indexOf("["))) as Array<{ filename: string; files: Array<{ path: string }> }>)[0]!
   const files = new Set(info.files.map((f) => f.path))
-  for (const needed of ["dist/index.js", "dist/index.d.ts", "dist/sync/index.js", "dist/cli/main.js", "bin/sync-outbox.js", "migrations/outbox/0001_outbox.sql", "migrations/control-plane/0001_control_plane.sql", "LICENSE", "README.md"]) {
+  for (const needed of ["dist/index.js", "dist/index.d.ts", "dist/ezapi/index.js", "dist/cli/main.js", "bin/sync-outbox.js", "migrations/outbox/0001_outbox.sql", "migrations/control-plane/0001_control_plane.sql", "LICENSE", "README.md"]) {
     if (!files.has(needed)) fail(`the tarball lacks ${needed}`)
   }
   const stray = [...files].filter((f) => /^(test|bench|scripts|\.ci)\//.test(f) || f.endsWith(".test.ts"))
@@ -224,11 +224,27 @@ const main = async () => {
         outDir: "typecheck",
         types: ["node"]
       },
-      files: ["handlers.ts", "main.ts"]
+      files: ["handlers.ts", "main.ts", "renamed.ts"]
     }, null, 2)
+  )
+  // The names of 0.1.0 still compile and are the same values as the new ones (deprecated aliases).
+  writeFileSync(
+    join(app, "renamed.ts"),
+    [
+      `import { SyncOutbox, WorkerEnv } from "sync-outbox"`,
+      `import { DataPlaneReconciler, Dispatch, Projector, SyncHandlers, SyncReconciler, SyncService } from "sync-outbox/ezapi"`,
+      `import * as Old from "sync-outbox/sync"`,
+      `const service: SyncService | undefined = undefined`,
+      `export const same = service === undefined && SyncOutbox.layerWorker === WorkerEnv.layer && SyncService === Projector &&`,
+      `  Old.Projector === Projector && SyncHandlers.layer === Dispatch.layer && SyncReconciler.layer === DataPlaneReconciler.layer`,
+      ``
+    ].join("\n")
   )
   const tsc = expectOk("tsc (strict, nodenext, declaration)", await run("npx", ["tsc", "-p", "tsconfig.json"], { cwd: app, env, timeoutMs: 180_000 }))
   log(`consumer tsc passed in ${(tsc.ms / 1000).toFixed(1)} s`)
+  const aliases = expectOk("the renamed names", await run("node", ["--input-type=module", "-e", `import { same } from "./typecheck/renamed.js"; console.log(same)`], { cwd: app, env, timeoutMs: 60_000 }))
+  if (aliases.stdout.trim() !== "true") fail(`the deprecated aliases are not the renamed values: ${aliases.stdout}`)
+  log("sync-outbox/ezapi, and the deprecated sync-outbox/sync, SyncOutbox and SyncService: one module, the same values")
 
   // 6. The installed CLI.
   const cli = (args: ReadonlyArray<string>, extra: { env?: Record<string, string>; input?: string } = {}) =>

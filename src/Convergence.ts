@@ -278,7 +278,7 @@ const sweep = (every: Duration.Duration, rate: number) =>
 
 /**
  * The scoped layer that runs both, for as long as its scope lives. Put it beside the worker
- * (`SyncOutbox.layerWorker` does when given a reconciler).
+ * (`WorkerEnv.layer` does when given a reconciler).
  */
 export const layer: Layer.Layer<never, never, Reconciler | ConvergenceConfig | SqlClient.SqlClient> = Layer.scopedDiscard(
   Effect.gen(function*() {

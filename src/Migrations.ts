@@ -15,7 +15,7 @@ import { join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { MigrationError } from "./Errors.js"
 
-/** The sets this package ships. `outbox` is the engine; `control-plane` is the seed's domain (opt-in). */
+/** The sets this package ships. `outbox` is the engine; `control-plane` is ez-api's control-plane domain (`ezapi/`) (opt-in). */
 export type MigrationSet = "outbox" | "control-plane"
 
 /** The package's own `migrations/` folder, as seen from this module. */

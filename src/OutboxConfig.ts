@@ -1,19 +1,19 @@
 /**
- * The worker's configuration: the seed's surface (enabled, interval, batch size, max retries)
- * plus what the seed lacked. Read with Effect `Config` from `SYNC_OUTBOX_*` environment names; a
+ * The worker's configuration: the Go service's surface (enabled, interval, batch size, max retries)
+ * plus what the Go service lacked. Read with Effect `Config` from `SYNC_OUTBOX_*` environment names; a
  * bad value fails at startup with a message that names the variable.
  */
 import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option } from "effect"
 import { InvalidConfig } from "./Errors.js"
 
 export interface OutboxConfigShape {
-  /** The seed's `Enabled`: when false the worker layer starts no loop. */
+  /** The Go service's `Enabled`: when false the worker layer starts no loop. */
   readonly enabled: boolean
-  /** The seed's `Interval`: the fallback poll interval when no notification arrives. */
+  /** The Go service's `Interval`: the fallback poll interval when no notification arrives. */
   readonly interval: Duration.Duration
-  /** The seed's `BatchSize`: events claimed per statement. */
+  /** The Go service's `BatchSize`: events claimed per statement. */
   readonly batchSize: number
-  /** The seed's `MaxRetries`: attempts before an event becomes a dead letter. */
+  /** The Go service's `MaxRetries`: attempts before an event becomes a dead letter. */
   readonly maxRetries: number
   /** How long a claim holds an event before another worker may take it. */
   readonly leaseDuration: Duration.Duration

@@ -33,7 +33,7 @@ export declare namespace EventType {
 
 const nameRe = /^[a-z][a-z0-9_.-]*$/
 
-/** Define an event type. Names are lower-case identifiers, as the seed's vocabulary. */
+/** Define an event type. Names are lower-case identifiers, as the Go service's vocabulary. */
 export const make = <A, I = A>(options: {
   readonly resourceType: string
   readonly action: string

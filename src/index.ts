@@ -3,9 +3,11 @@
  *
  * Producers: define `EventType`s, call `enqueue` inside their own `sql.withTransaction`.
  * Workers: provide `Handlers`, a `SqlClient`, `Leases`, `RedisSink`, `OutboxConfig`, a `Listener`,
- * and build `Worker.layer` (or `SyncOutbox.layerWorker`, which reads all of it from the environment).
+ * and build `Worker.layer` (or `WorkerEnv.layer`, which reads all of it from the environment).
  * Operators: `Admin` (queue stats, dead letters, live workers).
  */
+import { layer as WorkerEnvLayer } from "./WorkerEnv.js"
+
 export * as Convergence from "./Convergence.js"
 export { ConvergenceConfig } from "./Convergence.js"
 export type { ConvergenceConfigShape, LastRun, RunReason } from "./Convergence.js"
@@ -38,6 +40,8 @@ export { Leases } from "./Leases.js"
 export type { Claimed, Failure, Journaling, LeasesOptions, LeasesShape, WorkerRow } from "./Leases.js"
 export { Store } from "./Store.js"
 export type { StoreOptions, StoreShape } from "./Store.js"
-export * as SyncOutbox from "./SyncOutbox.js"
+export * as WorkerEnv from "./WorkerEnv.js"
+/** @deprecated Renamed after 0.1.0 to `WorkerEnv.layer` (the worker assembled from the environment); kept for one release. */
+export const SyncOutbox: { readonly layerWorker: typeof WorkerEnvLayer } = { layerWorker: WorkerEnvLayer }
 export { Worker } from "./Worker.js"
 export type { BreakerState, LoopState, WorkerShape } from "./Worker.js"

@@ -339,10 +339,10 @@ export const layer = Handlers.layer(handle(TenantRenamed, ({ payload, resourceId
     const p = prefix()
     const port = await freePort()
     // The shared Redis holds other databases' entries under the contract's names: this worker must
-    // not reconcile them away as orphans (test/SyncReconciler.test.ts covers that, on a private Redis).
+    // not reconcile them away as orphans (test/DataPlaneReconciler.test.ts covers that, on a private Redis).
     const env = { DATABASE_URL: url, REDIS_URL: redisUrl(), SYNC_OUTBOX_RECONCILE_INTERVAL: "off", SYNC_OUTBOX_LOSS_CHECK_INTERVAL: "off" }
     const redis = new Redis(redisUrl())
-    // The worker's sync handlers write the contract's names (no prefix); isolate by a QPS no other test uses.
+    // The worker's ez-api handlers write the contract's names (no prefix); isolate by a QPS no other test uses.
     const qps = String(100_000 + Math.floor(Math.random() * 1_000_000))
     const [master] = await query<{ id: number }>(url, `INSERT INTO cp_masters (name, global_qps) VALUES ($1, $2) RETURNING id::float8 AS id`, [p, qps])
     // Bookkeeping a previous run left for this id (its database's versions) would refuse this one's writes.

@@ -4,7 +4,7 @@
  */
 import { createHash } from "node:crypto"
 import { describe, expect, it } from "vitest"
-import { Contract, Entities, Snapshots } from "../src/sync/index.js"
+import { Contract, Entities, Snapshots } from "../src/ezapi/index.js"
 
 describe("§3.1 token hash", () => {
   it("is sha256 of the raw bytes, lowercase hex, nothing trimmed", () => {

@@ -7,7 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { createDatabase } from "../scripts/services.js"
 import { Migrations } from "../src/index.js"
-import { ControlPlane } from "../src/sync/index.js"
+import { ControlPlane } from "../src/ezapi/index.js"
 import { postgresUrl, sqlLayer } from "./support/harness.js"
 
 describe("control-plane migration 0002", () => {

@@ -8,7 +8,7 @@ import { Effect, Layer } from "effect"
 import { readFileSync } from "node:fs"
 import { beforeAll } from "vitest"
 import { Store } from "../src/index.js"
-import { SyncHandlers, SyncService } from "../src/sync/index.js"
+import { Dispatch, Projector } from "../src/ezapi/index.js"
 import { countRows, eventually, freshDatabase, prefix, sqlLayer, workerLayer } from "./support/harness.js"
 
 const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8")
@@ -55,7 +55,7 @@ describe("carrying the Go service's outbox rows over (README)", () => {
 
       // And the worker applies every one of them.
       yield* eventually(countRows("pending"), (n) => n === 0, { timeout: 15_000 }).pipe(
-        Effect.provide(workerLayer({ url, handlers: SyncHandlers.layer.pipe(Layer.provideMerge(SyncService.layer({ prefix: p }))) })
+        Effect.provide(workerLayer({ url, handlers: Dispatch.layer.pipe(Layer.provideMerge(Projector.layer({ prefix: p }))) })
           .pipe(Layer.provideMerge(Store.layer.pipe(Layer.provideMerge(sqlLayer(url))))))
       )
       expect((yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM sync_outbox`)[0]!.n).toBe(0)

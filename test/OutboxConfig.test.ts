@@ -8,7 +8,7 @@ const fromEnv = (env: Record<string, string>) =>
   )
 
 describe("OutboxConfig", () => {
-  it.effect("defaults to the seed's values where the seed had them", () =>
+  it.effect("defaults to the Go service's values where it had them", () =>
     Effect.gen(function*() {
       const config = yield* fromEnv({})
       expect(config.enabled).toBe(true)

@@ -161,7 +161,7 @@ const parse = (argv: ReadonlyArray<string>): Parsed => {
           // Listing the event types means loading the handlers module: only for this help.
           const handlers = optionValue(rest, "handlers") ?? process.env["SYNC_OUTBOX_HANDLERS"]
           const { knownTypes } = await import("./commands/enqueue.js")
-          extra.push("", style(process.stdout).bold("EVENT TYPES") + (handlers === undefined ? " (the built-in control-plane sync; --handlers for yours)" : ` (${handlers})`), ...(await knownTypes(handlers)))
+          extra.push("", style(process.stdout).bold("EVENT TYPES") + (handlers === undefined ? " (the built-in ez-api control-plane sync; --handlers for yours)" : ` (${handlers})`), ...(await knownTypes(handlers)))
         }
         return commandHelp(found, extra)
       }

@@ -43,12 +43,12 @@ const specifierUrl = (specifier: string): string => {
 
 /**
  * The handlers the worker runs and `enqueue` checks against: the module named by `--handlers`
- * (or SYNC_OUTBOX_HANDLERS), else the built-in control-plane sync.
+ * (or SYNC_OUTBOX_HANDLERS), else the built-in ez-api control-plane sync.
  */
 export const loadHandlers = (specifier: string | undefined): Effect.Effect<HandlersModule, InvalidHandlersModule> =>
   Effect.tryPromise({
     try: async (): Promise<HandlersModule> => {
-      if (specifier === undefined || specifier === "") return (await import("./syncModule.js")).module
+      if (specifier === undefined || specifier === "") return (await import("./ezapiModule.js")).module
       const loaded = (await import(specifierUrl(specifier))) as Record<string, unknown>
       const source = (typeof loaded["default"] === "object" && loaded["default"] !== null && "layer" in loaded["default"]
         ? loaded["default"]

@@ -40,7 +40,7 @@ export const environment: Record<string, string> = {
   REDIS_URL: "Redis URL (redis://127.0.0.1:6379)",
   REDIS_CLUSTER_NODES: "comma-separated host:port of a Redis Cluster, instead of REDIS_URL",
   SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT: "bound on every Redis command (2 seconds)",
-  SYNC_OUTBOX_HANDLERS: "handlers module, as --handlers (default: the built-in control-plane sync)",
+  SYNC_OUTBOX_HANDLERS: "handlers module, as --handlers (default: the built-in ez-api control-plane sync)",
   SYNC_OUTBOX_MIGRATIONS_DIR: "folder of the migration files (the package's migrations/)",
   SYNC_OUTBOX_INTERVAL: "poll interval; status shows a worker as live for three of them (5 seconds)",
   SYNC_OUTBOX_RETENTION: "how long applied events stay in the journal; 0 journals nothing (7 days)",
@@ -58,7 +58,7 @@ const handlersOption: OptionSpec = {
   name: "handlers",
   value: "MODULE",
   description:
-    "ES module (path or package) exporting `layer` (a Handlers layer) and `eventTypes`; default: the built-in control-plane sync"
+    "ES module (path or package) exporting `layer` (a Handlers layer) and `eventTypes`; default: the built-in ez-api control-plane sync"
 }
 
 const json: OptionSpec = { name: "json", description: "machine-readable output (camelCase keys)" }
@@ -70,12 +70,12 @@ export const commands: ReadonlyArray<CommandSpec> = [
     details: [
       "Creates the outbox tables (sync_outbox, sync_outbox_failures, sync_outbox_workers, sync_outbox_journal,",
       "sync_outbox_reconciles) and the function sync_outbox_enqueue.",
-      "The control-plane schema (cp_* tables, the built-in sync domain) only with --control-plane;",
+      "The control-plane schema (cp_* tables, the built-in ez-api domain) only with --control-plane;",
       "once applied, later runs keep it up to date without the flag."
     ],
     args: [],
     options: [
-      { name: "control-plane", description: "also create the built-in sync domain's cp_* tables" },
+      { name: "control-plane", description: "also create the built-in ez-api domain's cp_* tables" },
       { name: "engine-only", description: "the default now; kept for older scripts", hidden: true },
       { name: "dir", value: "PATH", description: "folder of the migration files (default: the package's migrations/)" }
     ],

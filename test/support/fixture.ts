@@ -3,7 +3,7 @@
  * selector and both candidate errors. Inserted in this order into a fresh database, rows get ids
  * 1, 2, 3, ... so the snapshots built from the database match the golden files.
  */
-import type { ControlPlane } from "../../src/sync/index.js"
+import type { ControlPlane } from "../../src/ezapi/index.js"
 
 export const groups: ReadonlyArray<ControlPlane.ProviderGroupInput> = [
   { name: "openai-main", type: "openai", baseUrl: "https://api.openai.example/v1", models: ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"] },

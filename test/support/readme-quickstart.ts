@@ -2,7 +2,7 @@
 // true to the API; scripts/pack-check.ts runs the README's own text against the packed package.
 import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Schema } from "effect"
-import { enqueue, handle, Handlers, type HandlersModule, OutboxEvent, Prometheus, RedisSink, Store, SyncOutbox } from "../../src/index.js"
+import { enqueue, handle, Handlers, type HandlersModule, OutboxEvent, Prometheus, RedisSink, Store, WorkerEnv } from "../../src/index.js"
 
 // 1. An event type, shared by the code that enqueues and the code that applies.
 export const PlanChanged = OutboxEvent.make({
@@ -35,7 +35,7 @@ const upgrade = (id: number) =>
   })
 
 // 4. A worker: your handlers, everything else from the environment (DATABASE_URL, REDIS_URL, SYNC_OUTBOX_*).
-const WorkerLive = SyncOutbox.layerWorker(layer)
+const WorkerLive = WorkerEnv.layer(layer)
 
 // 5. A plan changes; moments later Redis has it.
 const program = Effect.gen(function*() {
@@ -55,7 +55,7 @@ const program = Effect.gen(function*() {
 // The README's /metrics example.
 const AppLive = Prometheus.layerServer({ port: 9464 }).pipe(
   Layer.provide(Store.layer),
-  Layer.provideMerge(SyncOutbox.layerWorker(layer))
+  Layer.provideMerge(WorkerEnv.layer(layer))
 )
 
 // The module shape the CLI loads with --handlers.

@@ -3,8 +3,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { RedisSink } from "../../RedisSink.js"
 import { enqueue } from "../../Enqueue.js"
-import * as Events from "../../sync/Events.js"
-import { SyncService } from "../../sync/SyncService.js"
+import * as Events from "../../ezapi/Events.js"
+import { Projector } from "../../ezapi/Projector.js"
 import type { Input } from "../spec.js"
 import { database } from "../shared.js"
 
@@ -14,7 +14,7 @@ export const run = ({ options }: Input): Effect.Effect<void, unknown> =>
       Effect.provide(database)
     )
     : Effect.gen(function*() {
-      const sync = yield* SyncService
+      const sync = yield* Projector
       const result = yield* sync.syncAll
       yield* Console.log(`written ${result.written}, removed ${result.removed}, refused as stale ${result.stale}`)
-    }).pipe(Effect.provide(SyncService.layer().pipe(Layer.provideMerge(Layer.merge(database, RedisSink.layerConfig())))))
+    }).pipe(Effect.provide(Projector.layer().pipe(Layer.provideMerge(Layer.merge(database, RedisSink.layerConfig())))))

@@ -9,7 +9,7 @@ import * as Migrations from "../../Migrations.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
 import { driftOf, type DriftReport, totalDrift } from "../../Reconciler.js"
 import { RedisSink } from "../../RedisSink.js"
-import type { Input } from "../main.js"
+import type { Input } from "../spec.js"
 import { database, loadHandlers, pad, text, UsageError } from "../shared.js"
 
 /** The data plane differs from the control plane: exit code 3, after the report. */

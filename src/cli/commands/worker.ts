@@ -5,7 +5,7 @@ import * as Migrations from "../../Migrations.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
 import * as Prometheus from "../../Prometheus.js"
 import { Admin } from "../../Admin.js"
-import * as SyncOutbox from "../../SyncOutbox.js"
+import * as WorkerEnv from "../../WorkerEnv.js"
 import type { Input } from "../spec.js"
 import { database, integer, loadHandlers, text, UsageError } from "../shared.js"
 
@@ -36,9 +36,9 @@ export const run = ({ options }: Input) =>
           return yield* Effect.never
         }
         yield* Console.log(
-          `worker running (${specifier === undefined || specifier === "" ? "built-in control-plane sync" : `handlers ${specifier}`}, ${handlers.eventTypes.length} event types; ${handlers.reconciler === undefined ? "no reconciler" : "reconciler on"}; batch ${config.batchSize}, concurrency ${config.concurrency}, ${config.pollOnly ? "poll-only" : "LISTEN " + config.channel}); SIGTERM or Ctrl-C drains and stops`
+          `worker running (${specifier === undefined || specifier === "" ? "built-in ez-api control-plane sync" : `handlers ${specifier}`}, ${handlers.eventTypes.length} event types; ${handlers.reconciler === undefined ? "no reconciler" : "reconciler on"}; batch ${config.batchSize}, concurrency ${config.concurrency}, ${config.pollOnly ? "poll-only" : "LISTEN " + config.channel}); SIGTERM or Ctrl-C drains and stops`
         )
         return yield* Effect.never
-      }).pipe(Effect.provide(Layer.mergeAll(SyncOutbox.layerWorker(handlers.layer, { reconciler: handlers.reconciler }), OutboxConfig.layerConfig())))
+      }).pipe(Effect.provide(Layer.mergeAll(WorkerEnv.layer(handlers.layer, { reconciler: handlers.reconciler }), OutboxConfig.layerConfig())))
     )
   })

@@ -1,5 +1,5 @@
 /**
- * The sync domain's convergence, as an operator sees it: a Redis that forgot or drifted from the
+ * The ez-api domain's convergence, as an operator sees it: a Redis that forgot or drifted from the
  * control plane is put back, with nobody running a command, without ever undoing a newer event.
  * Real Postgres; a private redis-server where it is killed and started empty.
  */
@@ -12,7 +12,7 @@ import { Redis } from "ioredis"
 import { afterAll, beforeAll } from "vitest"
 import { type PrivateRedis, startRedis } from "../scripts/services.js"
 import { Convergence, ConvergenceConfig, type FamilyDrift, Metrics, Reconciler, RedisSink, totalDrift as totalDriftOf } from "../src/index.js"
-import { ControlPlane, DataPlane, RedisLayout, SyncHandlers, SyncReconciler, SyncService } from "../src/sync/index.js"
+import { ControlPlane, DataPlane, RedisLayout, Dispatch, DataPlaneReconciler, Projector } from "../src/ezapi/index.js"
 import * as fixture from "./support/fixture.js"
 import { countRows, eventually, freshDatabase, prefix, realSleep, redisUrl, sqlLayer, workerLayer } from "./support/harness.js"
 
@@ -33,8 +33,8 @@ const connected = (url: string) =>
 
 /** The reconciler alone, over a database and a Redis, writing under prefix `p`. */
 const reconcilerOn = (db: string, p: string, redis: string = redisUrl()) =>
-  SyncReconciler.layer().pipe(
-    Layer.provideMerge(SyncService.layer({ prefix: p })),
+  DataPlaneReconciler.layer().pipe(
+    Layer.provideMerge(Projector.layer({ prefix: p })),
     Layer.provideMerge(Layer.merge(sqlLayer(db), connected(redis)))
   )
 
@@ -77,7 +77,7 @@ const dataPlane = (client: Redis, p: string) =>
     return out
   })
 
-describe("SyncReconciler", () => {
+describe("DataPlaneReconciler", () => {
   it.live("Redis killed and started empty under a running worker: every entry comes back, with no command", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_restart", ["outbox", "control-plane"]))
@@ -87,13 +87,13 @@ describe("SyncReconciler", () => {
       const before = (yield* Metric.value(Metrics.dataLoss)).count
       const worker = Convergence.layer.pipe(
         Layer.provideMerge(Layer.merge(
-          SyncReconciler.layer().pipe(Layer.provide(SyncService.layer({ prefix: p }))),
+          DataPlaneReconciler.layer().pipe(Layer.provide(Projector.layer({ prefix: p }))),
           ConvergenceConfig.layer({ interval: Option.none(), lossCheckInterval: Option.some(Duration.millis(100)) })
         )),
         Layer.provideMerge(workerLayer({
           url: db,
           redis: isolated.url,
-          handlers: SyncHandlers.layer.pipe(Layer.provideMerge(SyncService.layer({ prefix: p })))
+          handlers: Dispatch.layer.pipe(Layer.provideMerge(Projector.layer({ prefix: p })))
         })),
         Layer.orDie
       )
@@ -263,7 +263,7 @@ describe("SyncReconciler", () => {
         expect(yield* Effect.promise(() => client.hget(`${p2}auth:master:${master}`, "global_qps"))).toBe("30")
       }).pipe(Effect.provide(workerLayer({
         url: db,
-        handlers: SyncHandlers.layer.pipe(Layer.provideMerge(SyncService.layer({ prefix: p2 })))
+        handlers: Dispatch.layer.pipe(Layer.provideMerge(Projector.layer({ prefix: p2 })))
       }).pipe(Layer.provideMerge(sqlLayer(db)))))
     }).pipe(Effect.scoped), 120_000)
 

@@ -1,5 +1,5 @@
 /**
- * The seed's dispatch vocabulary as event types. Every handler here syncs current state (it reads
+ * The Go service's dispatch vocabulary as event types. Every handler here syncs current state (it reads
  * the control plane when applied), so every type coalesces: a newer event of the same resource
  * makes older pending ones redundant. Ordering keys serialise what must not interleave: one
  * master, one key, one model *name* (so a delete never overtakes a newer create of that name),
@@ -12,7 +12,7 @@ import { Schema } from "effect"
 import * as OutboxEvent from "../OutboxEvent.js"
 
 const TokenHash = Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/))
-/** Seed-style events carried no payload: null or any object is accepted. */
+/** The Go service's events carried no payload: null or any object is accepted. */
 const NoPayload = Schema.NullOr(Schema.Struct({}))
 const KeyPayload = Schema.NullOr(Schema.Struct({ tokenHash: Schema.optional(TokenHash) }))
 const ModelPayload = Schema.NullOr(Schema.Struct({ name: Schema.optional(Schema.NonEmptyTrimmedString) }))
@@ -20,7 +20,7 @@ const ModelPayload = Schema.NullOr(Schema.Struct({ name: Schema.optional(Schema.
 const ModelDeletePayload = Schema.Struct({ name: Schema.NonEmptyTrimmedString })
 
 /**
- * The seed reloads the row for any action of a master, key or model (but a model's `delete`),
+ * The Go service reloads the row for any action of a master, key or model (but a model's `delete`),
  * and rebuilds the bindings for any binding action: these are the actions its callers used,
  * `upsert` and `sync` included. Any other pair stays an `UnknownEventType`.
  */

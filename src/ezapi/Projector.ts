@@ -1,5 +1,7 @@
 /**
- * The seed's `SyncService`: reads the control plane, writes ez-api's data plane (`RedisLayout`).
+ * Projects the control plane onto ez-api's data plane: reads a row (or the rows a snapshot is
+ * built from) and writes its entry in Redis (`RedisLayout`), or removes it. The Go service's
+ * `SyncService`; here it is what every handler and the reconciler call.
  * Every write is versioned and owned by its row (stale ones are refused by Redis itself). A row
  * that is gone when its event is applied removes its data-plane entry instead of failing until
  * dead, leaving a tombstone record that out-versions any stale write of that row. Snapshots are
@@ -17,11 +19,11 @@ import type { Layout, WriteResult } from "./RedisLayout.js"
 import * as Snapshots from "./Snapshots.js"
 
 /** What one sync did to Redis. `absent`: nothing to write and nothing to remove. */
-export type SyncResult = "written" | "stale" | "removed" | "absent"
+export type ProjectorResult = "written" | "stale" | "removed" | "absent"
 
-export type SyncError = SqlError.SqlError | ControlPlane.InvalidRow | SinkUnavailable | SinkCommandError
+export type ProjectorError = SqlError.SqlError | ControlPlane.InvalidRow | SinkUnavailable | SinkCommandError
 
-export interface SyncServiceOptions {
+export interface ProjectorOptions {
   /** Prepended as is to every Redis key and the refresh channel (default none: the contract's names). */
   readonly prefix?: string | undefined
   /**
@@ -44,25 +46,25 @@ export const staleWrites = Metric.counter("sync_outbox_stale_writes_total", {
  */
 export const keyExpiry = (k: Key): Date | null => (k.status === "active" ? k.expiresAt : null)
 
-export interface SyncServiceShape {
+export interface ProjectorShape {
   readonly layout: Layout
   /** How long a removal's tombstone record lives, in milliseconds. */
   readonly tombstoneMs: number
   /** A master's `auth:master:<id>`; when the master is gone, its keys' `auth:token:*` go too. */
-  readonly syncMaster: (id: number) => Effect.Effect<SyncResult, SyncError>
+  readonly syncMaster: (id: number) => Effect.Effect<ProjectorResult, ProjectorError>
   /** `tokenHash`: the hash the event knew, to remove the entry of a deleted or re-hashed key. */
-  readonly syncKey: (id: number, tokenHash?: string | undefined) => Effect.Effect<SyncResult, SyncError>
+  readonly syncKey: (id: number, tokenHash?: string | undefined) => Effect.Effect<ProjectorResult, ProjectorError>
   /** `name`: the name the event knew, to remove the field of a deleted model. A rename moves the field. */
-  readonly syncModel: (id: number, name?: string | undefined) => Effect.Effect<SyncResult, SyncError>
-  /** The seed's `SyncModelDeleteNow`; when a model of that name exists again, it is synced instead. */
-  readonly deleteModel: (name: string, id?: number | undefined) => Effect.Effect<SyncResult, SyncError>
-  readonly syncProviders: Effect.Effect<SyncResult, SyncError>
-  readonly syncBindings: Effect.Effect<SyncResult, SyncError>
+  readonly syncModel: (id: number, name?: string | undefined) => Effect.Effect<ProjectorResult, ProjectorError>
+  /** The Go service's `SyncModelDeleteNow`; when a model of that name exists again, it is synced instead. */
+  readonly deleteModel: (name: string, id?: number | undefined) => Effect.Effect<ProjectorResult, ProjectorError>
+  readonly syncProviders: Effect.Effect<ProjectorResult, ProjectorError>
+  readonly syncBindings: Effect.Effect<ProjectorResult, ProjectorError>
   /** Everything: snapshots, every master, key and model, and entries whose rows are gone. */
-  readonly syncAll: Effect.Effect<{ readonly written: number; readonly stale: number; readonly removed: number }, SyncError>
+  readonly syncAll: Effect.Effect<{ readonly written: number; readonly stale: number; readonly removed: number }, ProjectorError>
 }
 
-const make = (options: SyncServiceOptions) =>
+const make = (options: ProjectorOptions) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const redis = yield* RedisSink
@@ -75,7 +77,7 @@ const make = (options: SyncServiceOptions) =>
     const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
     const counted = (result: WriteResult) =>
       result === "stale" ? Effect.as(Metric.increment(staleWrites), result) : Effect.succeed(result)
-    const removed = (result: WriteResult): Effect.Effect<SyncResult> =>
+    const removed = (result: WriteResult): Effect.Effect<ProjectorResult> =>
       result === "written" ? Effect.succeed("removed") : counted(result)
     /** A version no row has had yet: a removal beats every earlier write of its row. */
     const fresh = withSql(ControlPlane.nextVersion)
@@ -112,7 +114,7 @@ const make = (options: SyncServiceOptions) =>
         return yield* writeKey(k)
       }).pipe(Effect.withSpan("sync.key", { attributes: { id } }))
 
-    const syncMaster = (id: number): Effect.Effect<SyncResult, SyncError> =>
+    const syncMaster = (id: number): Effect.Effect<ProjectorResult, ProjectorError> =>
       Effect.gen(function*() {
         const row = yield* withSql(ControlPlane.getMaster(id))
         if (Option.isSome(row)) {
@@ -163,10 +165,10 @@ const make = (options: SyncServiceOptions) =>
         return known === undefined ? ("absent" as const) : yield* removeModelField(known, id)
       }).pipe(Effect.tap(() => afterModels), Effect.withSpan("sync.model", { attributes: { id } }))
 
-    const deleteModel = (name: string, id?: number): Effect.Effect<SyncResult, SyncError> =>
+    const deleteModel = (name: string, id?: number): Effect.Effect<ProjectorResult, ProjectorError> =>
       withSql(ControlPlane.getModelByName(name)).pipe(
         Effect.flatMap(Option.match({
-          onSome: (m): Effect.Effect<SyncResult, SyncError> => writeOneModel(m),
+          onSome: (m): Effect.Effect<ProjectorResult, ProjectorError> => writeOneModel(m),
           onNone: () => {
             const field = Snapshots.modelField(name)
             return field === undefined ? Effect.succeed("absent" as const) : removeModelField(field, id ?? 0)
@@ -187,7 +189,7 @@ const make = (options: SyncServiceOptions) =>
       }).pipe(Effect.withSpan(`sync.${which}`))
 
     const syncAll = Effect.gen(function*() {
-      const results: Array<SyncResult> = []
+      const results: Array<ProjectorResult> = []
       results.push(yield* rebuild("providers"), yield* rebuild("bindings"))
       const masterIds = yield* withSql(ControlPlane.allMasterIds)
       const liveMasters = new Set(masterIds)
@@ -238,10 +240,10 @@ const make = (options: SyncServiceOptions) =>
       syncProviders: rebuild("providers"),
       syncBindings: rebuild("bindings"),
       syncAll
-    } satisfies SyncServiceShape
+    } satisfies ProjectorShape
   })
 
-export class SyncService extends Context.Tag("sync-outbox/SyncService")<SyncService, SyncServiceShape>() {
-  static readonly layer = (options: SyncServiceOptions = {}): Layer.Layer<SyncService, never, SqlClient.SqlClient | RedisSink> =>
-    Layer.effect(SyncService, make(options))
+export class Projector extends Context.Tag("sync-outbox/ezapi/Projector")<Projector, ProjectorShape>() {
+  static readonly layer = (options: ProjectorOptions = {}): Layer.Layer<Projector, never, SqlClient.SqlClient | RedisSink> =>
+    Layer.effect(Projector, make(options))
 }

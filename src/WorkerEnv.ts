@@ -2,6 +2,9 @@
  * The worker, assembled from the environment: `DATABASE_URL`, `REDIS_URL` (or
  * `REDIS_CLUSTER_NODES`) and the `SYNC_OUTBOX_*` settings. Give it your handlers. The outbox
  * tables must exist (`sync-outbox migrate`): a database without them fails at start with the fix.
+ *
+ * `Worker.layer` is the same worker with every service given by you; this module only reads the
+ * environment and wires them. (It was `SyncOutbox.layerWorker` before 0.2.)
  */
 import { Effect, Layer } from "effect"
 import * as Convergence from "./Convergence.js"
@@ -17,11 +20,11 @@ import { Worker } from "./Worker.js"
 
 /**
  * Everything a worker process needs, with its dependencies wired: the handlers layer may
- * itself need the `SqlClient` and `RedisSink` (the `sync/` handlers do), and gets them here.
+ * itself need the `SqlClient` and `RedisSink` (the ez-api handlers, `sync-outbox/ezapi`, do), and gets them here.
  * Given a `reconciler`, the worker also heals its sink (`Convergence`: a rebuild when the sink
  * lost its data, a periodic sweep; `SYNC_OUTBOX_RECONCILE_*`, `SYNC_OUTBOX_LOSS_CHECK_INTERVAL`).
  */
-export const layerWorker = <E, R, E2 = never, R2 = never>(
+export const layer = <E, R, E2 = never, R2 = never>(
   handlers: Layer.Layer<Handlers, E, R>,
   options: { readonly reconciler?: Layer.Layer<Reconciler, E2, R2> | undefined } = {}
 ) =>

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs"
 import { afterAll, beforeAll } from "vitest"
 import { startRedis } from "../scripts/services.js"
 import { enqueue, Metrics, type OutboxEvent, RedisSink, Store } from "../src/index.js"
-import { Contract, ControlPlane, DataPlane, Events, RedisLayout, Snapshots, SyncHandlers, syncNowOrEnqueue, SyncService } from "../src/sync/index.js"
+import { Contract, ControlPlane, DataPlane, Events, RedisLayout, Snapshots, Dispatch, syncNowOrEnqueue, Projector } from "../src/ezapi/index.js"
 import * as fixture from "./support/fixture.js"
 import { countRows, eventually, freshDatabase, prefix, realSleep, redisUrl, sqlLayer, workerLayer } from "./support/harness.js"
 import { startProxy } from "./support/proxy.js"
@@ -21,14 +21,14 @@ afterAll(() => {
   direct.disconnect()
 })
 
-const syncLayer = (p: string) => SyncService.layer({ prefix: p })
-/** A worker running the sync handlers, writing under prefix `p`, with `SyncService` and Redis at hand. */
+const syncLayer = (p: string) => Projector.layer({ prefix: p })
+/** A worker running the ez-api handlers, writing under prefix `p`, with `Projector` and Redis at hand. */
 const syncWorker = (p: string, options: { redis?: string | Layer.Layer<RedisSink>; config?: Parameters<typeof workerLayer>[0]["config"] } = {}) =>
   workerLayer({
     url,
     ...(options.redis === undefined ? {} : { redis: options.redis }),
     ...(options.config === undefined ? {} : { config: options.config }),
-    handlers: SyncHandlers.layer.pipe(Layer.provideMerge(syncLayer(p)))
+    handlers: Dispatch.layer.pipe(Layer.provideMerge(syncLayer(p)))
   }).pipe(Layer.provideMerge(Store.layer.pipe(Layer.provideMerge(sqlLayer(url)))))
 /**
  * RedisSink does not wait for its connection (no offline queue): a first command issued before it
@@ -39,7 +39,7 @@ const connected = (redis: string = redisUrl(), commandTimeout?: Duration.Duratio
     RedisSink.layer({ url: Redacted.make(redis), ...(commandTimeout === undefined ? {} : { commandTimeout }) }),
     (ctx) => Effect.retry(Context.get(ctx, RedisSink).ping, Schedule.spaced("10 millis")).pipe(Effect.timeout("10 seconds"), Effect.orDie)
   )
-/** `SyncService` alone (no worker), for calling it directly. */
+/** `Projector` alone (no worker), for calling it directly. */
 const direct_ = (p: string, db = url) => syncLayer(p).pipe(Layer.provideMerge(Layer.merge(sqlLayer(db), connected())))
 
 const drained = eventually(countRows("pending"), (n) => n === 0, { timeout: 15_000 })
@@ -50,7 +50,7 @@ const authenticate = (p: string, token: string) =>
   Effect.flatMap(RedisSink, (redis) => DataPlane.authenticate(redis, RedisLayout.layout({ prefix: p }), token, new Date()))
 const authenticated = (p: string, token: string) => Effect.map(authenticate(p, token), (a) => a._tag === "Authenticated")
 
-describe("SyncService through the outbox: one test per key family of the contract", () => {
+describe("Projector through the outbox: one test per key family of the contract", () => {
   it.live("auth:master:<id>: epoch status group global_qps (+ namespaces); removed when the row is gone", () =>
     Effect.gen(function*() {
       const p = prefix()
@@ -178,7 +178,7 @@ describe("SyncService through the outbox: one test per key family of the contrac
                    VALUES (7, 'pg1', 'vertex-express', '', 'proj-1', '{gemini-3-pro-preview}')`
         yield* sql`INSERT INTO cp_api_keys (id, group_id, api_key, weight, auto_ban) VALUES (42, 7, 'sk-123', 0, true)`
         yield* sql`INSERT INTO cp_bindings (namespace, public_model, group_id, weight) VALUES ('default', 'gemini', 7, 0)`
-        const sync = yield* SyncService
+        const sync = yield* Projector
         expect(yield* sync.syncProviders).toBe("written")
         expect(yield* sync.syncBindings).toBe("written")
         const providers = yield* hgetall(`${p}config:providers`)
@@ -260,7 +260,7 @@ describe("Revocation reaches the data plane", () => {
       const p = prefix()
       yield* Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const master = yield* ControlPlane.createMaster({ name: "silent" })
         const s = secret()
         yield* ControlPlane.createKey({ masterId: master, secret: s })
@@ -278,7 +278,7 @@ describe("Revocation reaches the data plane", () => {
       const p = prefix()
       yield* Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const l = sync.layout
         const model = yield* ControlPlane.createModel({ name: `gone-${p}` })
         const master = yield* ControlPlane.createMaster({ name: "k" })
@@ -350,7 +350,7 @@ describe("Revocation reaches the data plane", () => {
     Effect.gen(function*() {
       const p = prefix()
       yield* Effect.gen(function*() {
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const master = yield* ControlPlane.createMaster({ name: "again" })
         yield* sync.syncMaster(master)
         const s = secret()
@@ -433,7 +433,7 @@ describe("Snapshots are fenced: an older one never replaces a newer one", () => 
       const p = prefix()
       const db = yield* Effect.promise(() => freshDatabase("fence", ["outbox", "control-plane"]))
       yield* Effect.gen(function*() {
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const redis = yield* RedisSink
         const l = sync.layout
         const group = yield* ControlPlane.createProviderGroup({ name: "g", type: "openai", models: ["m"] })
@@ -455,7 +455,7 @@ describe("Snapshots are fenced: an older one never replaces a newer one", () => 
       const p = prefix()
       const db = yield* Effect.promise(() => freshDatabase("fence_race", ["outbox", "control-plane"]))
       yield* Effect.gen(function*() {
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const group = yield* ControlPlane.createProviderGroup({ name: "g", type: "openai", models: ["m"] })
         const changes = Effect.gen(function*() {
           for (let i = 0; i < 30; i++) yield* ControlPlane.createApiKey({ groupId: group, apiKey: `sk-${i}` })
@@ -494,7 +494,7 @@ describe("Snapshots: fixture snapshots match the golden files", () => {
         // updated_at is pinned, so that the golden file does not depend on the clock.
         yield* sql`ALTER TABLE cp_bindings DISABLE TRIGGER cp_bindings_version`
         yield* sql`UPDATE cp_bindings SET updated_at = '2026-01-01T00:00:00Z'`
-        const sync = yield* SyncService
+        const sync = yield* Projector
         expect(yield* sync.syncProviders).toBe("written")
         expect(yield* sync.syncBindings).toBe("written")
       }).pipe(Effect.provide(direct_(p, db)))
@@ -513,7 +513,7 @@ describe("Snapshots are replaced atomically", () => {
         yield* sql`TRUNCATE cp_provider_groups, cp_api_keys, cp_bindings RESTART IDENTITY CASCADE`
         const group = yield* ControlPlane.createProviderGroup({ name: "big", type: "openai", models: ["m"] })
         for (let i = 0; i < 200; i++) yield* ControlPlane.createApiKey({ groupId: group, apiKey: `sk-${i}` })
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const l = sync.layout
         yield* sync.syncProviders
         let stop = false
@@ -599,7 +599,7 @@ describe("Stale writes are harmless", () => {
     Effect.gen(function*() {
       const p = prefix()
       yield* Effect.gen(function*() {
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const redis = yield* RedisSink
         const l = sync.layout
         const id = yield* ControlPlane.createMaster({ name: "fresh", globalQps: 7 })
@@ -658,7 +658,7 @@ describe("Typed outcomes for bad input", () => {
       }).pipe(Effect.provide(syncWorker(p, { config: { backoffBase: Duration.seconds(30) } })))
     }))
 
-  it.live("the seed's way: apply now when Redis answers, enqueue when it does not", () =>
+  it.live("the Go service's way: apply now when Redis answers, enqueue when it does not", () =>
     Effect.gen(function*() {
       const p = prefix()
       const sql = yield* SqlClient.SqlClient
@@ -666,7 +666,7 @@ describe("Typed outcomes for bad input", () => {
       const run = (redis: string) =>
         syncNowOrEnqueue(Events.MasterUpdate, { resourceId: row!.id, payload: null }).pipe(
           Effect.provide(
-            SyncHandlers.layer.pipe(
+            Dispatch.layer.pipe(
               Layer.provide(syncLayer(p)),
               Layer.provideMerge(Layer.merge(
                 sqlLayer(url),
@@ -682,9 +682,9 @@ describe("Typed outcomes for bad input", () => {
     }).pipe(Effect.provide(sqlLayer(url))))
 })
 
-describe("Dispatch: every (resource type, action) of the seed's vocabulary", () => {
-  it("registers exactly the seed's pairs", () => {
-    const pairs = SyncHandlers.handlers.map((h) => `${h.type.resourceType}/${h.type.action}`).sort()
+describe("Dispatch: every (resource type, action) of the Go service's vocabulary", () => {
+  it("registers exactly the Go service's pairs", () => {
+    const pairs = Dispatch.handlers.map((h) => `${h.type.resourceType}/${h.type.action}`).sort()
     expect(pairs).toEqual([
       "api_key/sync_bindings", "api_key/sync_providers",
       "binding/create", "binding/delete", "binding/sync", "binding/sync_bindings", "binding/update", "binding/upsert",

@@ -50,7 +50,7 @@ export interface Layout {
   readonly keyIndex: string
   readonly masterIndex: string
   /**
-   * Written first by every full repair (`SyncReconciler`): its absence means Redis lost what it
+   * Written first by every full repair (`DataPlaneReconciler`): its absence means Redis lost what it
    * was told (restarted empty, failed over to an empty replica) or was never synced.
    */
   readonly generationMarker: string

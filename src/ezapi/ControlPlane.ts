@@ -6,7 +6,7 @@
 import { SqlClient, type SqlError } from "@effect/sql"
 import { Data, Effect, Option, ParseResult, Schedule, Schema } from "effect"
 import type { InvalidEvent, InvalidPayload } from "../Errors.js"
-import { enqueueMany, event, type AnyEvent } from "../Store.js"
+import { enqueueMany, event, type AnyEvent } from "../Enqueue.js"
 import * as Contract from "./Contract.js"
 import { ApiKey, Binding, Key, Master, Model, ProviderGroup } from "./Entities.js"
 import * as Events from "./Events.js"
@@ -400,7 +400,7 @@ export const updateModel = (id: number, patch: Partial<ModelInput>) =>
   update("cp_models", "model", modelNames, id, { ...patch }, (row) => [
     event(Events.ModelUpdate, { resourceId: id, payload: { name: String(row["name"]) } })
   ], "name")
-/** The row is gone when the event is applied, so the event carries the name (the seed's contract). */
+/** The row is gone when the event is applied, so the event carries the name (the Go service's contract). */
 export const deleteModel = (id: number) =>
   remove("cp_models", "model", id, (row) => [event(Events.ModelDelete, { resourceId: id, payload: { name: String(row["name"]) } })], "name")
 

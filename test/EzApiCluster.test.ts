@@ -1,6 +1,6 @@
 /**
- * The sync domain on a real three-node Redis Cluster. ez-api's names share no hash tag, so the
- * Cluster layout (`SyncService.layer({ cluster: true })`) keeps the `auth:*` names (their
+ * The ez-api domain on a real three-node Redis Cluster. ez-api's names share no hash tag, so the
+ * Cluster layout (`Projector.layer({ cluster: true })`) keeps the `auth:*` names (their
  * bookkeeping records are co-slotted through a hash tag naming the key) and puts the snapshot and
  * meta hashes under one tag, `{dp}`, so that each snapshot is still replaced atomically with its meta.
  */
@@ -12,7 +12,7 @@ import { execFileSync } from "node:child_process"
 import { afterAll, beforeAll } from "vitest"
 import { type PrivateRedis, startRedis } from "../scripts/services.js"
 import { Convergence, type DriftReport, RedisSink, totalDrift } from "../src/index.js"
-import { Contract, ControlPlane, DataPlane, SyncReconciler, SyncService } from "../src/sync/index.js"
+import { Contract, ControlPlane, DataPlane, DataPlaneReconciler, Projector } from "../src/ezapi/index.js"
 import { freshDatabase, prefix, sqlLayer } from "./support/harness.js"
 
 let nodes: Array<PrivateRedis> = []
@@ -45,15 +45,15 @@ const clusterSink = () =>
     (ctx) => Effect.retry(Context.get(ctx, RedisSink).ping, Schedule.spaced("10 millis")).pipe(Effect.timeout("10 seconds"), Effect.orDie)
   )
 const services = (p: string, cluster: boolean | undefined) =>
-  SyncService.layer({ prefix: p, cluster }).pipe(Layer.provideMerge(Layer.merge(sqlLayer(url), clusterSink())))
+  Projector.layer({ prefix: p, cluster }).pipe(Layer.provideMerge(Layer.merge(sqlLayer(url), clusterSink())))
 
-describe("SyncService on Redis Cluster", () => {
+describe("Projector on Redis Cluster", () => {
   it.live("the cluster layout: every family written, snapshots atomic with their meta, revocation works", () =>
     Effect.gen(function*() {
       const p = prefix()
       yield* Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const redis = yield* RedisSink
         const l = sync.layout
         const group = yield* ControlPlane.createProviderGroup({ name: "g", type: "openai", models: ["gpt-4o"] })
@@ -93,7 +93,7 @@ describe("SyncService on Redis Cluster", () => {
     Effect.gen(function*() {
       const p = prefix()
       yield* Effect.gen(function*() {
-        const sync = yield* SyncService
+        const sync = yield* Projector
         const master = yield* ControlPlane.createMaster({ name: "c" })
         expect(yield* sync.syncMaster(master)).toBe("written")
         expect(yield* sync.syncBindings).toBe("written")
@@ -107,7 +107,7 @@ describe("SyncService on Redis Cluster", () => {
     Effect.gen(function*() {
       const p = prefix()
       yield* Effect.gen(function*() {
-        const sync = yield* SyncService
+        const sync = yield* Projector
         expect(sync.layout.providers).toBe(`${p}{dp}config:providers`)
         yield* ControlPlane.createProviderGroup({ name: `auto-${p}`, type: "openai" })
         expect(yield* sync.syncProviders).toBe("written")
@@ -118,7 +118,7 @@ describe("SyncService on Redis Cluster", () => {
     Effect.gen(function*() {
       const p = prefix()
       yield* Effect.gen(function*() {
-        const l = (yield* SyncService).layout
+        const l = (yield* Projector).layout
         const master = yield* ControlPlane.createMaster({ name: `rec-${p}` })
         const secrets = Array.from({ length: 30 }, (_, i) => `rec-${p}-${i}`)
         for (const s of secrets) yield* ControlPlane.createKey({ masterId: master, secret: s })
@@ -141,6 +141,6 @@ describe("SyncService on Redis Cluster", () => {
         expect(yield* Effect.promise(() => check.exists(orphan))).toBe(0)
         const redis = yield* RedisSink
         for (const s of secrets) expect((yield* DataPlane.authenticate(redis, l, s, new Date()))._tag).toBe("Authenticated")
-      }).pipe(Effect.provide(SyncReconciler.layer().pipe(Layer.provideMerge(services(p, true)))))
+      }).pipe(Effect.provide(DataPlaneReconciler.layer().pipe(Layer.provideMerge(services(p, true)))))
     }), 60_000)
 })

@@ -1,16 +1,16 @@
 /**
- * The sync domain's `Reconciler`: how the engine's `Convergence` notices that Redis forgot ez-api's
+ * The ez-api domain's `Reconciler`: how the engine's `Convergence` notices that Redis forgot ez-api's
  * data plane, and how it compares and repairs it, family by family.
  *
  * - Loss: every full repair first writes a generation marker (`sync:generation`, bookkeeping the
  *   balancer never reads); the loss check asks whether it, and `meta:providers_meta`, still exist
  *   (two commands). An empty, never-synced Redis counts as lost: that is the initial build.
  * - Compare: the expected entries are computed from the control plane with the handlers' own code
- *   (`Snapshots`, `RedisLayout`, `SyncService`), read in pages by id; Redis is read in pipelined
+ *   (`Snapshots`, `RedisLayout`, `Projector`), read in pages by id; Redis is read in pipelined
  *   pages and SCANned (on every master of a Cluster) for entries with no row behind them.
  * - Repair: missing and stale entries go through the handlers' version-fenced scripts, written
  *   with the row's own version, so an event applied meanwhile from a newer row always wins;
- *   orphans are removed through `SyncService` itself (it reads the row again, and writes instead
+ *   orphans are removed through `Projector` itself (it reads the row again, and writes instead
  *   when a row holds the entry by then; a removal is owned by the gone row, so a newer row's
  *   write is never undone).
  */
@@ -25,12 +25,12 @@ import * as ControlPlane from "./ControlPlane.js"
 import type { Key, Master, Model } from "./Entities.js"
 import * as RedisLayout from "./RedisLayout.js"
 import * as Snapshots from "./Snapshots.js"
-import { keyExpiry, SyncService } from "./SyncService.js"
+import { keyExpiry, Projector } from "./Projector.js"
 
 /** The families a report lists, in the order they are compared. */
 export const families = ["tokens", "masters", "providers", "bindings", "models"] as const
 
-export interface SyncReconcilerOptions {
+export interface DataPlaneReconcilerOptions {
   /** Rows read from the control plane per query (default 1,000; at most 200 under a rate limit). */
   readonly pageSize?: number | undefined
   /** Entries read from Redis per pipelined round trip under a rate limit (default 100; 1,000 unpaced). */
@@ -95,9 +95,9 @@ const judge = (
   return "same"
 }
 
-const make = (options: SyncReconcilerOptions) =>
+const make = (options: DataPlaneReconcilerOptions) =>
   Effect.gen(function*() {
-    const sync = yield* SyncService
+    const sync = yield* Projector
     const redis = yield* RedisSink
     const sql = yield* SqlClient.SqlClient
     const l = sync.layout
@@ -489,8 +489,8 @@ const make = (options: SyncReconcilerOptions) =>
   })
 
 /**
- * The sync domain's `Reconciler`, over the `SyncService` the handlers use (same layout, prefix
- * and tombstones). Give it to `SyncOutbox.layerWorker(handlers, { reconciler })`.
+ * The ez-api domain's `Reconciler`, over the `Projector` the handlers use (same layout, prefix
+ * and tombstones). Give it to `WorkerEnv.layer(handlers, { reconciler })`.
  */
-export const layer = (options: SyncReconcilerOptions = {}): Layer.Layer<Reconciler, never, SyncService | RedisSink | SqlClient.SqlClient> =>
+export const layer = (options: DataPlaneReconcilerOptions = {}): Layer.Layer<Reconciler, never, Projector | RedisSink | SqlClient.SqlClient> =>
   Layer.effect(Reconciler, make(options))
