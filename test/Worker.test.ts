@@ -9,7 +9,10 @@ import {
   handle,
   handleBatch,
   Handlers,
+  Leases,
+  Listener,
   Metrics,
+  OutboxConfig,
   OutboxEvent,
   RedisSink,
   Store,
@@ -21,6 +24,7 @@ import {
   freshDatabase,
   prefix,
   realSleep,
+  redisLayer,
   SetValue,
   setValueHandler,
   sqlLayer,
@@ -549,6 +553,40 @@ describe("Worker: a resource's events go back to back", () => {
 })
 
 describe("Worker: per-key exclusion", () => {
+  it.live("a backlog is claimed ahead: the next claim is on its way while a full batch is applied, and each event is applied once", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      let claims = 0
+      const overlapped: Array<boolean> = []
+      const applied = new Map<string, number>()
+      // Batch k was claimed by claim k: without claiming ahead, claim k + 1 starts only after it.
+      const slow = Handlers.layer(handleBatch(SetValue, (events) =>
+        Effect.gen(function*() {
+          yield* realSleep(40)
+          overlapped.push(claims > overlapped.length + 1)
+          for (const e of events) applied.set(e.payload.key, (applied.get(e.payload.key) ?? 0) + 1)
+          return events.map(() => Exit.void)
+        })))
+      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+        ...leases,
+        claim: (owner: string, leaseMs: number, limit: number) =>
+          Effect.zipRight(Effect.sync(() => void claims++), leases.claim(owner, leaseMs, limit))
+      }))).pipe(Layer.provide(Store.layer))
+      yield* enqueueMany(Array.from({ length: 500 }, (_, i) => event(SetValue, { payload: { key: `${p}${i}`, value: "v" } })))
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(Worker.layer.pipe(
+          Layer.provide(Layer.mergeAll(counted, Listener.off, slow)),
+          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 100, interval: Duration.millis(50) }), sqlLayer(url), redisLayer()))
+        ))
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 20_000 })
+      }))
+      expect(applied.size).toBe(500)
+      expect([...applied.values()].every((n) => n === 1)).toBe(true)
+      // The five full batches but the last had the next claim sent while they ran.
+      expect(overlapped.filter(Boolean).length).toBeGreaterThanOrEqual(4)
+    }).pipe(Effect.provide(sqlLayer(url))))
+
   it.live("four workers (own layers, own pools) on many events of a few keys never apply one key twice at once", () =>
     Effect.gen(function*() {
       yield* Effect.provide(clear, sqlLayer(url))

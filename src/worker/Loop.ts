@@ -6,7 +6,8 @@
  * line, counted, and the loop starts again after a capped backoff; its state is published for
  * the heartbeat.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Metric, Queue, Ref, Schedule, SubscriptionRef } from "effect"
+import type { SqlError } from "@effect/sql"
+import { Cause, Clock, Deferred, Duration, Effect, Fiber, Metric, Queue, Ref, Schedule, SubscriptionRef } from "effect"
 import type { HandlersShape } from "../Handlers.js"
 import type { Claimed, LeasesShape } from "../Leases.js"
 import * as Metrics from "../Metrics.js"
@@ -109,30 +110,71 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     )
   })
 
+  // A full batch means a backlog: the next claim is sent while this batch is applied, so the
+  // database works while Redis and the handlers do (the claim skips this batch's keys: they are
+  // leased). Only when the lease leaves room for that wait plus a whole call of its own.
+  const prefetching = leaseMs > 2 * Duration.toMillis(config.callTimeout)
+  interface Claim {
+    readonly events: ReadonlyArray<Claimed>
+    readonly leaseEndsAt: number
+  }
+  const claimNow = Effect.gen(function*() {
+    // Bounded by the pool's statement and query timeouts (or `Leases`' own, without a pool).
+    // The lease ends no earlier than `leaseMs` after this instant (the statement reads the clock later).
+    const leaseEndsAt = (yield* Clock.currentTimeMillis) + leaseMs
+    recorder.claiming()
+    const events = yield* leases.claim(owner, leaseMs, config.batchSize)
+    return { events, leaseEndsAt } satisfies Claim
+  })
+  /** Hand back a claim that will not be applied (stopping, the sink down, too little lease left). */
+  const giveBack = (claim: Claim) =>
+    claim.events.length === 0 ? Effect.void : Effect.zipRight(
+      recorder.flush,
+      recorder.record([{ _tag: "Released", ids: claim.events.map((e) => e.id), unavailable: false }])
+    )
+
+  // The claim made ahead, if any: one drain runs at a time.
+  let next: Fiber.Fiber<Claim, SqlError.SqlError> | undefined
+  const takeNext = Effect.suspend(() => {
+    const fiber = next
+    next = undefined
+    return fiber === undefined ? Effect.succeed(undefined) : Fiber.join(fiber)
+  })
+
   /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
   const drain = Effect.gen(function*() {
     yield* checkStatistics
     let claimed = false
     for (;;) {
       if (yield* isStopping) {
+        const ahead = yield* takeNext
+        if (ahead !== undefined) yield* giveBack(ahead)
         yield* recorder.flush
         return claimed
       }
       if (yield* breaker.isOpen) {
+        // Nothing is applied while the sink is down: a claim made ahead goes back now, before
+        // its lease could run out in our hands.
+        const ahead = yield* takeNext
+        if (ahead !== undefined) yield* giveBack(ahead)
         yield* recorder.flush
         yield* Effect.raceFirst(breaker.awaitSink, Deferred.await(stopping))
         continue
       }
       yield* Queue.takeAll(wakeups)
-      // Bounded by the pool's statement and query timeouts (or `Leases`' own, without a pool).
-      // The lease ends no earlier than `leaseMs` after this instant (the statement reads the clock later).
-      const leaseEndsAt = (yield* Clock.currentTimeMillis) + leaseMs
-      recorder.claiming()
-      const events = yield* leases.claim(owner, leaseMs, config.batchSize)
+      const current = (yield* takeNext) ?? (yield* claimNow)
+      const { events, leaseEndsAt } = current
       // The previous batch may still be being written down: not waited for (the recorder wakes
       // us if this claim passed over one of its keys).
       if (events.length === 0) return claimed
       claimed = true
+      // A claim made ahead waited for the batch before it: apply it only while its lease still
+      // covers a whole call.
+      if (leaseEndsAt - (yield* Clock.currentTimeMillis) <= Duration.toMillis(config.callTimeout)) {
+        yield* giveBack(current)
+        continue
+      }
+      if (prefetching && events.length === config.batchSize) next = yield* Effect.fork(claimNow)
       const unblocked = yield* processBatch(events, leaseEndsAt)
       // The next event of a key just done is claimable once that is written down: claim it now,
       // not on the next poll.
@@ -145,7 +187,10 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       // (Unless that batch opened the breaker: then the probe loop above must run.)
       if (events.length < config.batchSize && !(yield* breaker.isOpen)) return claimed
     }
-  })
+  }).pipe(
+    // The loop failed (it restarts): what was claimed ahead goes back rather than wait out its lease.
+    Effect.onError(() => Effect.flatMap(takeNext, (ahead) => (ahead === undefined ? Effect.void : giveBack(ahead))).pipe(Effect.ignore))
+  )
 
   /** Sleep until a wake-up, the earliest due retry, or the poll interval. */
   const idle = (claimedLastTime: boolean) =>
