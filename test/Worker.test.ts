@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Data, Deferred, Duration, Effect, Exit, Layer, Metric, Ref, Schedule, Schema, Scope, TestClock } from "effect"
+import { Chunk, Data, Deferred, Duration, Effect, Exit, Layer, Metric, Redacted, Ref, Schedule, Schema, Scope, TestClock } from "effect"
 import { beforeAll } from "vitest"
 import {
   enqueue,
@@ -585,6 +585,32 @@ describe("Worker: per-key exclusion", () => {
       expect([...applied.values()].every((n) => n === 1)).toBe(true)
       // The five full batches but the last had the next claim sent while they ran.
       expect(overlapped.filter(Boolean).length).toBeGreaterThanOrEqual(4)
+    }).pipe(Effect.provide(sqlLayer(url))))
+
+  it.live("statistics are looked at when a claim comes back full (a backlog), not for a trickle of single events", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      let looks = 0
+      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+        ...leases,
+        refreshStatistics: Effect.zipRight(Effect.sync(() => void looks++), leases.refreshStatistics)
+      }))).pipe(Layer.provide(Store.layer))
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(Worker.layer.pipe(
+          Layer.provide(Layer.mergeAll(counted, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(setValueHandler))),
+          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 100, interval: Duration.millis(20) }), sqlLayer(url), redisLayer()))
+        ))
+        for (let i = 0; i < 10; i++) {
+          yield* enqueue(SetValue, { payload: { key: `${p}trickle${i}`, value: "v" } })
+          yield* eventually(countRows(), (n) => n === 0)
+          yield* realSleep(25)
+        }
+        expect(looks).toBe(0)
+        yield* enqueueMany(Array.from({ length: 250 }, (_, i) => event(SetValue, { payload: { key: `${p}${i}`, value: "v" } })))
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 20_000 })
+        expect(looks).toBeGreaterThanOrEqual(1)
+      }))
     }).pipe(Effect.provide(sqlLayer(url))))
 
   it.live("four workers (own layers, own pools) on many events of a few keys never apply one key twice at once", () =>

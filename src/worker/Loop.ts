@@ -94,9 +94,11 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length } }))
 
   // Stale statistics cost most in a backlog (a claim planned for an empty table scans every
-  // pending row): look at them when a drain starts, at most once per poll interval, beside the
-  // claims rather than before them (the look is a round trip, ANALYZE a sample of the table); a
-  // failure only waits for the next look.
+  // pending row): look at them when a claim comes back full, at most once per poll interval,
+  // beside the claims rather than before them (the look is a round trip, ANALYZE a sample of the
+  // table); a failure only waits for the next look. Not for every short claim: on a small,
+  // busy table the look would ANALYZE every few seconds, and each ANALYZE makes every
+  // connection plan its prepared statements again (milliseconds, in the latency's tail).
   let statisticsCheckedAt = Number.NEGATIVE_INFINITY
   const checkStatistics = Effect.gen(function*() {
     const now = yield* Clock.currentTimeMillis
@@ -143,7 +145,6 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
 
   /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
   const drain = Effect.gen(function*() {
-    yield* checkStatistics
     let claimed = false
     for (;;) {
       if (yield* isStopping) {
@@ -174,7 +175,10 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         yield* giveBack(current)
         continue
       }
-      if (prefetching && events.length === config.batchSize) next = yield* Effect.fork(claimNow)
+      if (events.length === config.batchSize) {
+        yield* checkStatistics
+        if (prefetching) next = yield* Effect.fork(claimNow)
+      }
       const unblocked = yield* processBatch(events, leaseEndsAt)
       // The next event of a key just done is claimable once that is written down: claim it now,
       // not on the next poll.
