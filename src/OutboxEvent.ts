@@ -3,7 +3,7 @@
  * applies: it names the (resource type, action), the payload's `Schema`, the ordering key that
  * serialises events of one resource, and whether a newer event makes older ones redundant.
  */
-import { Effect, ParseResult, Schema } from "effect"
+import { Effect, Either, ParseResult, Schema } from "effect"
 import { InvalidEvent, InvalidPayload } from "./Errors.js"
 
 export interface EventType<A, I = A> {
@@ -141,47 +141,37 @@ export const encode = <A, I>(
     if (resourceId === null && type.requiresResourceId) {
       return Effect.fail(new InvalidEvent({ message: `${type.resourceType}/${type.action} needs a resource id` }))
     }
-    return Schema.encode(type.payload)(input.payload).pipe(
-      Effect.mapError((error) =>
-        new InvalidPayload({
+    const invalid = (message: string) => new InvalidPayload({ resourceType: type.resourceType, action: type.action, message })
+    // What follows the schema's encoding, in plain code: an enqueue is on the caller's hot path.
+    const finish = (encoded: I): Either.Either<EncodedEvent, InvalidPayload> => {
+      const notJson = findNotJson(encoded, "payload")
+      if (notJson !== undefined) return Either.left(invalid(notJson))
+      let event: EncodedEvent
+      try {
+        event = {
           resourceType: type.resourceType,
           action: type.action,
-          message: ParseResult.TreeFormatter.formatErrorSync(error)
-        })
-      ),
-      Effect.flatMap((encoded) => {
-        const notJson = findNotJson(encoded, "payload")
-        return notJson === undefined
-          ? Effect.succeed(encoded)
-          : Effect.fail(new InvalidPayload({ resourceType: type.resourceType, action: type.action, message: notJson }))
-      }),
-      Effect.flatMap((encoded) =>
-        Effect.try({
-          try: (): EncodedEvent => ({
-            resourceType: type.resourceType,
-            action: type.action,
-            resourceId,
-            orderingKey: type.orderingKey({ resourceId, payload: input.payload }),
-            // Round-trip through JSON so that what we store is exactly what a reader decodes.
-            payload: encoded === undefined ? null : JSON.parse(JSON.stringify(encoded)),
-            coalesce: type.coalesce
-          }),
-          catch: (cause) =>
-            new InvalidPayload({
-              resourceType: type.resourceType,
-              action: type.action,
-              message: `payload is not JSON-serialisable: ${String(cause)}`
-            })
-        })
-      ),
-      Effect.flatMap((event) => {
-        // The ordering key is usually built from the payload, and is stored as text.
-        const problem = findUnstorable(event.payload, "payload") ?? findUnstorable(event.orderingKey, "the ordering key") ??
-          (event.orderingKey.trim() === "" ? "the ordering key is empty: events of every resource would share it" : undefined)
-        return problem === undefined
-          ? Effect.succeed(event)
-          : Effect.fail(new InvalidPayload({ resourceType: type.resourceType, action: type.action, message: problem }))
-      })
+          resourceId,
+          orderingKey: type.orderingKey({ resourceId, payload: input.payload }),
+          // Round-trip through JSON so that what we store is exactly what a reader decodes.
+          payload: encoded === undefined ? null : JSON.parse(JSON.stringify(encoded)),
+          coalesce: type.coalesce
+        }
+      } catch (cause) {
+        return Either.left(invalid(`payload is not JSON-serialisable: ${String(cause)}`))
+      }
+      // The ordering key is usually built from the payload, and is stored as text.
+      const problem = findUnstorable(event.payload, "payload") ?? findUnstorable(event.orderingKey, "the ordering key") ??
+        (event.orderingKey.trim() === "" ? "the ordering key is empty: events of every resource would share it" : undefined)
+      return problem === undefined ? Either.right(event) : Either.left(invalid(problem))
+    }
+    const encodedNow = Schema.encodeEither(type.payload)(input.payload)
+    if (Either.isRight(encodedNow)) return finish(encodedNow.right)
+    // An asynchronous schema cannot encode synchronously: encode it as an effect.
+    if (encodedNow.left.issue._tag !== "Forbidden") return Either.left(invalid(ParseResult.TreeFormatter.formatErrorSync(encodedNow.left)))
+    return Schema.encode(type.payload)(input.payload).pipe(
+      Effect.mapError((error) => invalid(ParseResult.TreeFormatter.formatErrorSync(error))),
+      Effect.flatMap(finish)
     )
   })
 

@@ -1,7 +1,7 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { PgClient } from "@effect/sql-pg"
-import { Duration, Effect, Layer, Metric, Redacted, Schema, TestClock } from "effect"
+import { Duration, Effect, Layer, Metric, ParseResult, Redacted, Schema, TestClock } from "effect"
 import pg from "pg"
 import { beforeAll } from "vitest"
 import { Admin, enqueue, enqueueMany, enqueueWith, event, Leases, Metrics, OutboxEvent, Store } from "../src/index.js"
@@ -90,6 +90,27 @@ describe("Store: enqueue", () => {
       ]).pipe(Effect.flip)
       expect(batch._tag).toBe("InvalidPayload")
       expect(yield* countRows()).toBe(0)
+    })))
+
+  it.live("a payload schema that encodes asynchronously is encoded, and its refusal is InvalidPayload with nothing written", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      // Encoding needs an effect: the synchronous encoder cannot run it.
+      const Slow = OutboxEvent.make({
+        resourceType: "slow",
+        action: "set",
+        payload: Schema.transformOrFail(Schema.String, Schema.String, {
+          strict: true,
+          decode: ParseResult.succeed,
+          encode: (s) => Effect.delay(s === "bad" ? ParseResult.fail(new ParseResult.Type(Schema.String.ast, s, "refused")) : ParseResult.succeed(s.toUpperCase()), Duration.millis(1))
+        })
+      })
+      const id = yield* enqueue(Slow, { resourceId: 1, payload: "fine" })
+      const error = yield* Effect.flip(enqueue(Slow, { resourceId: 2, payload: "bad" }))
+      expect(error._tag).toBe("InvalidPayload")
+      const sql = yield* SqlClient.SqlClient
+      const rows = yield* sql<{ id: string; payload: unknown }>`SELECT id::text AS id, payload FROM sync_outbox ORDER BY id`
+      expect(rows).toEqual([{ id, payload: "FINE" }])
     })))
 
   it.live("a NUL or a lone surrogate in a payload string is InvalidPayload before any insert, on every enqueue path", () =>
