@@ -48,7 +48,11 @@ export const enqueue = <A, I>(
     // attempts to enqueue, not of commits (the outbox itself is the count of what committed).
     yield* Metric.increment(Metrics.enqueued)
     return rows[0]!.id
-  }).pipe(Effect.withSpan("sync-outbox.enqueue", { attributes: { resourceType: type.resourceType, action: type.action } }))
+  }).pipe(Effect.withSpan("sync-outbox.enqueue", {
+    attributes: { resourceType: type.resourceType, action: type.action },
+    // The call site is the caller's own span already; a stack trace per event costs more than the insert's own work.
+    captureStackTrace: false
+  }))
 
 /** An event of any type, as `enqueueMany` takes them. */
 export interface AnyEvent {
@@ -73,7 +77,7 @@ export const enqueueMany = (
     const rows = yield* sql.unsafe<{ id: string }>(Statements.insertMany, manyParams(encoded, yield* Clock.currentTimeMillis))
     yield* Metric.incrementBy(Metrics.enqueued, rows.length)
     return rows.map((row) => row.id)
-  }).pipe(Effect.withSpan("sync-outbox.enqueueMany", { attributes: { count: events.length } }))
+  }).pipe(Effect.withSpan("sync-outbox.enqueueMany", { attributes: { count: events.length }, captureStackTrace: false }))
 
 /**
  * For callers on a raw `pg` client (inside their own `BEGIN`/`COMMIT`): the same validation,

@@ -91,7 +91,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       return outcomes.some((o) =>
         (o._tag === "Applied" || (o._tag === "Failed" && recorder.isDead(o.event, o.permanent))) && o.event.successor
       )
-    }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length } }))
+    }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length }, captureStackTrace: false }))
 
   // Stale statistics cost most in a backlog (a claim planned for an empty table scans every
   // pending row): look at them when a claim comes back full, at most once per poll interval,
