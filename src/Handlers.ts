@@ -186,7 +186,7 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
     type Decoded = Either.Either<Applying<unknown>, MalformedPayload | MissingResourceId>
     /**
      * Decode without an effect when the schema allows it (a thousand events cost a thousand
-     * effects otherwise); `undefined` when the schema is asynchronous and only `decode` can run it.
+     * effects otherwise); `undefined` when only `decode` can tell (a refusal, or an asynchronous schema).
      */
     const decodeNow = (event: ClaimedEvent, key: string): Decoded | undefined => {
       // A row written by SQL (`sync_outbox_enqueue`) skipped `enqueue`'s checks: the type knows.
@@ -194,8 +194,9 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
         return Either.left(new MissingResourceId({ resourceType: event.resourceType, action: event.action }))
       }
       const result = decoders.get(key)!.now(event.payload)
-      if (Either.isRight(result)) return Either.right(applying(event, result.right))
-      return result.left.issue._tag === "Forbidden" ? undefined : Either.left(malformed(event, result.left))
+      // Any refusal is decided by the effectful decoder: an asynchronous part anywhere in the
+      // schema (a field, an element, a member) fails here even when the payload is fine.
+      return Either.isRight(result) ? Either.right(applying(event, result.right)) : undefined
     }
     const decode = (event: ClaimedEvent, key: string): Effect.Effect<Applying<unknown>, MalformedPayload | MissingResourceId> => {
       const now = decodeNow(event, key)

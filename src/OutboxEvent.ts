@@ -167,8 +167,8 @@ export const encode = <A, I>(
     }
     const encodedNow = Schema.encodeEither(type.payload)(input.payload)
     if (Either.isRight(encodedNow)) return finish(encodedNow.right)
-    // An asynchronous schema cannot encode synchronously: encode it as an effect.
-    if (encodedNow.left.issue._tag !== "Forbidden") return Either.left(invalid(ParseResult.TreeFormatter.formatErrorSync(encodedNow.left)))
+    // A refusal is decided by the effectful encoder: an asynchronous part anywhere in the schema
+    // (a field, an element, a member) fails synchronously even when the payload is fine.
     return Schema.encode(type.payload)(input.payload).pipe(
       Effect.mapError((error) => invalid(ParseResult.TreeFormatter.formatErrorSync(error))),
       Effect.flatMap(finish)

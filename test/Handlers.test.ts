@@ -102,28 +102,38 @@ describe("Handlers: one typed outcome per event, whatever the handler does", () 
       expect(present?._tag).toBe("Applied")
     }).pipe(Effect.provide(registry)))
 
-  it.live("a payload schema that decodes asynchronously is decoded, and a payload it rejects is a permanent MalformedPayload", () =>
+  it.live("a payload schema with an asynchronous part, at the top or in a field, is decoded; a payload it rejects is a permanent MalformedPayload", () =>
     Effect.gen(function*() {
       // A transformation that needs an effect: the synchronous decoder cannot run it.
-      const Slow = OutboxEvent.make({
-        resourceType: "slow",
-        action: "set",
-        payload: Schema.transformOrFail(Schema.String, Schema.String, {
-          strict: true,
-          decode: (s) => Effect.delay(s === "bad" ? ParseResult.fail(new ParseResult.Type(Schema.String.ast, s, "bad payload")) : ParseResult.succeed(s.toUpperCase()), Duration.millis(1)),
-          encode: ParseResult.succeed
-        })
+      const Upper = Schema.transformOrFail(Schema.String, Schema.String, {
+        strict: true,
+        decode: (s) =>
+          Effect.delay(
+            s === "bad" ? ParseResult.fail(new ParseResult.Type(Schema.String.ast, s, "bad payload")) : ParseResult.succeed(s.toUpperCase()),
+            Duration.millis(1)
+          ),
+        encode: ParseResult.succeed
       })
-      const seen: Array<string> = []
-      const handlers = yield* Effect.provide(Handlers, Handlers.layer(handleBatch(Slow, (events) =>
-        Effect.sync(() => events.map((e) => {
-          seen.push(e.payload)
-          return Exit.void
-        })))))
-      const [good, bad] = yield* handlers.applyAll([claimed(Slow, "fine"), claimed(Slow, "bad")], { concurrency: 1, timeout: Duration.seconds(5) })
-      expect(good?._tag).toBe("Applied")
-      expect(seen).toEqual(["FINE"])
-      expect(bad).toMatchObject({ _tag: "Failed", permanent: true, error: { _tag: "MalformedPayload" } })
+      const Top = OutboxEvent.make({ resourceType: "slow", action: "top", payload: Upper })
+      const Nested = OutboxEvent.make({ resourceType: "slow", action: "nested", payload: Schema.Struct({ name: Upper, tags: Schema.Array(Upper) }) })
+      const seen: Array<unknown> = []
+      const record = (events: ReadonlyArray<{ readonly payload: unknown }>) =>
+        Effect.sync(() =>
+          events.map((e) => {
+            seen.push(e.payload)
+            return Exit.void
+          })
+        )
+      const handlers = yield* Effect.provide(Handlers, Handlers.layer(handleBatch(Top, record), handleBatch(Nested, record)))
+      const outcomes = yield* handlers.applyAll([
+        claimed(Top, "fine"),
+        claimed(Nested, { name: "ann", tags: ["a", "b"] }),
+        claimed(Top, "bad"),
+        claimed(Nested, { name: "bob", tags: ["bad"] })
+      ], { concurrency: 1, timeout: Duration.seconds(5) })
+      expect(outcomes.map((o) => o._tag)).toEqual(["Applied", "Applied", "Failed", "Failed"])
+      expect(seen).toEqual(["FINE", { name: "ANN", tags: ["A", "B"] }])
+      for (const bad of outcomes.slice(2)) expect(bad).toMatchObject({ _tag: "Failed", permanent: true, error: { _tag: "MalformedPayload" } })
     }))
 
   it.live("what outlives the call timeout is TimedOut; its promise calls still running are handed over, their signal aborted", () =>

@@ -92,25 +92,26 @@ describe("Store: enqueue", () => {
       expect(yield* countRows()).toBe(0)
     })))
 
-  it.live("a payload schema that encodes asynchronously is encoded, and its refusal is InvalidPayload with nothing written", () =>
+  it.live("a payload schema with an asynchronous part, at the top or in a field, is encoded; its refusal is InvalidPayload with nothing written", () =>
     withDb(Effect.gen(function*() {
       yield* clear
       // Encoding needs an effect: the synchronous encoder cannot run it.
-      const Slow = OutboxEvent.make({
-        resourceType: "slow",
-        action: "set",
-        payload: Schema.transformOrFail(Schema.String, Schema.String, {
-          strict: true,
-          decode: ParseResult.succeed,
-          encode: (s) => Effect.delay(s === "bad" ? ParseResult.fail(new ParseResult.Type(Schema.String.ast, s, "refused")) : ParseResult.succeed(s.toUpperCase()), Duration.millis(1))
-        })
+      const Upper = Schema.transformOrFail(Schema.String, Schema.String, {
+        strict: true,
+        decode: ParseResult.succeed,
+        encode: (s) =>
+          Effect.delay(s === "bad" ? ParseResult.fail(new ParseResult.Type(Schema.String.ast, s, "refused")) : ParseResult.succeed(s.toUpperCase()), Duration.millis(1))
       })
-      const id = yield* enqueue(Slow, { resourceId: 1, payload: "fine" })
-      const error = yield* Effect.flip(enqueue(Slow, { resourceId: 2, payload: "bad" }))
-      expect(error._tag).toBe("InvalidPayload")
+      const Top = OutboxEvent.make({ resourceType: "slow", action: "top", payload: Upper })
+      const Nested = OutboxEvent.make({ resourceType: "slow", action: "nested", payload: Schema.Struct({ name: Upper }) })
+      const top = yield* enqueue(Top, { resourceId: 1, payload: "fine" })
+      const nested = yield* enqueue(Nested, { resourceId: 2, payload: { name: "ann" } })
+      for (const refused of [enqueue(Top, { resourceId: 3, payload: "bad" }), enqueue(Nested, { resourceId: 4, payload: { name: "bad" } })]) {
+        expect((yield* Effect.flip(refused))._tag).toBe("InvalidPayload")
+      }
       const sql = yield* SqlClient.SqlClient
       const rows = yield* sql<{ id: string; payload: unknown }>`SELECT id::text AS id, payload FROM sync_outbox ORDER BY id`
-      expect(rows).toEqual([{ id, payload: "FINE" }])
+      expect(rows).toEqual([{ id: top, payload: "FINE" }, { id: nested, payload: { name: "ANN" } }])
     })))
 
   it.live("a NUL or a lone surrogate in a payload string is InvalidPayload before any insert, on every enqueue path", () =>
