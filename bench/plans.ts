@@ -31,7 +31,7 @@ const drain = async (prepare: Prepare) => {
   try {
     await c.query("ALTER TABLE sync_outbox SET (autovacuum_enabled = false)")
     const claim = (n: number) =>
-      c.query<{ id: string }>({ name: Statements.claim.name, text: Statements.claim.text, values: ["w", new Date(), new Date(Date.now() + 30_000), n, "off"] })
+      c.query<{ id: string }>({ name: Statements.claim.name, text: Statements.claim.text, values: ["w", new Date(), new Date(Date.now() + 30_000), n] })
     const complete = (ids: ReadonlyArray<string>) =>
       c.query({ name: Statements.complete.name, text: Statements.complete.text, values: ["w", ids, "off"] })
     // More than five runs: Postgres then settles on a generic plan, made for an empty table.
@@ -53,7 +53,7 @@ const drain = async (prepare: Prepare) => {
     if (prepare === "rows read once") await c.query("SELECT count(*) FROM sync_outbox")
     if (prepare === "analyzed") await c.query("ANALYZE sync_outbox")
     if (process.env["PLAN"] === "1") {
-      const plan = await c.query(`EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE ${Statements.claim.name}('w', now(), now() + interval '30 s', 500, 'off')`)
+      const plan = await c.query(`EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE ${Statements.claim.name}('w', now(), now() + interval '30 s', 500)`)
       console.log(plan.rows.map((r) => r["QUERY PLAN"]).join("\n"))
       await c.query("UPDATE sync_outbox SET lease_owner = NULL, lease_expires_at = NULL")
     }

@@ -13,6 +13,7 @@
 import { SqlClient, SqlError } from "@effect/sql"
 import { Clock, Context, Duration, Effect, Layer, Option } from "effect"
 import { PgPool } from "./Database.js"
+import { OutboxConfig } from "./OutboxConfig.js"
 import type * as OutboxEvent from "./OutboxEvent.js"
 import * as Statements from "./Statements.js"
 
@@ -89,9 +90,10 @@ export interface LeasesOptions {
   /** Bounds each statement when it goes through a `SqlClient` without a `PgPool`. */
   readonly callTimeout: Duration.Duration
   /**
-   * Commit the lease protocol's writes without waiting for the WAL flush (default true): a crash
-   * can then undo the last leases and completions, which only repeats work. Events written by
-   * producers are not affected. False keeps the session's `synchronous_commit`.
+   * Commit completions, failures and releases without waiting for the WAL flush: a crash can
+   * then undo the last few, which only repeats work (leases always wait). False keeps the
+   * session's `synchronous_commit`. Default: `OutboxConfig`'s `asyncCommit` when one is in
+   * context, else true. Never inside a transaction of the caller's own: that one keeps its setting.
    */
   readonly asyncCommit?: boolean | undefined
 }
@@ -135,11 +137,18 @@ const count = (rows: ReadonlyArray<{ readonly n: number }>) => rows[0]?.n ?? 0
 export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const run = runner(yield* SqlClient.SqlClient, yield* Effect.serviceOption(PgPool), options.callTimeout)
-    const commitMode = options.asyncCommit === false ? null : "off"
+    const asyncCommit = options.asyncCommit ??
+      Option.match(yield* Effect.serviceOption(OutboxConfig), { onNone: () => true, onSome: (config) => config.asyncCommit })
+    // Checked per call: through a plain `SqlClient`, a statement run inside the caller's
+    // `withTransaction` joins it, and must not change how the caller's transaction commits.
+    const commitMode = Effect.map(
+      Effect.serviceOption(SqlClient.TransactionConnection),
+      (inTransaction): "off" | null => (asyncCommit && Option.isNone(inTransaction) ? "off" : null)
+    )
 
     const claim = (owner: string, leaseMs: number, limit: number) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        run<ClaimRow>(Statements.claim, [owner, new Date(now), new Date(now + leaseMs), limit, commitMode])).pipe(
+        run<ClaimRow>(Statements.claim, [owner, new Date(now), new Date(now + leaseMs), limit])).pipe(
           Effect.map((rows) => rows.map(toClaimed).sort(byId))
         )
 
@@ -148,21 +157,21 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
         ? Effect.succeed(0)
         : Effect.map(
           journal === undefined
-            ? run<{ n: number }>(Statements.complete, [owner, ids, commitMode])
-            : run<{ n: number }>(Statements.completeJournaled, [
+            ? Effect.flatMap(commitMode, (mode) => run<{ n: number }>(Statements.complete, [owner, ids, mode]))
+            : Effect.flatMap(commitMode, (mode) => run<{ n: number }>(Statements.completeJournaled, [
               owner,
               ids,
               journal.appliedAt,
               [...journal.supersededBy.keys()],
               [...journal.supersededBy.values()],
               [...(journal.coveredUnapplied ?? [])],
-              commitMode
-            ]),
+              mode
+            ])),
           count
         )
 
     const fail = (owner: string, failures: ReadonlyArray<Failure>) =>
-      failures.length === 0 ? Effect.void : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      failures.length === 0 ? Effect.void : Effect.flatMap(Effect.zip(Clock.currentTimeMillis, commitMode), ([now, mode]) =>
         run(Statements.fail, [
           owner,
           failures.map((f) => f.id),
@@ -173,14 +182,14 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
           failures.map((f) => f.attempt),
           new Date(now),
           failures.map((f) => f.keepLease === true),
-          commitMode
+          mode
         ])).pipe(Effect.asVoid)
 
     const release = (owner: string, ids: ReadonlyArray<string>) =>
-      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.release, [owner, ids, commitMode]), count)
+      ids.length === 0 ? Effect.succeed(0) : Effect.map(Effect.flatMap(commitMode, (mode) => run<{ n: number }>(Statements.release, [owner, ids, mode])), count)
 
     const renew = (owner: string, ids: ReadonlyArray<string>, until: Date) =>
-      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.renew, [owner, ids, until, commitMode]), count)
+      ids.length === 0 ? Effect.succeed(0) : Effect.map(run<{ n: number }>(Statements.renew, [owner, ids, until]), count)
 
     const nextWakeAt = Effect.map(run<{ at: Date | number | null }>(Statements.nextWake, []), (rows) => {
       const at = rows[0]?.at

@@ -33,12 +33,13 @@ RETURNING id::text AS id`
 // ---------------------------------------------------------------------------------------------
 
 /**
- * The worker's bookkeeping (leases, completions, failures) may commit without waiting for its
- * WAL to reach disk: `$n` is `'off'` for that, or NULL to keep the session's setting. Losing the
- * last such commits to a crash only repeats work (a lease or a completion undone: the event is
- * applied again, as after any crash); producers' commits, the events themselves, stay as durable
- * as the caller's transaction. The setting is transaction-local, so a pool shared with the
- * application's own transactions is untouched.
+ * The worker's completions, failures and releases may commit without waiting for their WAL to
+ * reach disk: `$n` is `'off'` for that, or NULL to keep the session's setting. Losing the last
+ * of those to a crash only repeats work: the row comes back still leased, and is applied again
+ * once the lease expires. Leases (`claim`, `renew`) always wait: a lease a crash undid would let
+ * another worker take a key whose event is still being applied. Producers' commits, the events
+ * themselves, are untouched. The setting is transaction-local, so a pool shared with the
+ * application's own transactions keeps its own.
  */
 const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coalesce($${n}::text, current_setting('synchronous_commit')), true))`
 
@@ -54,7 +55,7 @@ const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coal
  * key behind it, so the worker claims that one as soon as this one is done rather than on the
  * next poll.
  *
- * $1 owner, $2 now, $3 lease end, $4 batch size, $5 commit mode (see `commitMode`).
+ * $1 owner, $2 now, $3 lease end, $4 batch size.
  */
 export const claim: Statement = {
   name: "sync_outbox_claim",
@@ -75,8 +76,7 @@ WITH picked AS MATERIALIZED (
   LIMIT $4
   FOR UPDATE OF c SKIP LOCKED
 ), candidates AS MATERIALIZED (
-  -- Evaluated whenever a row was picked (locked): the commit mode is set before the commit.
-  SELECT ARRAY(SELECT DISTINCT ordering_key FROM picked) AS ordering_keys, ${commitMode(5)} AS commit_mode
+  SELECT ARRAY(SELECT DISTINCT ordering_key FROM picked) AS ordering_keys
 ), claimable AS MATERIALIZED (
   SELECT keys AS ordering_keys, cardinality(keys) = (SELECT cardinality(ordering_keys) FROM candidates) AS all_keys
   FROM sync_outbox_claim_keys((SELECT ordering_keys FROM candidates), $2) AS keys
@@ -141,7 +141,7 @@ WITH done AS (
 SELECT count(*)::int AS n FROM done, ${commitMode(7)} AS commit_mode(setting)`
 }
 
-/** Extend this owner's leases. $1 owner, $2 ids, $3 new end, $4 commit mode. */
+/** Extend this owner's leases (committed durably, as every lease). $1 owner, $2 ids, $3 new end. */
 export const renew: Statement = {
   name: "sync_outbox_renew",
   text: `WITH renewed AS (
@@ -149,7 +149,7 @@ export const renew: Statement = {
   WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND status = 'pending'
   RETURNING 1
 )
-SELECT count(*)::int AS n FROM renewed, ${commitMode(4)} AS commit_mode(setting)`
+SELECT count(*)::int AS n FROM renewed`
 }
 
 /** Hand rows back unattempted. $1 owner, $2 ids, $3 commit mode. */

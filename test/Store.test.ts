@@ -4,7 +4,7 @@ import { PgClient } from "@effect/sql-pg"
 import { Duration, Effect, Layer, Metric, ParseResult, Redacted, Schema, TestClock } from "effect"
 import pg from "pg"
 import { beforeAll } from "vitest"
-import { Admin, enqueue, enqueueMany, enqueueWith, event, Leases, Metrics, OutboxEvent, Store } from "../src/index.js"
+import { Admin, enqueue, enqueueMany, enqueueWith, event, Leases, Metrics, OutboxConfig, type OutboxConfigShape, OutboxEvent, Store } from "../src/index.js"
 import { countRows, eventually, freshDatabase, SetValue, sqlLayer } from "./support/harness.js"
 
 let url: string
@@ -372,61 +372,69 @@ describe("Leases through a plain SqlClient (no PgPool: another client, PGlite, a
 })
 
 describe("Leases: commits", () => {
-  // Seen inside a transaction of the test's own, which the plain SqlClient's statements join.
-  const settingAfter = (asyncCommit: boolean | undefined, step: (leases: Leases["Type"], ids: ReadonlyArray<string>) => Effect.Effect<unknown, unknown>) =>
-    Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      yield* sql`TRUNCATE sync_outbox, sync_outbox_journal CASCADE`
-      const leases = yield* Leases
-      yield* enqueue(SetValue, { payload: { key: "durable", value: "v" } })
-      return yield* sql.withTransaction(Effect.gen(function*() {
-        const ids = (yield* leases.claim("committer", 30_000, 10)).map((e) => e.id)
-        expect(ids).toHaveLength(1)
-        yield* sql`SET LOCAL synchronous_commit = on`
-        yield* step(leases, ids)
-        return (yield* sql<{ setting: string }>`SELECT current_setting('synchronous_commit') AS setting`)[0]!.setting
-      }))
-    }).pipe(
-      Effect.provide(Leases.layerWith({ callTimeout: Duration.seconds(5), asyncCommit }).pipe(
-        Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))
-      ))
+  // Each write's statement-level trigger records how its transaction is set to commit.
+  const withCommitLog = <A, E, R>(body: Effect.Effect<A, E, R>) =>
+    Effect.acquireUseRelease(
+      Effect.flatMap(SqlClient.SqlClient, (sql) =>
+        sql.unsafe(`
+          CREATE TABLE IF NOT EXISTS commit_log (seq bigserial, op text, setting text);
+          TRUNCATE commit_log;
+          CREATE OR REPLACE FUNCTION commit_log_write() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN INSERT INTO commit_log (op, setting) VALUES (TG_OP, current_setting('synchronous_commit')); RETURN NULL; END $$;
+          CREATE TRIGGER commit_log_write AFTER UPDATE OR DELETE ON sync_outbox FOR EACH STATEMENT EXECUTE FUNCTION commit_log_write();`)),
+      () => body,
+      () => Effect.orDie(Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(`DROP TRIGGER IF EXISTS commit_log_write ON sync_outbox`)))
     )
-  const steps: ReadonlyArray<readonly [string, (leases: Leases["Type"], ids: ReadonlyArray<string>) => Effect.Effect<unknown, unknown>]> = [
-    ["claim", (leases) => leases.claim("committer", 30_000, 10)],
-    ["complete", (leases, ids) => leases.complete("committer", ids)],
-    ["complete (journaled)", (leases, ids) => leases.complete("committer", ids, { appliedAt: new Date(), supersededBy: new Map() })],
-    ["fail", (leases, ids) => leases.fail("committer", ids.map((id) => ({ id, attempt: 1, tag: "T", message: "m", nextRetryAt: new Date(), dead: false })))],
-    ["release", (leases, ids) => leases.release("committer", ids)],
-    ["renew", (leases, ids) => leases.renew("committer", ids, new Date(Date.now() + 60_000))]
-  ]
+  const logged = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(sql<{ op: string; setting: string }>`SELECT op, setting FROM commit_log ORDER BY seq`, (rows) => rows.map((r) => `${r.op} ${r.setting}`)))
 
-  it.live("the worker's bookkeeping commits without waiting for the WAL flush, by default, in every write of the lease protocol", () =>
-    Effect.gen(function*() {
-      for (const [name, step] of steps) {
-        // The claim's own setting is overridden by the SET LOCAL above: it is the next step's that counts.
-        expect([name, yield* settingAfter(undefined, step)]).toEqual([name, name === "claim" ? "on" : "off"])
-      }
-    }))
+  // claim, renew, fail (one event), release (another), complete and complete journaled (two more).
+  const everyWrite = Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`TRUNCATE sync_outbox, sync_outbox_journal CASCADE`
+    yield* sql`TRUNCATE commit_log`
+    const leases = yield* Leases
+    yield* enqueueMany(Array.from({ length: 4 }, (_, i) => event(SetValue, { payload: { key: `commit${i}`, value: "v" } })))
+    const [a, b, c, d] = (yield* leases.claim("committer", 30_000, 10)).map((e) => e.id) as [string, string, string, string]
+    yield* leases.renew("committer", [a], new Date(Date.now() + 60_000))
+    yield* leases.fail("committer", [{ id: a, attempt: 1, tag: "T", message: "m", nextRetryAt: new Date(), dead: false }])
+    yield* leases.release("committer", [b])
+    yield* leases.complete("committer", [c])
+    yield* leases.complete("committer", [d], { appliedAt: new Date(), supersededBy: new Map() })
+    return yield* logged
+  })
+  const plain = (options: { readonly asyncCommit?: boolean; readonly config?: Partial<OutboxConfigShape> }) =>
+    Leases.layerWith({ callTimeout: Duration.seconds(5), asyncCommit: options.asyncCommit }).pipe(
+      Layer.provide(OutboxConfig.layer(options.config ?? {})),
+      Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))
+    )
 
-  it.live("the claim itself sets it, in the statement that writes the lease", () =>
-    Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      yield* sql`TRUNCATE sync_outbox, sync_outbox_journal CASCADE`
-      yield* enqueue(SetValue, { payload: { key: "durable", value: "v" } })
-      const leases = yield* Leases
-      const setting = yield* sql.withTransaction(Effect.zipRight(
-        leases.claim("committer", 30_000, 10),
-        Effect.map(sql<{ setting: string }>`SELECT current_setting('synchronous_commit') AS setting`, (rows) => rows[0]!.setting)
-      ))
-      expect(setting).toBe("off")
-    }).pipe(
-      Effect.provide(Leases.layerWith({ callTimeout: Duration.seconds(5) }).pipe(Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))))
+  it.live("completions, failures and releases commit without waiting for the WAL flush; leases (claim, renew) always wait", () =>
+    withCommitLog(everyWrite).pipe(
+      Effect.map((log) => expect(log).toEqual(["UPDATE on", "UPDATE on", "UPDATE off", "UPDATE off", "DELETE off", "DELETE off"])),
+      Effect.provide(plain({}))
     ))
 
-  it.live("asyncCommit: false leaves the session's synchronous_commit as it is", () =>
+  it.live("asyncCommit: false, given to Leases or by OutboxConfig in context, keeps every commit synchronous", () =>
     Effect.gen(function*() {
-      for (const [name, step] of steps) expect([name, yield* settingAfter(false, step)]).toEqual([name, "on"])
+      const allOn = ["UPDATE on", "UPDATE on", "UPDATE on", "UPDATE on", "DELETE on", "DELETE on"]
+      expect(yield* withCommitLog(everyWrite).pipe(Effect.provide(plain({ asyncCommit: false })))).toEqual(allOn)
+      expect(yield* withCommitLog(everyWrite).pipe(Effect.provide(plain({ config: { asyncCommit: false } })))).toEqual(allOn)
     }))
+
+  it.live("a statement run inside the caller's own transaction leaves that transaction's commit as it was", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox, sync_outbox_journal CASCADE`
+      const leases = yield* Leases
+      yield* enqueue(SetValue, { payload: { key: "inside", value: "v" } })
+      const [id] = (yield* leases.claim("committer", 30_000, 10)).map((e) => e.id)
+      const setting = yield* sql.withTransaction(Effect.zipRight(
+        leases.complete("committer", [id!]),
+        Effect.map(sql<{ setting: string }>`SELECT current_setting('synchronous_commit') AS setting`, (rows) => rows[0]!.setting)
+      ))
+      expect(setting).toBe("on")
+    }).pipe(Effect.provide(plain({}))))
 })
 
 describe("Leases: statistics", () => {
