@@ -235,6 +235,7 @@ const main = async () => {
       `import { DataPlaneReconciler, Dispatch, Projector, SyncHandlers, SyncReconciler, SyncService } from "sync-outbox/ezapi"`,
       `import * as Old from "sync-outbox/sync"`,
       `const service: SyncService | undefined = undefined`,
+      `export const options: SyncReconciler.SyncReconcilerOptions | undefined = undefined`,
       `export const same = service === undefined && SyncOutbox.layerWorker === WorkerEnv.layer && SyncService === Projector &&`,
       `  Old.Projector === Projector && SyncHandlers.layer === Dispatch.layer && SyncReconciler.layer === DataPlaneReconciler.layer`,
       ``

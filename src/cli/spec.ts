@@ -47,7 +47,7 @@ export const environment: Record<string, string> = {
   SYNC_OUTBOX_RECONCILE_INTERVAL: "how often a worker compares Redis with the control plane and repairs drift; off for never (5 minutes)",
   SYNC_OUTBOX_RECONCILE_RATE: "the sweep's budget of Redis commands per second (5000)",
   SYNC_OUTBOX_LOSS_CHECK_INTERVAL: "how often a worker checks whether Redis lost its data, to rebuild it at once; off for never (500 millis)",
-  "SYNC_OUTBOX_*": "worker settings: ENABLED INTERVAL BATCH_SIZE MAX_RETRIES LEASE BACKOFF_BASE BACKOFF_CAP CONCURRENCY CHANNEL POLL_ONLY CALL_TIMEOUT PROBE_BASE PROBE_CAP RETENTION RECONCILE_INTERVAL RECONCILE_RATE LOSS_CHECK_INTERVAL (see the README)",
+  "SYNC_OUTBOX_*": "worker settings: ENABLED INTERVAL BATCH_SIZE MAX_RETRIES LEASE BACKOFF_BASE BACKOFF_CAP CONCURRENCY CHANNEL POLL_ONLY CALL_TIMEOUT PROBE_BASE PROBE_CAP RETENTION ASYNC_COMMIT RECONCILE_INTERVAL RECONCILE_RATE LOSS_CHECK_INTERVAL (see the README)",
   NO_COLOR: "set (non-empty) to turn colours off; they are only used on a terminal anyway"
 }
 

@@ -37,6 +37,9 @@ export interface DataPlaneReconcilerOptions {
   readonly chunkSize?: number | undefined
 }
 
+/** @deprecated The 0.1.0 name of `DataPlaneReconcilerOptions` (as `SyncReconciler.SyncReconcilerOptions`); removed in the next release. */
+export type SyncReconcilerOptions = DataPlaneReconcilerOptions
+
 type Pace = ReconcileOptions["pace"]
 
 /** How much one step takes on: entries per Redis round trip, round trips at once, rows per query. */
