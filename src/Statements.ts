@@ -51,9 +51,9 @@ const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coal
  * written under its key's lock, so a lease committed by another worker after this statement began
  * (which the statement's own snapshot cannot see) is seen there: two claims never hold one key.
  * Then the lease is written on the picked rows and, for coalescing keys, on every pending
- * coalescing row of the key. `successor`: a non-coalescing row with another pending row of its
- * key behind it, so the worker claims that one as soon as this one is done rather than on the
- * next poll.
+ * coalescing row of the key that no pending non-coalescing one precedes. `successor`: another
+ * pending row of its key waits behind this one (and is not covered by it), so the worker claims
+ * that one as soon as this one is done rather than on the next poll.
  *
  * $1 owner, $2 now, $3 lease end, $4 batch size.
  */
@@ -67,11 +67,12 @@ WITH picked AS MATERIALIZED (
     AND c.next_retry_at <= $2
     AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= $2)
     -- One probe of the key's pending rows for both reasons to wait: a live lease on the key, or
-    -- (for a non-coalescing row) an older pending row of it.
+    -- an older pending row of it, unless both are coalescing (a newer coalescing event covers an
+    -- older one; nothing covers a non-coalescing one, or jumps over it).
     AND NOT EXISTS (
       SELECT 1 FROM sync_outbox l
       WHERE l.ordering_key = c.ordering_key AND l.status = 'pending' AND l.id <> c.id
-        AND (l.lease_expires_at > $2 OR (NOT c.coalesce AND l.id < c.id)))
+        AND (l.lease_expires_at > $2 OR (l.id < c.id AND NOT (c.coalesce AND l.coalesce))))
   ORDER BY c.id
   LIMIT $4
   FOR UPDATE OF c SKIP LOCKED
@@ -86,12 +87,16 @@ WITH picked AS MATERIALIZED (
 ), targets AS (
   -- By id rather than by key: a join on the key alone made the generic plan scan the table.
   -- A coalescing handler reads current state after this claim, so it covers every coalescing
-  -- event of the key committed before now: lease them all, however far past the batch limit.
+  -- event of the key committed before now: lease them all, however far past the batch limit,
+  -- but none behind a pending non-coalescing event of the key (that one comes first).
   SELECT id FROM chosen
   UNION
   SELECT o.id FROM (SELECT DISTINCT ordering_key FROM chosen WHERE coalesce) k
   JOIN sync_outbox o ON o.ordering_key = k.ordering_key
   WHERE o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
+    AND NOT EXISTS (
+      SELECT 1 FROM sync_outbox x
+      WHERE x.ordering_key = o.ordering_key AND x.status = 'pending' AND NOT x.coalesce AND x.id < o.id)
 )
 UPDATE sync_outbox o
 SET lease_owner = $1, lease_expires_at = $3
@@ -101,9 +106,10 @@ WHERE o.id = t.id
   AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
 RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
   o.payload, o.coalesce, o.retry_count, o.created_at,
-  (NOT o.coalesce AND EXISTS (
+  EXISTS (
     SELECT 1 FROM sync_outbox n
-    WHERE n.ordering_key = o.ordering_key AND n.status = 'pending' AND n.id > o.id)) AS successor`
+    WHERE n.ordering_key = o.ordering_key AND n.status = 'pending' AND n.id > o.id
+      AND NOT (o.coalesce AND n.coalesce)) AS successor`
 }
 
 /** Delete completed rows, fenced on the lease owner. $1 owner, $2 ids, $3 commit mode. */

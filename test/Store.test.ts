@@ -247,6 +247,33 @@ describe("Store: enqueue", () => {
 })
 
 describe("Store: claim", () => {
+  // Two types of one resource, one ordering key: a publish must happen, a sync may be covered.
+  const Publish = OutboxEvent.make({ resourceType: "doc", action: "publish", payload: Schema.String, orderingKey: ({ resourceId }) => `doc:${resourceId}` })
+  const Sync = OutboxEvent.make({ resourceType: "doc", action: "sync", payload: Schema.String, coalesce: true, orderingKey: ({ resourceId }) => `doc:${resourceId}` })
+  const turns = (writes: ReadonlyArray<readonly ["publish" | "sync", string]>) =>
+    Effect.gen(function*() {
+      yield* clear
+      const leases = yield* Leases
+      for (const [kind, payload] of writes) yield* enqueue(kind === "publish" ? Publish : Sync, { resourceId: 1, payload })
+      // Each claim's events (payloads, with a + when another event waits behind), applied in turn.
+      const seen: Array<string> = []
+      for (let i = 0; i < writes.length; i++) {
+        const claimed = yield* leases.claim("mixer", 30_000, 10)
+        if (claimed.length === 0) break
+        seen.push(claimed.map((e) => `${e.payload}${e.successor ? "+" : ""}`).join(" "))
+        yield* leases.complete("mixer", claimed.map((e) => e.id))
+      }
+      return seen
+    })
+
+  it.live("coalescing and non-coalescing events of one key: nothing covers a publish or jumps over it", () =>
+    withDb(Effect.gen(function*() {
+      expect(yield* turns([["publish", "p1"], ["sync", "s2"]])).toEqual(["p1+", "s2"])
+      expect(yield* turns([["sync", "s1"], ["publish", "p2"], ["sync", "s3"]])).toEqual(["s1+", "p2+", "s3"])
+      expect(yield* turns([["sync", "s1"], ["sync", "s2"], ["publish", "p3"], ["sync", "s4"], ["sync", "s5"]])).toEqual(["s1+ s2+", "p3+", "s4 s5"])
+      expect(yield* turns([["publish", "p1"], ["publish", "p2"], ["sync", "s3"]])).toEqual(["p1+", "p2+", "s3"])
+    })))
+
   it.effect("a claim leases rows; another owner cannot take them until the lease expires", () =>
     withDb(Effect.gen(function*() {
       yield* clear

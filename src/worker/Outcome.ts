@@ -53,7 +53,7 @@ export const fromApply = (
   }
 }
 
-/** Events of one ordering key in one claim: the newest is applied, older coalescing ones collapse into it. */
+/** Events of one ordering key in one claim: coalescing ones collapse into the newest; any other mix goes one at a time, in order. */
 export interface Group<E extends ClaimedEvent = ClaimedEvent> {
   readonly target: E
   readonly superseded: ReadonlyArray<string>
@@ -75,9 +75,10 @@ export const groupByKey = <E extends ClaimedEvent>(events: ReadonlyArray<E>): Re
       continue
     }
     list.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1))
-    const newest = list[list.length - 1]!
-    if (newest.coalesce) {
-      groups.push({ target: newest, superseded: list.slice(0, -1).map((e) => e.id), sequence: [] })
+    // Only coalescing events collapse: one that does not coalesce is applied itself, in its turn
+    // (the claim never hands over such a mix, but nothing here depends on that).
+    if (list.every((e) => e.coalesce)) {
+      groups.push({ target: list[list.length - 1]!, superseded: list.slice(0, -1).map((e) => e.id), sequence: [] })
     } else {
       groups.push({ target: list[0]!, superseded: [], sequence: list })
     }
