@@ -89,14 +89,20 @@ WITH picked AS MATERIALIZED (
   -- A coalescing handler reads current state after this claim, so it covers every coalescing
   -- event of the key committed before now: lease them all, however far past the batch limit,
   -- but none behind a pending non-coalescing event of the key (that one comes first).
+  -- Siblings another claim holds locked (it picked them, then lost the key to us) are skipped,
+  -- not waited for: two claims waiting on each other's rows would deadlock. A skipped one stays
+  -- pending and is applied by a later claim: redundant, never wrong.
   SELECT id FROM chosen
   UNION
-  SELECT o.id FROM (SELECT DISTINCT ordering_key FROM chosen WHERE coalesce) k
-  JOIN sync_outbox o ON o.ordering_key = k.ordering_key
-  WHERE o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
-    AND NOT EXISTS (
-      SELECT 1 FROM sync_outbox x
-      WHERE x.ordering_key = o.ordering_key AND x.status = 'pending' AND NOT x.coalesce AND x.id < o.id)
+  SELECT id FROM (
+    SELECT o.id FROM (SELECT DISTINCT ordering_key FROM chosen WHERE coalesce) k
+    JOIN sync_outbox o ON o.ordering_key = k.ordering_key
+    WHERE o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
+      AND NOT EXISTS (
+        SELECT 1 FROM sync_outbox x
+        WHERE x.ordering_key = o.ordering_key AND x.status = 'pending' AND NOT x.coalesce AND x.id < o.id)
+    FOR UPDATE OF o SKIP LOCKED
+  ) siblings
 )
 UPDATE sync_outbox o
 SET lease_owner = $1, lease_expires_at = $3
