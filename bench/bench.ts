@@ -238,9 +238,10 @@ const latency = async (env: Env) => {
   const seconds = quick ? 3 : 10
   const warmup = rate // the first second is not measured
   const n = rate * seconds
+  const warmEvents = 400 // written before the schedule starts, one after another (see producer.ts)
   const produce = (mode: "ours" | "bare") =>
     new Promise<Map<string, { start: number; commit: number }>>((resolve, reject) => {
-      const child = spawn(process.execPath, ["--import", "tsx", new URL("./producer.ts", import.meta.url).pathname, mode, env.dbUrl, String(rate), String(n)], {
+      const child = spawn(process.execPath, ["--import", "tsx", new URL("./producer.ts", import.meta.url).pathname, mode, env.dbUrl, String(rate), String(n), String(warmEvents)], {
         stdio: ["ignore", "pipe", "inherit"]
       })
       let out = ""
@@ -257,7 +258,7 @@ const latency = async (env: Env) => {
     })
   const measure = async (mode: "ours" | "bare") => {
     const times = await produce(mode)
-    await untilApplied(n)
+    await untilApplied(n + warmEvents)
     const lat: Array<number> = []
     const commit: Array<number> = []
     for (let i = warmup; i < n; i++) {
