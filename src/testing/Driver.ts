@@ -210,6 +210,12 @@ class Tracker {
   }
 }
 
+/** A turn of the event loop in real time: fibers already scheduled (whatever the clock) run first. */
+const nextTurn = Effect.async<void>((resume) => {
+  const timer = setTimeout(() => resume(Effect.void), 0)
+  return Effect.sync(() => clearTimeout(timer))
+})
+
 class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
 
 /** The same service, every call counted (whatever its methods: the worker's use of it may change). */
@@ -267,10 +273,17 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
     /**
      * Wait until the worker has nothing left to do now. The engine's own claim is the judge of
      * what is claimable: settled means a claim that began after our last wake-up came back
-     * empty and none of the worker's statements is still running (it claims again only once a
-     * batch is applied and recorded). While its breaker is open it claims nothing: then settled
-     * means nothing it holds is still leased (that batch was handed back).
+     * empty and none of the worker's statements is still running, and that stays so for a turn
+     * of the event loop. That turn matters: the worker records a batch on a fiber of its own and
+     * may claim again before that fiber has started (a store in memory answers at once, so the
+     * claim can come back empty before the batch's rows are even written down). While its
+     * breaker is open it claims nothing: then settled means nothing it holds is still leased
+     * (that batch was handed back).
      */
+    /** Whether no statement of the worker's started or finished since `seen`, a turn of the event loop later. */
+    const quiet = (seen: number) =>
+      Effect.as(nextTurn, tracker.done === seen && tracker.inFlight === 0)
+
     const settle = Effect.gen(function*() {
       const deadline = Date.now() + Duration.toMillis(drainTimeout)
       const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
@@ -280,9 +293,15 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
       while (Date.now() <= deadline) {
         const seen = tracker.done
         if (tracker.inFlight === 0) {
-          if (tracker.claimsDone > mark && tracker.lastClaimSize === 0) return
+          if (tracker.claimsDone > mark && tracker.lastClaimSize === 0) {
+            if (yield* quiet(seen)) return
+            continue
+          }
           if (yield* isOpen) {
-            if ((yield* leasedByWorker).length === 0) return
+            if ((yield* leasedByWorker).length === 0) {
+              if (yield* quiet(seen)) return
+              continue
+            }
           } else if (tracker.claimsDone > mark) {
             // It claimed something: once that is applied, look again (what it applied may have
             // unblocked the next event of a key).
