@@ -1,5 +1,5 @@
 /**
- * The engine's semantics (ordering, coalescing, leases, retries, dead letters, the breaker),
+ * The engine's semantics (ordering, coalescing, leases, retries, timeouts, dead letters, the breaker),
  * written once and run against three layers: the real store (a real Postgres and a real Redis,
  * the sink cut through a TCP proxy) and the two test kits users get from `sync-outbox/testing`
  * (the library's SQL on PGlite; the in-memory outbox), both with the in-memory Redis. All run the
@@ -8,7 +8,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Data, Duration, Effect, Layer, Redacted, Ref, Schema } from "effect"
+import { Clock, Context, Data, Duration, Effect, Layer, Redacted, Ref, Schema } from "effect"
 import { beforeAll } from "vitest"
 import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store, type OutboxConfigShape } from "../src/index.js"
 import { layer as testKit, layerMemory, layerWith, OutboxTest, SinkControl } from "../src/testing/index.js"
@@ -28,6 +28,7 @@ class Broken extends Context.Tag("Broken")<Broken, Ref.Ref<boolean>>() {}
 type Kit = <E, R>(options: {
   readonly handlers: Layer.Layer<Handlers, E, R>
   readonly config?: Partial<OutboxConfigShape>
+  readonly drainTimeout?: Duration.DurationInput
 }) => Layer.Layer<OutboxTest | Store | SqlClient.SqlClient | RedisSink, unknown>
 
 /** A real Redis behind a proxy the test can cut, as the sink's outage. */
@@ -222,6 +223,33 @@ describe.each([
       expect(yield* get(`${p}kv`)).toBe("v")
     }).pipe(Effect.provide(layer({
       handlers: Handlers.layer(handle(KvSet, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}kv`, payload)))))
+    })))
+  })
+
+  it.effect("timeouts: a handler still running at callTimeout fails with HandlerTimeout; its event stays leased until the lease ends, and is retried no earlier", () => {
+    const p = prefix()
+    const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(Hangs, { payload: "x" })
+      // The first attempt never finishes: drain says so in real time, the event held by the worker.
+      const hung = yield* outbox.drain.pipe(Effect.flip)
+      expect(hung._tag === "DrainTimeout" && hung.inFlight).toEqual([id])
+      const claimedAt = (yield* outbox.show(id)).event.leaseExpiresAt!.getTime() - 10_000
+      const timedOut = yield* outbox.advance("2 seconds")
+      expect(timedOut.failed.map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[id, 1, "HandlerTimeout"]])
+      // Its retry waits for the lease: the call might still be running until then.
+      expect(timedOut.failed[0]!.nextRetryAt!.getTime()).toBe(claimedAt + 10_000)
+      expect((yield* outbox.show(id)).event.leaseExpiresAt!.getTime()).toBe(claimedAt + 10_000)
+      const early = yield* outbox.advance(Duration.millis(claimedAt + 10_000 - 1 - (yield* Clock.currentTimeMillis)))
+      expect([early.applied, early.failed]).toEqual([[], []])
+      expect((yield* outbox.advance("1 millis")).applied.map((e) => e.id)).toEqual([id])
+      expect(yield* get(`${p}hangs`)).toBe("x")
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Hangs, ({ attempt, payload }) =>
+        attempt === 1 ? Effect.never : Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}hangs`, payload))))),
+      config: { callTimeout: Duration.seconds(2), leaseDuration: Duration.seconds(10) },
+      drainTimeout: Duration.seconds(1)
     })))
   })
 

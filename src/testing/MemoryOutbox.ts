@@ -616,7 +616,7 @@ interface InsertTarget {
 }
 
 /** The refusal of any statement the kit does not run: says why, and what to use instead. */
-export const notRun = (statement: string) =>
+const notRun = (statement: string) =>
   sqlError(
     `sync-outbox/testing: the in-memory outbox (OutboxTest.layerMemory) runs no SQL but the library's own inserts ` +
       `(enqueue, enqueueMany) and transactions; refused: ${oneLineOf(statement)}. Code that runs its own SQL ` +
