@@ -6,9 +6,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Duration, Effect, Layer, Schema } from "effect"
+import { Context, Data, Duration, Effect, Exit, Layer, Schema, Scope } from "effect"
 import { vi } from "vitest"
-import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store } from "../src/index.js"
+import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
 import { layerMemory, MemoryOutbox, OutboxTest, PgliteClient } from "../src/testing/index.js"
 
 vi.mock("@electric-sql/pglite", () => {
@@ -194,6 +194,17 @@ describe("the operator's queries in memory", () => {
       ),
       config: { maxRetries: 1 }
     }))))
+
+  it.effect("the worker registers while it runs (heartbeat) and is gone once it stops (unregister)", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(kit, scope)
+      const memory = Context.get(context, MemoryOutbox.MemoryOutbox)
+      const owner = Context.get(context, Worker).owner
+      expect((yield* memory.admin.workers(60_000)).map((w) => w.owner)).toEqual([owner])
+      yield* Scope.close(scope, Exit.void)
+      expect(yield* memory.admin.workers(60_000)).toEqual([])
+    }))
 
   it.effect("claims follow the outbox's rules when called directly: a live lease holds its key; complete is fenced on the owner", () =>
     Effect.gen(function*() {
