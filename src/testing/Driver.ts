@@ -129,8 +129,9 @@ export class TestSink extends Context.Tag("sync-outbox/testing/TestSink")<TestSi
 /** The outbox as the driver reads it (see `OutboxRows`). */
 export class StoreRows extends Context.Tag("sync-outbox/testing/StoreRows")<StoreRows, OutboxRows>() {}
 
+// `ORDER BY sync_outbox.id`: a bare `id` would be the text alias, and "10" sorts before "9".
 const snapshotSql = `SELECT id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key,
-  payload, coalesce, retry_count, status, last_error, next_retry_at, lease_expires_at FROM sync_outbox ORDER BY id`
+  payload, coalesce, retry_count, status, last_error, next_retry_at, lease_expires_at FROM sync_outbox ORDER BY sync_outbox.id`
 
 /** The outbox's rows read with SQL, through the `SqlClient` in context. */
 export const sqlRows: Layer.Layer<StoreRows, never, SqlClient.SqlClient> = Layer.effect(
@@ -140,8 +141,8 @@ export const sqlRows: Layer.Layer<StoreRows, never, SqlClient.SqlClient> = Layer
       Effect.map(sql.unsafe<{ id: string }>(text, params).withoutTransform, (rows) => rows.map((r) => r.id))
     return {
       snapshot: sql.unsafe<SnapshotRow>(snapshotSql).withoutTransform,
-      leasedBy: (owner) => ids(`SELECT id::text AS id FROM sync_outbox WHERE lease_owner = $1 ORDER BY id`, [owner]),
-      idsWhere: (status) => ids(`SELECT id::text AS id FROM sync_outbox WHERE status = $1 ORDER BY id`, [status])
+      leasedBy: (owner) => ids(`SELECT id::text AS id FROM sync_outbox WHERE lease_owner = $1 ORDER BY sync_outbox.id`, [owner]),
+      idsWhere: (status) => ids(`SELECT id::text AS id FROM sync_outbox WHERE status = $1 ORDER BY sync_outbox.id`, [status])
     }
   })
 )
