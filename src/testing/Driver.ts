@@ -211,7 +211,11 @@ class Tracker {
   }
 }
 
-/** A turn of the event loop in real time: fibers already scheduled (whatever the clock) run first. */
+/**
+ * A turn of the event loop in real time: fibers already scheduled (whatever the clock) run first.
+ * A timer, not `setImmediate` (which is cheaper under load): Effect's scheduler hands its queue
+ * to a `setTimeout` after a long run of microtasks, and only a later timer is sure to follow it.
+ */
 const nextTurn = Effect.async<void>((resume) => {
   const timer = setTimeout(() => resume(Effect.void), 0)
   return Effect.sync(() => clearTimeout(timer))
