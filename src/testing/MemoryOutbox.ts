@@ -3,7 +3,7 @@
  * `sync_outbox_workers`) as plain JavaScript, and the statements of `Statements` that the worker,
  * the operator and the producer run on them, each rewritten as the same rule over those rows.
  * The real `Worker` runs on it unchanged (it only knows `Leases`), so a user's test pays neither
- * a database start nor a statement round trip: a few milliseconds a test.
+ * a database start nor a statement round trip: the store's work is a few milliseconds a test.
  *
  * What it is not: a database. Its `SqlClient` understands the library's own inserts (`enqueue`,
  * `enqueueMany`) and transactions (BEGIN, COMMIT, ROLLBACK, savepoints) and refuses every other

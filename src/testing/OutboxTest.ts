@@ -3,7 +3,8 @@
  * user's `Handlers`, an in-memory Redis the test controls, and the outbox in one of two stores:
  *
  * - `layerMemory`: the outbox in memory (`MemoryOutbox`), the engine's statements rewritten as
- *   rules over plain rows. A few milliseconds a test. Its `SqlClient` runs `enqueue` and
+ *   rules over plain rows. No database to start; the store's work is a few milliseconds a test (the
+ *   worker and `TestClock` cost the rest: see the README). Its `SqlClient` runs `enqueue` and
  *   transactions, and no other SQL.
  * - `layer`: the real `Store` and the real SQL on PGlite (Postgres in this process), the same
  *   statements as in production, for code that runs SQL of its own. Seconds to start, then a
@@ -197,7 +198,7 @@ const noJournal = (config: OutboxTestOptions<unknown, unknown>["config"]) =>
 /**
  * The test kit in memory: the real worker and your handlers over an in-memory outbox with the
  * engine's semantics (held to the SQL's by the same specifications), and the in-memory Redis.
- * A few milliseconds a test, the first included, and no PGlite. Its `SqlClient` runs `enqueue`
+ * No database to start, the first test included, and no PGlite. Its `SqlClient` runs `enqueue`
  * and `enqueueMany`, in or out of `sql.withTransaction` (a rolled-back transaction enqueues
  * nothing), and refuses any other statement with a `SqlError` that says to use `layer` (PGlite).
  * The worker runs with a retention of 0: no journal.
@@ -218,7 +219,7 @@ export const layerMemory = <E, R>(
 export class OutboxTest extends Context.Tag("sync-outbox/testing/OutboxTest")<OutboxTest, OutboxTestShape>() {
   /** The test kit on PGlite: the library's SQL on Postgres in this process, for code that runs SQL of its own. */
   static readonly layer = layer
-  /** The test kit in memory: a few milliseconds a test; no SQL but the library's own inserts. */
+  /** The test kit in memory: no database to start; no SQL but the library's own inserts. */
   static readonly layerMemory = layerMemory
   /** The same driver over the `SqlClient`, `RedisSink` and `SinkControl` in context. */
   static readonly layerWith = layerWith

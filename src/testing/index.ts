@@ -1,6 +1,6 @@
 /**
  * sync-outbox/testing: a user's outbox code under `TestClock`, with no server. The real worker
- * runs on an in-memory outbox (`OutboxTest.layerMemory`, a few milliseconds a test) or on the
+ * runs on an in-memory outbox (`OutboxTest.layerMemory`, no database to start) or on the
  * library's SQL on PGlite (`OutboxTest.layer`, for code that runs SQL of its own; an optional
  * peer dependency: `npm install -D @electric-sql/pglite`); handlers write to an in-memory Redis
  * the test controls.
