@@ -307,37 +307,49 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
           if (!Number.isInteger(limit) || limit < 0) throw sqlError(`LIMIT must be a non-negative integer, got ${limit}`)
           const leaseEnd = at + leaseMs
           if (!Number.isFinite(leaseEnd)) throw sqlError(`timestamp out of range`)
-          // Per key, over pending rows: is one leased live, and which is the oldest.
+          // Per key, over pending rows: is one leased live; the oldest; the oldest non-coalescing.
           const liveLease = new Set<string>()
           const oldest = new Map<string, bigint>()
+          const oldestPlain = new Map<string, bigint>()
           for (const row of rows) {
             if (row.status !== "pending") continue
             if (row.leaseExpiresAt !== null && row.leaseExpiresAt > at) liveLease.add(row.orderingKey)
             if (!oldest.has(row.orderingKey)) oldest.set(row.orderingKey, row.id)
+            if (!row.coalesce && !oldestPlain.has(row.orderingKey)) oldestPlain.set(row.orderingKey, row.id)
           }
           const leaseFree = (row: Row) => row.leaseExpiresAt === null || row.leaseExpiresAt <= at
-          // `picked`: due, unleased, its key not leased, and (unless coalescing) nothing older pending on its key.
+          /** An older pending row of its key comes first, unless both coalesce (the newer covers the older). */
+          const waitsBehind = (row: Row) => {
+            const older = (row.coalesce ? oldestPlain : oldest).get(row.orderingKey)
+            return older !== undefined && older < row.id
+          }
+          // `picked`: due, unleased, its key not leased, nothing pending ahead of it on its key.
           const picked = new Set<Row>()
           for (const row of rows) {
             if (picked.size >= limit) break
             if (
               row.status === "pending" && row.nextRetryAt <= at && leaseFree(row) && !liveLease.has(row.orderingKey) &&
-              (row.coalesce || oldest.get(row.orderingKey) === row.id)
+              !waitsBehind(row)
             ) picked.add(row)
           }
-          // `keys`: each picked key, coalescing if any of its picked rows is.
+          // `chosen` keys, coalescing if any of its picked rows is.
           const keys = new Map<string, boolean>()
           for (const row of picked) keys.set(row.orderingKey, (keys.get(row.orderingKey) ?? false) || row.coalesce)
-          // The UPDATE: the picked rows, and every leasable pending coalescing row of a coalescing key.
+          // The UPDATE: the picked rows, and every leasable pending coalescing sibling of a
+          // coalescing key that no pending non-coalescing row of the key is ahead of.
           const leased: Array<Row> = []
           for (const row of rows) {
             const coalescingKey = keys.get(row.orderingKey)
             if (coalescingKey === undefined || row.status !== "pending" || !leaseFree(row)) continue
-            if (picked.has(row) || (coalescingKey && row.coalesce)) leased.push(row)
+            if (picked.has(row) || (coalescingKey && row.coalesce && !waitsBehind(row))) leased.push(row)
           }
+          // `successor`: a pending row of the key behind it that it does not cover.
           const newest = new Map<string, bigint>()
+          const newestPlain = new Map<string, bigint>()
           for (const row of rows) {
-            if (row.status === "pending") newest.set(row.orderingKey, row.id)
+            if (row.status !== "pending") continue
+            newest.set(row.orderingKey, row.id)
+            if (!row.coalesce) newestPlain.set(row.orderingKey, row.id)
           }
           for (const row of leased) {
             row.leaseOwner = owner
@@ -345,7 +357,7 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
           }
           return leased.map((row) => ({
             ...Statements.toClaimedEvent(eventRow(row)),
-            successor: !row.coalesce && newest.get(row.orderingKey)! > row.id
+            successor: ((row.coalesce ? newestPlain : newest).get(row.orderingKey) ?? -1n) > row.id
           }))
         },
         catch: (error) => (error instanceof SqlError.SqlError ? error : sqlError("sync-outbox claim failed", error))
