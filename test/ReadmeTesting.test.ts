@@ -24,7 +24,7 @@ it.effect("a refused plan change is retried on its schedule, then parked as a de
     expect(rest.dead.map((f) => f.event.id)).toEqual([id])
     const [dead] = yield* outbox.dead
     expect(dead!.failures.map((f) => `${f.attempt} ${f.errorTag}: ${f.message}`)).toEqual(["1 Refused: no pro", "2 Refused: no pro", "3 Refused: no pro"])
-  }).pipe(Effect.provide(OutboxTest.layer({ handlers, config: { maxRetries: 3, backoffBase: Duration.seconds(1) } }))))
+  }).pipe(Effect.provide(OutboxTest.layerMemory({ handlers, config: { maxRetries: 3, backoffBase: Duration.seconds(1) } }))))
 // README:end
 
 describe("README", () => {

@@ -1,16 +1,17 @@
 /**
- * The engine's semantics (ordering, coalescing, leases, retries, dead letters, the breaker),
- * written once and run against two layers: the real store (a real Postgres and a real Redis,
- * the sink cut through a TCP proxy) and the test kit users get from `sync-outbox/testing`
- * (PGlite and the in-memory Redis). Both run the same worker under TestClock, driven by the
- * same `drain` / `advance`: what differs is only what the kit replaces, which is what must agree.
+ * The engine's semantics (ordering, coalescing, leases, retries, timeouts, dead letters, the breaker),
+ * written once and run against three layers: the real store (a real Postgres and a real Redis,
+ * the sink cut through a TCP proxy) and the two test kits users get from `sync-outbox/testing`
+ * (the library's SQL on PGlite; the in-memory outbox), both with the in-memory Redis. All run the
+ * same worker under TestClock, driven by the same `drain` / `advance`: what differs is only what
+ * a kit replaces, which is what must agree. No spec runs SQL of its own: the in-memory kit has none.
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Duration, Effect, Layer, Redacted, Ref, Schema } from "effect"
+import { Clock, Context, Data, Duration, Effect, Layer, Redacted, Ref, Schema } from "effect"
 import { beforeAll } from "vitest"
 import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store, type OutboxConfigShape } from "../src/index.js"
-import { layer as testKit, layerWith, OutboxTest, SinkControl } from "../src/testing/index.js"
+import { layer as testKit, layerMemory, layerWith, OutboxTest, SinkControl } from "../src/testing/index.js"
 import { eventually, freshDatabase, prefix, redisUrl, sqlLayer } from "./support/harness.js"
 import { startProxy } from "./support/proxy.js"
 
@@ -21,9 +22,13 @@ beforeAll(async () => {
 
 class Refused extends Data.TaggedError("Refused")<{ readonly message: string }> {}
 
+/** Whether a spec's handler is broken right now (the spec fixes it). */
+class Broken extends Context.Tag("Broken")<Broken, Ref.Ref<boolean>>() {}
+
 type Kit = <E, R>(options: {
   readonly handlers: Layer.Layer<Handlers, E, R>
   readonly config?: Partial<OutboxConfigShape>
+  readonly drainTimeout?: Duration.DurationInput
 }) => Layer.Layer<OutboxTest | Store | SqlClient.SqlClient | RedisSink, unknown>
 
 /** A real Redis behind a proxy the test can cut, as the sink's outage. */
@@ -61,12 +66,15 @@ const real: Kit = (options) =>
 
 const kit: Kit = (options) => testKit(options).pipe(Layer.orDie) as never
 
+const memory: Kit = (options) => layerMemory(options).pipe(Layer.orDie) as never
+
 const get = (key: string) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.get(key)))
 const list = (key: string) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.lrange(key, 0, -1)))
 
 describe.each([
   ["the real store (Postgres, Redis)", real],
-  ["the test kit (PGlite, in-memory Redis)", kit]
+  ["the test kit (PGlite, in-memory Redis)", kit],
+  ["the in-memory test kit (in-memory outbox and Redis)", memory]
 ] as const)("engine semantics on %s", (_, layer) => {
   it.effect("ordering: one key's events apply one at a time, in order; a failure holds the ones behind it", () => {
     const p = prefix()
@@ -156,27 +164,49 @@ describe.each([
     })))
   })
 
-  it.effect("dead letters: an undecodable payload is dead at once; a requeued dead letter applies, its history kept until then", () => {
+  it.effect("dead letters: an undecodable payload is dead at once; a requeued dead letter gets a fresh budget and applies, its history kept", () => {
     const p = prefix()
     const Named = OutboxEvent.make({ resourceType: "named", action: "set", payload: Schema.Struct({ name: Schema.String }) })
+    // The same event as an older producer wrote it: a payload today's handler cannot decode.
+    const NamedBefore = OutboxEvent.make({ resourceType: "named", action: "set", payload: Schema.Struct({ name: Schema.Number }) })
     return Effect.gen(function*() {
       const outbox = yield* OutboxTest
-      const sql = yield* SqlClient.SqlClient
-      const [row] = yield* sql<{ id: string }>`SELECT sync_outbox_enqueue('named', 'set', NULL, '{"name": 1}'::jsonb)::text AS id`
+      const store = yield* Store
+      const broken = yield* Broken
+      const old = yield* enqueue(NamedBefore, { payload: { name: 1 } })
       const report = yield* outbox.drain
-      expect(report.dead.map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[row!.id, 1, "MalformedPayload"]])
+      expect(report.dead.map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[old, 1, "MalformedPayload"]])
       const good = yield* enqueue(Named, { payload: { name: "ok" } })
       expect((yield* outbox.drain).applied.map((e) => e.id)).toEqual([good])
-      // Fix the data, requeue: applied.
-      yield* sql`UPDATE sync_outbox SET payload = '{"name": "fixed"}'::jsonb WHERE id = ${row!.id}::bigint`
-      expect(yield* Effect.flatMap(Store, (s) => s.requeue({ _tag: "One", id: row!.id }))).toBe(1)
-      expect((yield* outbox.pending).map((i) => i.failures.map((f) => f.errorTag))).toEqual([["MalformedPayload"]])
-      expect((yield* outbox.drain).applied.map((e) => e.id)).toEqual([row!.id])
+      // Out of attempts while its handler was broken (maxRetries 2); fixed, requeued: applied.
+      yield* Ref.set(broken, true)
+      const later = yield* enqueue(Named, { payload: { name: "fixed" } })
+      yield* outbox.drain
+      expect((yield* outbox.advance("10 seconds")).dead.map((f) => [f.event.id, f.attempt])).toEqual([[later, 2]])
+      expect((yield* outbox.dead).map((i) => i.event.id)).toEqual([old, later])
+      yield* Ref.set(broken, false)
+      expect(yield* store.requeue({ _tag: "One", id: later })).toBe(1)
+      const [requeued] = yield* outbox.pending
+      expect([requeued!.event.id, requeued!.event.retryCount, requeued!.failures.map((f) => f.errorTag)]).toEqual([later, 0, ["Refused", "Refused"]])
+      expect((yield* outbox.drain).applied.map((e) => e.id)).toEqual([later])
       expect(yield* get(`${p}fixed`)).toBe("1")
-      expect(yield* outbox.dead).toEqual([])
-    }).pipe(Effect.provide(layer({
-      handlers: Handlers.layer(handle(Named, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload.name}`, "1")))))
-    })))
+      // Requeued as it is, the undecodable one is dead again at once; its history numbers on.
+      expect(yield* store.requeue({ _tag: "One", id: old })).toBe(1)
+      expect((yield* outbox.drain).dead.map((f) => [f.event.id, f.attempt])).toEqual([[old, 1]])
+      expect((yield* store.show(old)).failures.map((f) => [f.attempt, f.errorTag])).toEqual([[1, "MalformedPayload"], [2, "MalformedPayload"]])
+      expect((yield* outbox.dead).map((i) => i.event.id)).toEqual([old])
+    }).pipe(
+      Effect.provide(layer({
+        handlers: Layer.unwrapEffect(Effect.map(Broken, (broken) =>
+          Handlers.layer(handle(Named, ({ payload }) =>
+            Effect.gen(function*() {
+              if (yield* Ref.get(broken)) return yield* new Refused({ message: "broken" })
+              yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload.name}`, "1")))
+            }))))),
+        config: { maxRetries: 2 }
+      })),
+      Effect.provide(Layer.effect(Broken, Ref.make(false)))
+    )
   })
 
   it.effect("leases: an event held by a worker that died is applied once its lease expires, not before", () => {
@@ -193,6 +223,33 @@ describe.each([
       expect(yield* get(`${p}kv`)).toBe("v")
     }).pipe(Effect.provide(layer({
       handlers: Handlers.layer(handle(KvSet, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}kv`, payload)))))
+    })))
+  })
+
+  it.effect("timeouts: a handler still running at callTimeout fails with HandlerTimeout; its event stays leased until the lease ends, and is retried no earlier", () => {
+    const p = prefix()
+    const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(Hangs, { payload: "x" })
+      // The first attempt never finishes: drain says so in real time, the event held by the worker.
+      const hung = yield* outbox.drain.pipe(Effect.flip)
+      expect(hung._tag === "DrainTimeout" && hung.inFlight).toEqual([id])
+      const claimedAt = (yield* outbox.show(id)).event.leaseExpiresAt!.getTime() - 10_000
+      const timedOut = yield* outbox.advance("2 seconds")
+      expect(timedOut.failed.map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[id, 1, "HandlerTimeout"]])
+      // Its retry waits for the lease: the call might still be running until then.
+      expect(timedOut.failed[0]!.nextRetryAt!.getTime()).toBe(claimedAt + 10_000)
+      expect((yield* outbox.show(id)).event.leaseExpiresAt!.getTime()).toBe(claimedAt + 10_000)
+      const early = yield* outbox.advance(Duration.millis(claimedAt + 10_000 - 1 - (yield* Clock.currentTimeMillis)))
+      expect([early.applied, early.failed]).toEqual([[], []])
+      expect((yield* outbox.advance("1 millis")).applied.map((e) => e.id)).toEqual([id])
+      expect(yield* get(`${p}hangs`)).toBe("x")
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Hangs, ({ attempt, payload }) =>
+        attempt === 1 ? Effect.never : Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}hangs`, payload))))),
+      config: { callTimeout: Duration.seconds(2), leaseDuration: Duration.seconds(10) },
+      drainTimeout: Duration.seconds(1)
     })))
   })
 

@@ -1,91 +1,58 @@
 /**
  * Everything a user's test needs to run its outbox code with no server: the real `Worker`, the
- * real `Store` and the real SQL on PGlite (Postgres in this process), the user's `Handlers`, and
- * an in-memory Redis the test controls. The same statements as in production mean the same
- * semantics by construction: ordering keys, coalescing, leases, backoff, dead letters and their
- * history. The library takes time only from Effect's `Clock` (times are statement parameters,
- * never `now()`), so `TestClock` drives retries and leases.
+ * user's `Handlers`, an in-memory Redis the test controls, and the outbox in one of two stores:
  *
- * The test drives the worker with `drain` (apply what is due now, report what happened) and
- * `advance` (move `TestClock`, stopping at every due time on the way, as a worker that never
- * sleeps late would).
+ * - `layerMemory`: the outbox in memory (`MemoryOutbox`), the engine's statements rewritten as
+ *   rules over plain rows. No database to start; the store's work is a few milliseconds a test (the
+ *   worker and `TestClock` cost the rest: see the README). Its `SqlClient` runs `enqueue` and
+ *   transactions, and no other SQL.
+ * - `layer`: the real `Store` and the real SQL on PGlite (Postgres in this process), the same
+ *   statements as in production, for code that runs SQL of its own. Seconds to start, then a
+ *   few hundred milliseconds a test.
+ *
+ * Both are held to the real store by test/Semantics.test.ts: the same specifications pass on all
+ * three. The driver itself (`drain`, `advance`, inspection) is in `Driver`, shared by both.
  */
 import { SqlClient, type SqlError } from "@effect/sql"
 import * as Reactivity from "@effect/experimental/Reactivity"
-import { Clock, Context, Data, DateTime, Duration, Effect, Layer, Option, SubscriptionRef } from "effect"
-import type { TestClock } from "effect"
-import type { EventNotFound, FailureRecord, InvalidConfig, MigrationError } from "../Errors.js"
-import type { Handlers } from "../Handlers.js"
-import * as InFlight from "../InFlight.js"
-import { Listener } from "../Listener.js"
-import * as Migrations from "../Migrations.js"
-import { OutboxConfig, type OutboxConfigShape } from "../OutboxConfig.js"
-import type { StoredEvent } from "../OutboxEvent.js"
-import { classify, RedisSink, type RedisSinkShape } from "../RedisSink.js"
+import { Context, Data, Duration, Effect, Layer } from "effect"
+import { Admin } from "../Admin.js"
+import { InvalidConfig, type MigrationError } from "../Errors.js"
 import { Leases } from "../Leases.js"
-import type { StoredRow } from "../Statements.js"
+import * as Migrations from "../Migrations.js"
+import { OutboxConfig } from "../OutboxConfig.js"
+import type { RedisSink } from "../RedisSink.js"
 import { Store } from "../Store.js"
-import { type BreakerState, Worker } from "../Worker.js"
-import * as MemoryRedis from "./MemoryRedis.js"
+import type { Worker } from "../Worker.js"
+import {
+  assemble,
+  type OutboxTestOptions,
+  type OutboxTestShape,
+  SinkControl,
+  sinkLayer,
+  sqlRows,
+  StoreRows,
+  TestSink
+} from "./Driver.js"
+import * as MemoryOutbox from "./MemoryOutbox.js"
 import * as PgliteClient from "./PgliteClient.js"
 
-/** An event as a drain report names it. */
-export interface EventSummary {
-  readonly id: string
-  readonly resourceType: string
-  readonly action: string
-  readonly resourceId: number | null
-  readonly orderingKey: string
-  readonly payload: unknown
-}
-
-/** One failed attempt recorded during a drain. */
-export interface FailedAttempt {
-  readonly event: EventSummary
-  readonly attempt: number
-  readonly errorTag: string
-  readonly message: string
-  /** True when this attempt made the event a dead letter. */
-  readonly dead: boolean
-  /** When the next attempt is due; null for a dead letter. */
-  readonly nextRetryAt: Date | null
-}
-
-/** What a `drain` (or an `advance`) did. */
-export interface DrainReport {
-  /** The `Clock` time the drain ended at. */
-  readonly at: Date
-  /** Applied by their handler and deleted. */
-  readonly applied: ReadonlyArray<EventSummary>
-  /** Deleted without their own apply: collapsed into a newer coalescing event of the same key. */
-  readonly superseded: ReadonlyArray<EventSummary>
-  /** Every failed attempt, in order, including those that ended dead. */
-  readonly failed: ReadonlyArray<FailedAttempt>
-  /** The failed attempts that made their event a dead letter. */
-  readonly dead: ReadonlyArray<FailedAttempt>
-  /** "open" while the worker waits for the sink to answer again (no attempt is spent meanwhile). */
-  readonly breaker: BreakerState
-  /** Pending events left, due or not. */
-  readonly pending: number
-  /** The earliest scheduled retry, if any. */
-  readonly nextRetryAt: Date | null
-}
-
-/** An event with its whole failure history. */
-export interface Inspected {
-  readonly event: StoredEvent
-  readonly failures: ReadonlyArray<FailureRecord>
-}
-
-/**
- * The worker did not settle in real time: a handler still runs (under `TestClock` its timeout
- * only fires when the test moves time past `callTimeout`), or the session is held by an open
- * transaction of the test's own.
- */
-export class DrainTimeout extends Data.TaggedError("DrainTimeout")<{
-  readonly message: string
-  readonly inFlight: ReadonlyArray<string>
-}> {}
+export {
+  DrainTimeout,
+  InvalidAdvance,
+  SinkControl,
+  TestSink
+} from "./Driver.js"
+export type {
+  DrainReport,
+  EventSummary,
+  FailedAttempt,
+  Inspected,
+  OutboxRows,
+  OutboxTestOptions,
+  OutboxTestShape,
+  SnapshotRow
+} from "./Driver.js"
 
 /** The `schema` given to `OutboxTest.layer` did not apply. */
 export class SchemaFailed extends Data.TaggedError("SchemaFailed")<{ readonly cause: unknown }> {
@@ -94,49 +61,9 @@ export class SchemaFailed extends Data.TaggedError("SchemaFailed")<{ readonly ca
   }
 }
 
-/** `advance` was given a duration it cannot move the clock by (infinity). */
-export class InvalidAdvance extends Data.TaggedError("InvalidAdvance")<{ readonly message: string }> {}
-
-export interface OutboxTestShape {
-  /** Apply everything due now (at the current `Clock` time) and report what happened. */
-  readonly drain: Effect.Effect<DrainReport, DrainTimeout | SqlError.SqlError>
-  /**
-   * Move `TestClock` forward by `duration`, stopping at every retry or lease expiry that falls
-   * due on the way and draining there, then drain at the end. Under the live clock, waits.
-   */
-  readonly advance: (duration: Duration.DurationInput) => Effect.Effect<DrainReport, DrainTimeout | InvalidAdvance | SqlError.SqlError>
-  /** Pending events (due or scheduled), oldest first, with their failure history. */
-  readonly pending: Effect.Effect<ReadonlyArray<Inspected>, SqlError.SqlError>
-  /** Dead letters, oldest first, with their failure history. */
-  readonly dead: Effect.Effect<ReadonlyArray<Inspected>, SqlError.SqlError>
-  /** One event and its failure history. */
-  readonly show: (id: string) => Effect.Effect<Inspected, EventNotFound | SqlError.SqlError>
-  /** The worker's breaker. */
-  readonly breaker: Effect.Effect<BreakerState>
-  readonly sink: {
-    /** From now on every Redis command fails as on a lost connection (the worker's breaker opens). */
-    readonly unavailable: Effect.Effect<void>
-    /** Redis answers again; the breaker closes at its next probe (within `probeCap`). */
-    readonly available: Effect.Effect<void>
-    /** Every live key and its value (strings, hashes as objects, sets sorted, lists). */
-    readonly keys: Effect.Effect<Record<string, unknown>>
-    /** Messages published by handlers. */
-    readonly published: Effect.Effect<ReadonlyArray<{ readonly channel: string; readonly message: string }>>
-  }
-}
-
-/** How a test takes the sink away and gives it back (the in-memory one flips a switch). */
-export class SinkControl extends Context.Tag("sync-outbox/testing/SinkControl")<SinkControl, {
-  readonly unavailable: Effect.Effect<void>
-  readonly available: Effect.Effect<void>
-}>() {}
-
-/** The in-memory Redis behind the test's `RedisSink`. */
-export class TestSink extends Context.Tag("sync-outbox/testing/TestSink")<TestSink, MemoryRedis.MemoryRedis>() {}
-
 // ---------------------------------------------------------------------------------------------
-// Databases: starting PGlite costs a second or more, so a migrated instance is kept per schema
-// and handed to the next test with its rows emptied (ids start at 1 again).
+// PGlite: starting it costs a second or more, so a migrated instance is kept per schema and
+// handed to the next test with its rows emptied (ids start at 1 again).
 // ---------------------------------------------------------------------------------------------
 
 const idle = new Map<string, Array<PgliteClient.PgliteDatabase>>()
@@ -194,352 +121,17 @@ const acquireDatabase = (schema: string) =>
       })
   )
 
-// ---------------------------------------------------------------------------------------------
-
-const snapshotSql = `SELECT id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key,
-  payload, coalesce, retry_count, status, last_error, next_retry_at, lease_expires_at FROM sync_outbox ORDER BY id`
-
-/** An outbox row as `snapshotSql` selects it: the stored row less its creation time and owner. */
-type SnapshotRow = Omit<StoredRow, "created_at" | "lease_owner">
-
-/** When something next falls due after `now`: a scheduled retry or a lease running out. */
-const nextDueAt = (rows: Map<string, SnapshotRow>, now: number): number | null => {
-  let next: number | null = null
-  for (const row of rows.values()) {
-    if (row.status !== "pending") continue
-    for (const at of [row.next_retry_at, row.lease_expires_at]) {
-      if (at instanceof Date && at.getTime() > now && (next === null || at.getTime() < next)) next = at.getTime()
-    }
-  }
-  return next
-}
-
-const summary = (row: SnapshotRow): EventSummary => ({
-  id: row.id,
-  resourceType: row.resource_type,
-  action: row.action,
-  resourceId: row.resource_id,
-  orderingKey: row.ordering_key,
-  payload: row.payload
-})
-
-const defaultStart = Date.parse("2026-01-01T00:00:00Z")
-
-const isTestClock = (clock: Clock.Clock): clock is TestClock.TestClock => "adjust" in clock && "setTime" in clock
-
-/**
- * Counts the worker's statements, so that a drain sees from memory when the worker has gone
- * quiet (a database poll of its own would compete with the worker's statements).
- */
-class Tracker {
-  inFlight = 0
-  done = 0
-  claimsStarted = 0
-  claimsDone = 0
-  lastClaimSize = 0
-  private readonly waiters = new Set<() => void>()
-
-  finished() {
-    this.inFlight--
-    this.done++
-    for (const wake of this.waiters) wake()
-  }
-
-  /** Resumes once a statement has finished since `seen` was read from `done`, or at `deadline`. */
-  changed(seen: number, deadline: number): Effect.Effect<void> {
-    return Effect.async<void>((resume) => {
-      if (this.done !== seen) return resume(Effect.void)
-      const wake = () => {
-        this.waiters.delete(wake)
-        clearTimeout(timer)
-        resume(Effect.void)
-      }
-      const timer = setTimeout(wake, Math.max(0, deadline - Date.now()))
-      this.waiters.add(wake)
-      return Effect.sync(() => {
-        this.waiters.delete(wake)
-        clearTimeout(timer)
-      })
-    })
-  }
-}
-
-class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
-
-/** The same service, every call counted (whatever its methods: the worker's use of it may change). */
-const trackCalls = <S extends object>(service: S, tracker: Tracker): S => {
-  const track = (name: string, effect: Effect.Effect<unknown, unknown>) =>
-    Effect.suspend(() => {
-      tracker.inFlight++
-      if (name === "claim") tracker.claimsStarted++
-      return effect.pipe(
-        Effect.tap((result) =>
-          Effect.sync(() => {
-            if (name === "claim") {
-              tracker.claimsDone++
-              tracker.lastClaimSize = Array.isArray(result) ? result.length : 0
-            }
-          })
-        ),
-        Effect.ensuring(Effect.sync(() => tracker.finished()))
-      )
-    })
-  const wrapped: Record<string, unknown> = {}
-  for (const [name, value] of Object.entries(service)) {
-    wrapped[name] = typeof value === "function"
-      ? (...args: Array<unknown>) => {
-        const result = (value as (...a: Array<unknown>) => unknown)(...args)
-        return Effect.isEffect(result) ? track(name, result as Effect.Effect<unknown, unknown>) : result
-      }
-      : Effect.isEffect(value)
-      ? track(name, value as Effect.Effect<unknown, unknown>)
-      : value
-  }
-  return wrapped as unknown as S
-}
-
-const make = (drainTimeout: Duration.Duration) =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const tracker = yield* StoreTracker
-    const store = yield* Store
-    const worker = yield* Worker
-    const control = yield* SinkControl
-    const memory = yield* Effect.serviceOption(TestSink)
-    const inMemory = <A>(f: (sink: MemoryRedis.MemoryRedis) => A) =>
-      Option.match(memory, {
-        onNone: () => Effect.dieMessage("sync-outbox/testing: only the in-memory sink (OutboxTest.layer) lists its keys and messages"),
-        onSome: (sink) => Effect.sync(() => f(sink))
-      })
-    const nowMs = Clock.currentTimeMillis
-
-    const snapshot = Effect.map(sql.unsafe<SnapshotRow>(snapshotSql).withoutTransform, (rows) => new Map(rows.map((r) => [r.id, r] as const)))
-
-    const leasedByWorker = Effect.map(
-      sql.unsafe<{ id: string }>(`SELECT id::text AS id FROM sync_outbox WHERE lease_owner = $1 ORDER BY id`, [worker.owner])
-        .withoutTransform,
-      (rows) => rows.map((r) => r.id)
-    )
-
-    /**
-     * Wait until the worker has nothing left to do now. The engine's own claim is the judge of
-     * what is claimable: settled means a claim that began after our last wake-up came back
-     * empty and none of the worker's statements is still running (it claims again only once a
-     * batch is applied and recorded). While its breaker is open it claims nothing: then settled
-     * means nothing it holds is still leased (that batch was handed back).
-     */
-    const settle = Effect.gen(function*() {
-      const deadline = Date.now() + Duration.toMillis(drainTimeout)
-      const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
-      let mark = tracker.claimsStarted
-      yield* worker.wake
-      // Looked at again each time one of the worker's statements finishes: nothing else moves it.
-      while (Date.now() <= deadline) {
-        const seen = tracker.done
-        if (tracker.inFlight === 0) {
-          if (tracker.claimsDone > mark && tracker.lastClaimSize === 0) return
-          if (yield* isOpen) {
-            if ((yield* leasedByWorker).length === 0) return
-          } else if (tracker.claimsDone > mark) {
-            // It claimed something: once that is applied, look again (what it applied may have
-            // unblocked the next event of a key).
-            mark = tracker.claimsStarted
-            yield* worker.wake
-          }
-        }
-        yield* tracker.changed(seen, deadline)
-      }
-      const inFlight = yield* leasedByWorker
-      return yield* new DrainTimeout({
-        inFlight,
-        message: `sync-outbox/testing: the worker did not settle within ${Duration.format(drainTimeout)} of real time ` +
-          `(${inFlight.length} event(s) in flight). A handler may still be running: under TestClock its timeout fires ` +
-          `only when the test advances past callTimeout. Or a transaction of the test's own holds the database.`
-      })
-    })
-
-    const report = (before: Map<string, SnapshotRow>) =>
-      Effect.gen(function*() {
-        const after = yield* snapshot
-        const changed = [...after.values()].filter((row) => {
-          const old = before.get(row.id)
-          return row.retry_count > 0 && (old === undefined || old.retry_count !== row.retry_count || old.status !== row.status)
-        })
-        const failed = changed.map((row): FailedAttempt => {
-          // `last_error` is the latest failure, written with it: "<tag>: <message>" (a tag has
-          // no ": "). The history table may hold an older attempt of the same number after a
-          // requeue, so it is not read here.
-          const [tag, ...rest] = (row.last_error ?? "").split(": ")
-          return {
-            event: summary(row),
-            attempt: row.retry_count,
-            errorTag: tag ?? "",
-            message: rest.join(": "),
-            dead: row.status === "dead",
-            nextRetryAt: row.status === "dead" || !(row.next_retry_at instanceof Date) ? null : row.next_retry_at
-          }
-        })
-        const gone = [...before.values()].filter((row) => !after.has(row.id))
-        // The engine collapses older coalescing events of a key into the newest one it holds:
-        // a deleted coalescing event with a newer coalescing event of its key handled in the
-        // same drain was superseded.
-        const handled = [...gone.map((r) => r.id), ...changed.map((r) => r.id)]
-        const byKey = new Map<string, Array<bigint>>()
-        for (const id of handled) {
-          const row = before.get(id) ?? after.get(id)!
-          if (!row.coalesce) continue
-          const list = byKey.get(row.ordering_key) ?? []
-          list.push(BigInt(id))
-          byKey.set(row.ordering_key, list)
-        }
-        const supersededIds = new Set(
-          gone.filter((row) => row.coalesce && (byKey.get(row.ordering_key) ?? []).some((id) => id > BigInt(row.id))).map((r) => r.id)
-        )
-        const pending = [...after.values()].filter((r) => r.status === "pending")
-        const scheduled = pending.map((r) => r.next_retry_at).filter((at): at is Date => at instanceof Date)
-        const result: DrainReport = {
-          at: new Date(yield* nowMs),
-          applied: gone.filter((r) => !supersededIds.has(r.id)).map(summary),
-          superseded: gone.filter((r) => supersededIds.has(r.id)).map(summary),
-          failed,
-          dead: failed.filter((f) => f.dead),
-          breaker: yield* SubscriptionRef.get(worker.breaker),
-          pending: pending.length,
-          nextRetryAt: scheduled.length === 0 ? null : new Date(Math.min(...scheduled.map((d) => d.getTime())))
-        }
-        return [result, after] as const
-      })
-
-    // From a snapshot taken before the clock moved: the worker acts on its own due timers while
-    // `TestClock` moves, and that belongs in the report too.
-    const drainFrom = (before: Map<string, SnapshotRow>) =>
-      Effect.gen(function*() {
-        yield* settle
-        return yield* report(before)
-      })
-
-    const drain = Effect.map(Effect.flatMap(snapshot, drainFrom), ([result]) => result)
-
-    const merge = (reports: ReadonlyArray<DrainReport>): DrainReport => {
-      const last = reports[reports.length - 1]!
-      return {
-        ...last,
-        applied: reports.flatMap((r) => r.applied),
-        superseded: reports.flatMap((r) => r.superseded),
-        failed: reports.flatMap((r) => r.failed),
-        dead: reports.flatMap((r) => r.dead)
-      }
-    }
-
-    const advance = (input: Duration.DurationInput) =>
-      Effect.gen(function*() {
-        // Time only moves forward: a negative or NaN amount is refused, not read as zero.
-        const negative = (typeof input === "number" && !(input >= 0)) || (typeof input === "bigint" && input < 0n) ||
-          (typeof input === "string" && /^\s*-/.test(input))
-        const duration = negative ? undefined : Option.getOrUndefined(Duration.decodeUnknown(input))
-        if (duration === undefined || !Duration.isFinite(duration)) {
-          return yield* new InvalidAdvance({
-            message: `sync-outbox/testing: advance needs a finite, non-negative duration, got ${
-              duration === undefined ? String(input) : Duration.format(duration)
-            }`
-          })
-        }
-        const clock = yield* Effect.clock
-        if (!isTestClock(clock)) {
-          // The live clock moves by itself: let it, then drain what is due.
-          yield* Effect.sleep(duration)
-          return yield* drain
-        }
-        const target = (yield* nowMs) + Duration.toMillis(duration)
-        const reports: Array<DrainReport> = []
-        // Step to each due time on the way, as a worker awake all along would have acted there.
-        // What one step ends with is what the next starts from: nothing runs in between.
-        let before = yield* snapshot
-        for (;;) {
-          const now = yield* nowMs
-          const at = nextDueAt(before, now)
-          if (at === null || at >= target) break
-          yield* clock.adjust(Duration.millis(at - now))
-          const [result, after] = yield* drainFrom(before)
-          reports.push(result)
-          before = after
-        }
-        const now = yield* nowMs
-        if (target > now) yield* clock.adjust(Duration.millis(target - now))
-        reports.push((yield* drainFrom(before))[0])
-        return merge(reports)
-      })
-
-    const inspect = (ids: ReadonlyArray<string>) =>
-      Effect.forEach(ids, (id) => Effect.orDie(store.show(id)))
-
-    const idsWhere = (status: "pending" | "dead") =>
-      Effect.map(
-        sql.unsafe<{ id: string }>(`SELECT id::text AS id FROM sync_outbox WHERE status = $1 ORDER BY id`, [status]).withoutTransform,
-        (rows) => rows.map((r) => r.id)
-      )
-
-    // The worker looks once as it starts. Let that look end before the test's first step, so an
-    // event the test writes next is the test's to drain (and to see in the report), not taken
-    // by a claim already under way.
-    yield* Effect.orDie(settle)
-
-    return {
-      drain,
-      advance,
-      pending: Effect.flatMap(idsWhere("pending"), inspect),
-      dead: Effect.flatMap(idsWhere("dead"), inspect),
-      show: store.show,
-      breaker: SubscriptionRef.get(worker.breaker),
-      sink: {
-        unavailable: control.unavailable,
-        available: control.available,
-        keys: inMemory((sink) => sink.dump()),
-        published: inMemory((sink) => sink.published())
-      }
-    } satisfies OutboxTestShape
-  })
-
-export interface OutboxTestOptions<E, R> {
-  /** The handlers under test; they may use `RedisSink` and `SqlClient`, which the kit provides. */
-  readonly handlers: Layer.Layer<Handlers, E, R>
-  /** The worker's settings (maxRetries, backoffBase, ...), validated as in production. */
-  readonly config?: Partial<OutboxConfigShape> | undefined
-  /**
-   * SQL for the test's own tables, applied once per database after the outbox's migrations.
-   * Every table's rows are emptied before each test (ids restart at 1); the schema stays.
-   */
-  readonly schema?: string | undefined
-  /** Real time a `drain` may wait for the worker to settle before failing. Default 10 s. */
-  readonly drainTimeout?: Duration.DurationInput | undefined
-  /**
-   * Under `TestClock`, the time the worker starts at, when the clock still reads 0 (the epoch):
-   * default 2026-01-01T00:00:00Z. Set the start here rather than with `TestClock.setTime` in
-   * the test: moving the clock years ahead after the worker started walks its timers one by one.
-   */
-  readonly startAt?: DateTime.DateTime.Input | undefined
-}
-
-/** The in-memory Redis as a `RedisSink`, with the sink's own error classification. */
-const sinkLayer: Layer.Layer<RedisSink | TestSink | SinkControl> = Layer.effectContext(
-  Effect.gen(function*() {
-    const clock = yield* Effect.clock
-    const memory = MemoryRedis.make({ now: () => clock.unsafeCurrentTimeMillis() })
-    // As the real sink: the call is tracked by InFlight, so a timed-out call keeps its event held.
-    const use = <A>(f: (client: RedisSinkShape["client"], signal: AbortSignal) => Promise<A>) =>
-      InFlight.tryPromise({ try: (signal) => f(memory.client, signal), catch: classify })
-    const sink: RedisSinkShape = { client: memory.client, use, ping: Effect.asVoid(use((c) => c.ping())) }
-    const control = {
-      unavailable: Effect.sync(() => memory.setAvailable(false)),
-      available: Effect.sync(() => memory.setAvailable(true))
-    }
-    return Context.make(RedisSink, sink).pipe(Context.add(TestSink, memory), Context.add(SinkControl, control))
-  })
+/** The real `Store` (and the driver's reads) through the `SqlClient` in context. */
+const sqlStores = Layer.merge(
+  Layer.unwrapEffect(Effect.map(OutboxConfig, (c) => Store.layerWith({ callTimeout: c.callTimeout }))),
+  sqlRows
 )
 
 /**
- * The test kit: a worker over PGlite and an in-memory Redis, with the given handlers. Provide
- * it to each test (it is cheap after the first in a file: the database is reused and emptied).
+ * The test kit on PGlite: the library's SQL on Postgres in this process, the in-memory Redis, the
+ * worker and the given handlers. For code that runs SQL of its own (handlers that read your
+ * tables, `schema`); otherwise `layerMemory` is the same driver at a fraction of the cost.
+ * Provide it to each test (the first in a file starts PGlite; later ones reuse it, emptied).
  */
 export const layer = <E, R>(
   options: OutboxTestOptions<E, R>
@@ -564,38 +156,71 @@ export const layerWith = <E, R>(
   OutboxTest | Worker | Store | OutboxConfig,
   E | InvalidConfig,
   Exclude<R, SqlClient.SqlClient | RedisSink> | SqlClient.SqlClient | RedisSink | SinkControl
+> => assemble(OutboxTest, options, sqlStores) as never
+
+// ---------------------------------------------------------------------------------------------
+// In memory
+// ---------------------------------------------------------------------------------------------
+
+/** A fresh in-memory outbox, and its `SqlClient`, per build: every test starts empty, ids from 1. */
+const memory: Layer.Layer<MemoryOutbox.MemoryOutbox | SqlClient.SqlClient> = Layer.effectContext(
+  Effect.gen(function*() {
+    const outbox = yield* MemoryOutbox.make
+    return Context.make(MemoryOutbox.MemoryOutbox, outbox).pipe(Context.add(SqlClient.SqlClient, yield* outbox.sql))
+  })
+)
+
+const memoryStores: Layer.Layer<Leases | Admin | Store | StoreRows, never, MemoryOutbox.MemoryOutbox> = Layer.effectContext(
+  Effect.map(MemoryOutbox.MemoryOutbox, (outbox) =>
+    Context.make(Leases, outbox.leases).pipe(
+      Context.add(Admin, outbox.admin),
+      Context.add(Store, { ...outbox.leases, ...outbox.admin }),
+      Context.add(StoreRows, outbox.rows)
+    ))
+)
+
+/**
+ * The journal is written by the statement that completes an event and pruned with SQL: the
+ * in-memory store has neither, so the kit runs the worker with a retention of 0 (no journal),
+ * and says so rather than pretend to keep one.
+ */
+const noJournal = (config: OutboxTestOptions<unknown, unknown>["config"]) =>
+  config?.retention !== undefined && Duration.toMillis(config.retention) !== 0
+    ? Layer.fail(
+      new InvalidConfig({
+        message: `sync-outbox/testing: the in-memory outbox keeps no journal, so it runs with retention 0 (got ${
+          Duration.format(config.retention)
+        }); test journaling on PGlite (OutboxTest.layer)`
+      })
+    )
+    : Layer.empty
+
+/**
+ * The test kit in memory: the real worker and your handlers over an in-memory outbox with the
+ * engine's semantics (held to the SQL's by the same specifications), and the in-memory Redis.
+ * No database to start, the first test included, and no PGlite. Its `SqlClient` runs `enqueue`
+ * and `enqueueMany`, in or out of `sql.withTransaction` (a rolled-back transaction enqueues
+ * nothing), and refuses any other statement with a `SqlError` that says to use `layer` (PGlite).
+ * The worker runs with a retention of 0: no journal.
+ */
+export const layerMemory = <E, R>(
+  options: Omit<OutboxTestOptions<E, R>, "schema">
+): Layer.Layer<
+  OutboxTest | Worker | Store | SqlClient.SqlClient | RedisSink | TestSink | SinkControl | OutboxConfig | MemoryOutbox.MemoryOutbox,
+  E | InvalidConfig,
+  Exclude<R, SqlClient.SqlClient | RedisSink>
 > => {
-  // The worker's poll and heartbeat interval: the kit wakes the worker itself (drain, advance),
-  // so a long one only spares `advance` from stepping through timers that find nothing.
-  const config = OutboxConfig.layer({ interval: Duration.days(1), ...options.config })
-  const startClock = Layer.effectDiscard(Effect.gen(function*() {
-    const clock = yield* Effect.clock
-    if (!isTestClock(clock)) return
-    if (options.startAt !== undefined) return yield* clock.setTime(DateTime.toEpochMillis(DateTime.unsafeMake(options.startAt)))
-    if ((yield* Clock.currentTimeMillis) === 0) yield* clock.setTime(defaultStart)
-  }))
-  const realStore = Layer.unwrapEffect(Effect.map(OutboxConfig, (c) => Store.layerWith({ callTimeout: c.callTimeout })))
-  const store = Layer.effectContext(Effect.gen(function*() {
-    const tracker = new Tracker()
-    // The worker's statements go through Leases: those are the calls a drain waits out.
-    const leases = trackCalls(yield* Leases, tracker)
-    return Context.make(Leases, leases).pipe(Context.add(StoreTracker, tracker), Context.add(Store, yield* Store))
-  })).pipe(Layer.provide(realStore))
-  const worker = Worker.layer.pipe(
-    // No LISTEN: the test decides when the worker looks (drain, advance), so nothing happens
-    // behind its back between two steps.
-    Layer.provideMerge(Layer.mergeAll(store, Listener.off, options.handlers))
-  )
-  const drainTimeout = Duration.decode(options.drainTimeout ?? Duration.seconds(10))
-  return Layer.effect(OutboxTest, make(drainTimeout)).pipe(
-    Layer.provideMerge(worker),
-    Layer.provideMerge(Layer.merge(config, startClock))
+  const config = { retention: Duration.zero, ...options.config }
+  return assemble(OutboxTest, { ...options, config }, memoryStores).pipe(
+    Layer.provideMerge(Layer.mergeAll(memory, sinkLayer, noJournal(options.config)))
   ) as never
 }
 
 export class OutboxTest extends Context.Tag("sync-outbox/testing/OutboxTest")<OutboxTest, OutboxTestShape>() {
-  /** The test kit: PGlite, the in-memory Redis, the worker and the given handlers. */
+  /** The test kit on PGlite: the library's SQL on Postgres in this process, for code that runs SQL of its own. */
   static readonly layer = layer
+  /** The test kit in memory: no database to start; no SQL but the library's own inserts. */
+  static readonly layerMemory = layerMemory
   /** The same driver over the `SqlClient`, `RedisSink` and `SinkControl` in context. */
   static readonly layerWith = layerWith
 }
