@@ -31,6 +31,11 @@ export interface WorkerShape {
   readonly loop: SubscriptionRef.SubscriptionRef<Loop.LoopState>
   /** Ask for a claim now (as a notification would). */
   readonly wake: Effect.Effect<void>
+  /**
+   * Whether the claim loop is waiting for its next look with nothing claimed in hand (true when
+   * disabled): what a test driver waits for before it reports.
+   */
+  readonly idle: Effect.Effect<boolean>
 }
 
 const make = Effect.gen(function*() {
@@ -46,7 +51,8 @@ const make = Effect.gen(function*() {
   const loopError = yield* Ref.make<string | null>(null)
   const wakeups = yield* Queue.sliding<void>(1)
   const wake = Effect.asVoid(Queue.offer(wakeups, undefined))
-  const shape: WorkerShape = { owner, breaker: breaker.state, loop: loopState, wake }
+  const idle = yield* Ref.make(!config.enabled)
+  const shape: WorkerShape = { owner, breaker: breaker.state, loop: loopState, wake, idle: Ref.get(idle) }
 
   if (!config.enabled) {
     yield* Effect.logInfo("sync-outbox: worker disabled (SYNC_OUTBOX_ENABLED=false)")
@@ -63,7 +69,7 @@ const make = Effect.gen(function*() {
 
   const stopping = yield* Deferred.make<void>()
   const loop = yield* Effect.forkScoped(Effect.interruptible(
-    Loop.run({ owner, config, leases, handlers, breaker, recorder, dueTimer, wakeups, stopping, state: loopState, error: loopError })
+    Loop.run({ owner, config, leases, handlers, breaker, recorder, dueTimer, wakeups, stopping, state: loopState, error: loopError, idle })
   ))
   yield* Effect.addFinalizer(() =>
     Deferred.succeed(stopping, undefined).pipe(

@@ -37,6 +37,27 @@ describe("sync-outbox/testing", () => {
       expect(yield* redis.use((c) => c.get("a"))).toBe("1")
     }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
 
+  describe("a backlog of full batches, each applied over several turns of the event loop, is reported whole by one drain", () => {
+    const backlog = Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      yield* enqueueMany(Array.from({ length: 7 }, (_, i) => event(SetValue, { payload: { key: `k${i}`, value: "v" } })))
+      const report = yield* outbox.drain
+      expect(report.applied).toHaveLength(7)
+      expect(report.pending).toBe(0)
+    })
+    const options = {
+      // A batch of 2 is full, so the worker claims the next batch while this one is applied.
+      config: { batchSize: 2 },
+      handlers: Handlers.layer(handle(SetValue, ({ payload }) =>
+        Effect.zipRight(
+          Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 5))),
+          Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value)))
+        )))
+    }
+    it.effect("in memory", () => backlog.pipe(Effect.provide(OutboxTest.layerMemory(options))))
+    it.effect("on PGlite", () => backlog.pipe(Effect.provide(outboxTest(options))))
+  })
+
   it.effect("a rolled-back transaction leaves nothing to drain", () =>
     Effect.gen(function*() {
       const outbox = yield* OutboxTest

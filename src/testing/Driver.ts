@@ -299,7 +299,12 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         const seen = tracker.done
         if (tracker.inFlight === 0) {
           if (tracker.claimsDone > mark && tracker.lastClaimSize === 0) {
-            if (yield* quiet(seen)) return
+            // An empty claim may have been made ahead while a full batch is still being applied:
+            // settled once the loop itself is back to waiting.
+            if (yield* quiet(seen)) {
+              if (yield* worker.idle) return
+              yield* nextTurn
+            }
             continue
           }
           if (yield* isOpen) {

@@ -38,6 +38,8 @@ export interface LoopOptions {
   readonly stopping: Deferred.Deferred<void>
   readonly state: SubscriptionRef.SubscriptionRef<LoopState>
   readonly error: Ref.Ref<string | null>
+  /** True while the loop waits for its next look, with nothing claimed in hand. */
+  readonly idle: Ref.Ref<boolean>
 }
 
 /** The supervised loop; it returns only once `stopping` is done. */
@@ -121,6 +123,10 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     readonly leaseEndsAt: number
   }
   const claimNow = Effect.gen(function*() {
+    // The wake-ups asked for so far are answered by this claim (it begins after them); one asked
+    // for while it runs stays queued and costs another claim. A claim made ahead answers only
+    // those before it.
+    yield* Queue.takeAll(wakeups)
     // Bounded by the pool's statement and query timeouts (or `Leases`' own, without a pool).
     // The lease ends no earlier than `leaseMs` after this instant (the statement reads the clock later).
     const leaseEndsAt = (yield* Clock.currentTimeMillis) + leaseMs
@@ -162,7 +168,6 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         yield* Effect.raceFirst(breaker.awaitSink, Deferred.await(stopping))
         continue
       }
-      yield* Queue.takeAll(wakeups)
       const current = (yield* takeNext) ?? (yield* claimNow)
       const { events, leaseEndsAt } = current
       // The previous batch may still be being written down: not waited for (the recorder wakes
@@ -202,7 +207,10 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       if ((yield* Queue.size(wakeups)) > 0) return
       const waitMs = yield* dueTimer.waitMs(claimedLastTime)
       // Shutdown wakes us too (it completes `stopping`, then wakes): one race, two fibers.
-      yield* Effect.raceFirst(Queue.take(wakeups), Effect.sleep(Duration.millis(waitMs)))
+      yield* Ref.set(options.idle, true)
+      yield* Effect.raceFirst(Queue.take(wakeups), Effect.sleep(Duration.millis(waitMs))).pipe(
+        Effect.ensuring(Ref.set(options.idle, false))
+      )
     })
 
   const setState = (state: LoopState, error: string | null) =>
