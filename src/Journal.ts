@@ -359,8 +359,9 @@ export const replay = (
       }
       // The latest journal row of each id (an id is journaled once, unless its sequence was reset).
       rows = yield* sql.unsafe<EntryRow>(
-        `SELECT DISTINCT ON (id) ${entryColumns} FROM sync_outbox_journal
-         WHERE id = ANY($1::bigint[]) ORDER BY id, applied_at DESC`,
+        // By the bigint, not the text alias: replay enqueues in this order ("10" < "9" as text).
+        `SELECT DISTINCT ON (sync_outbox_journal.id) ${entryColumns} FROM sync_outbox_journal
+         WHERE id = ANY($1::bigint[]) ORDER BY sync_outbox_journal.id, applied_at DESC`,
         [ids]
       ).withoutTransform
       const found = new Set(rows.map((r) => r.id))
@@ -384,7 +385,7 @@ export const replay = (
       rows = yield* sql.unsafe<EntryRow>(
         `SELECT ${entryColumns} FROM sync_outbox_journal
          WHERE resource_type = $1 AND applied_at >= $2
-         ORDER BY id
+         ORDER BY sync_outbox_journal.id
          LIMIT $3`,
         [resourceType, selector.since, maxEvents + 1]
       ).withoutTransform

@@ -306,10 +306,10 @@ export const toStoredEvent = (row: StoredRow): StoredEvent => ({
   leaseExpiresAt: row.lease_expires_at
 })
 
-/** $1 resource type or null, $2 limit. */
+/** $1 resource type or null, $2 limit. Oldest first: by the bigint, not the text alias ("10" < "9"). */
 export const listDead = `SELECT ${storedColumns} FROM sync_outbox
 WHERE status = 'dead' AND ($1::text IS NULL OR resource_type = $1)
-ORDER BY id LIMIT $2`
+ORDER BY sync_outbox.id LIMIT $2`
 
 /** $1 id. */
 export const showEvent = `SELECT ${storedColumns} FROM sync_outbox WHERE id = $1::bigint`

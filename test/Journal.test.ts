@@ -413,6 +413,17 @@ describe("Journal: replay", () => {
       }).pipe(Effect.provide(workerLayer({ url, handlers })))
     }))
 
+  it.effect("replay takes ids in numeric order, past 9 too (not as text: \"10\" < \"9\")", () =>
+    Effect.gen(function*() {
+      yield* clear
+      yield* TestClock.setTime(Date.now())
+      for (const id of [9, 10, 11]) yield* journalRow(id, new Date(Date.now() - 60_000))
+      const byIds = yield* Journal.replay({ _tag: "Ids", ids: ["11", "10", "9"] })
+      expect(byIds.events.map((e) => e.id)).toEqual(["9", "10", "11"])
+      const byRange = yield* Journal.replay({ _tag: "Range", resourceType: "thing", since: new Date(Date.now() - 3_600_000) })
+      expect(byRange.events.map((e) => e.id)).toEqual(["9", "10", "11"])
+    }).pipe(Effect.provide(sqlLayer(url))))
+
   it.effect("bad ids, unknown types and malformed selections are typed errors and enqueue nothing", () =>
     Effect.gen(function*() {
       yield* clear

@@ -364,6 +364,23 @@ describe("Store: claim", () => {
     })))
 })
 
+describe("Admin: dead letters", () => {
+  it.live("are listed oldest first by id, past 9 too (not as text), and the limit keeps the oldest", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox CASCADE`
+      yield* sql`SELECT setval(pg_get_serial_sequence('sync_outbox', 'id'), 7)`
+      const leases = yield* Leases
+      const admin = yield* Store
+      yield* enqueueMany(Array.from({ length: 5 }, (_, i) => event(SetValue, { payload: { key: `dead${i}`, value: "v" } })))
+      const ids = (yield* leases.claim("undertaker", 30_000, 10)).map((e) => e.id)
+      expect(ids).toEqual(["8", "9", "10", "11", "12"])
+      yield* leases.fail("undertaker", ids.map((id) => ({ id, attempt: 1, tag: "T", message: "m", nextRetryAt: new Date(), dead: true })))
+      expect((yield* admin.listDead()).map((e) => e.id)).toEqual(["8", "9", "10", "11", "12"])
+      expect((yield* admin.listDead({ limit: 2 })).map((e) => e.id)).toEqual(["8", "9"])
+    })))
+})
+
 describe("Leases through a plain SqlClient (no PgPool: another client, PGlite, a test kit)", () => {
   it.live("the same statements, the same rows and the same counts as on the pool", () =>
     Effect.gen(function*() {
