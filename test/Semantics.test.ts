@@ -133,6 +133,32 @@ describe.each([
     })))
   })
 
+  it.effect("both kinds on one key: a coalescing event covers only the coalescing ones back to the last non-coalescing one, which applies itself, in its turn", () => {
+    const p = prefix()
+    const Publish = OutboxEvent.make({ resourceType: "doc", action: "publish", payload: Schema.String, orderingKey: ({ resourceId }) => `doc:${resourceId}` })
+    const Sync = OutboxEvent.make({ resourceType: "doc", action: "sync", payload: Schema.String, coalesce: true, orderingKey: ({ resourceId }) => `doc:${resourceId}` })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const [s1, s2, p3, s4, s5] = yield* enqueueMany([
+        event(Sync, { resourceId: 1, payload: "s1" }),
+        event(Sync, { resourceId: 1, payload: "s2" }),
+        event(Publish, { resourceId: 1, payload: "p3" }),
+        event(Sync, { resourceId: 1, payload: "s4" }),
+        event(Sync, { resourceId: 1, payload: "s5" })
+      ])
+      const report = yield* outbox.drain
+      expect(yield* list(`${p}doc`)).toEqual(["s2", "p3", "s5"])
+      expect(report.applied.map((e) => e.id)).toEqual([s2, p3, s5])
+      expect(report.superseded.map((e) => e.id)).toEqual([s1, s4])
+      expect(report.pending).toBe(0)
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(
+        handle(Publish, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.rpush(`${p}doc`, payload)))),
+        handle(Sync, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.rpush(`${p}doc`, payload))))
+      )
+    })))
+  })
+
   it.effect("retries: each attempt at its jittered, capped, doubling due time and not a millisecond before; then dead, with its history", () => {
     const Flaky = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
     return Effect.gen(function*() {

@@ -364,9 +364,21 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
           list.push(BigInt(id))
           byKey.set(row.ordering_key, list)
         }
-        const supersededIds = new Set(
-          gone.filter((row) => row.coalesce && (byKey.get(row.ordering_key) ?? []).some((id) => id > BigInt(row.id))).map((r) => r.id)
-        )
+        // ...unless a non-coalescing event of the key lies between them: nothing covers one, so the
+        // older event was applied itself, before it.
+        const barriers = new Map<string, Array<bigint>>()
+        for (const row of [...before.values(), ...after.values()]) {
+          if (row.coalesce) continue
+          const list = barriers.get(row.ordering_key) ?? []
+          list.push(BigInt(row.id))
+          barriers.set(row.ordering_key, list)
+        }
+        const coveredBy = (row: SnapshotRow) => {
+          const id = BigInt(row.id)
+          const walls = barriers.get(row.ordering_key) ?? []
+          return (byKey.get(row.ordering_key) ?? []).some((newer) => newer > id && !walls.some((wall) => wall > id && wall < newer))
+        }
+        const supersededIds = new Set(gone.filter((row) => row.coalesce && coveredBy(row)).map((r) => r.id))
         const pending = [...after.values()].filter((r) => r.status === "pending")
         const scheduled = pending.map((r) => r.next_retry_at).filter((at): at is Date => at instanceof Date)
         const result: DrainReport = {
