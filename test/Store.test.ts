@@ -416,6 +416,18 @@ describe("Leases through a plain SqlClient (no PgPool: another client, PGlite, a
 })
 
 describe("Leases: commits", () => {
+  // The test servers may run with synchronous_commit off for speed: this database says on, so
+  // that what the statements set is seen (new connections take the database's setting).
+  beforeAll(async () => {
+    const client = new pg.Client({ connectionString: url })
+    await client.connect()
+    try {
+      const [{ db }] = (await client.query<{ db: string }>("SELECT current_database() AS db")).rows as [{ db: string }]
+      await client.query(`ALTER DATABASE ${pg.escapeIdentifier(db)} SET synchronous_commit = on`)
+    } finally {
+      await client.end()
+    }
+  })
   // Each write's statement-level trigger records how its transaction is set to commit.
   const withCommitLog = <A, E, R>(body: Effect.Effect<A, E, R>) =>
     Effect.acquireUseRelease(
