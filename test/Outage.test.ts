@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Effect, Fiber, Ref, Schema, Stream, Duration } from "effect"
+import { Data, Duration, Effect, Fiber, Ref, Schedule, Schema, Stream } from "effect"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll } from "vitest"
 import { startRedis, type PrivateRedis } from "../scripts/services.js"
@@ -176,19 +176,22 @@ describe("Postgres faults", () => {
           Effect.forEach(Array.from({ length: 20 }), (_, i) =>
             Effect.zipRight(
               enqueueMany(Array.from({ length: 100 }, (_, j) => event(Counted, { resourceId: i * 100 + j + 1, payload: i * 100 + j }))).pipe(
-                // The producer's own connections are terminated too: it retries like any client.
-                Effect.retry({ times: 5 })
+                // The producer's own connections are terminated too: it retries like any client
+                // (spaced: the pool may still hold terminated idle connections for a moment).
+                Effect.retry({ times: 10, schedule: Schedule.spaced(Duration.millis(50)) })
               ),
               realSleep(20)
             ))
         )
         yield* realSleep(100)
         for (let k = 0; k < 3; k++) {
-          yield* killAll
+          // Its own second connection may have been terminated by the previous kill.
+          yield* killAll.pipe(Effect.retry({ times: 5, schedule: Schedule.spaced(Duration.millis(50)) }))
           yield* realSleep(150)
         }
         yield* Fiber.join(producer)
-        yield* eventually(countRows(), (n) => n === 0, { timeout: 20_000 })
+        // The test's own reads go through the worker's pool too, whose connections were terminated.
+        yield* eventually(countRows().pipe(Effect.retry({ times: 10, schedule: Schedule.spaced(Duration.millis(50)) })), (n) => n === 0, { timeout: 20_000 })
       }).pipe(
         // A claim whose reply is lost with its connection leaves rows leased: a short lease bounds that.
         Effect.provide(workerLayer({ url, handlers, config: { leaseDuration: Duration.seconds(3), callTimeout: Duration.seconds(2) } }))
