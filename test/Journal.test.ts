@@ -362,6 +362,8 @@ describe("Journal: replay", () => {
           yield* sql.withTransaction(enqueue(Pushed, { payload: { list, value } }))
         }
         yield* eventually(redis.use((c) => c.lrange(list, 0, -1)), (xs) => xs.length === 5, { timeout: 30_000 })
+        // Applied is not yet completed: the journal row is written when the row is deleted, after the apply.
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 30_000 })
         yield* sql.unsafe(`INSERT INTO sync_outbox_journal (id, resource_type, action, ordering_key, payload, coalesce, created_at, applied_at, attempts, worker)
           VALUES (1, 'pushed', 'append', 'pushed:old', $1::jsonb, false, now() - interval '2 days', now() - interval '2 days', 1, 'old')`, [
           JSON.stringify({ list: `${p}old`, value: "old" })
