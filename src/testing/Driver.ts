@@ -19,7 +19,7 @@ import * as InFlight from "../InFlight.js"
 import { Leases } from "../Leases.js"
 import { Listener } from "../Listener.js"
 import { OutboxConfig, type OutboxConfigShape } from "../OutboxConfig.js"
-import type { StoredEvent } from "../OutboxEvent.js"
+import type { ClaimedEvent, StoredEvent } from "../OutboxEvent.js"
 import { classify, RedisSink, type RedisSinkShape } from "../RedisSink.js"
 import { Store } from "../Store.js"
 import { type BreakerState, Worker } from "../Worker.js"
@@ -28,15 +28,8 @@ import type { OutboxRows, SnapshotRow } from "./MemoryOutbox.js"
 
 export type { OutboxRows, SnapshotRow } from "./MemoryOutbox.js"
 
-/** An event as a drain report names it. */
-export interface EventSummary {
-  readonly id: string
-  readonly resourceType: string
-  readonly action: string
-  readonly resourceId: number | null
-  readonly orderingKey: string
-  readonly payload: unknown
-}
+/** An event as a drain report names it: the claimed event's identity and payload. */
+export type EventSummary = Pick<ClaimedEvent, "id" | "resourceType" | "action" | "resourceId" | "orderingKey" | "payload">
 
 /** One failed attempt recorded during a drain. */
 export interface FailedAttempt {
