@@ -4,9 +4,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Duration, Effect, Layer, Ref, Schema, TestClock } from "effect"
+import { Chunk, Clock, Data, Duration, Effect, Layer, Ref, Schema, TestClock } from "effect"
 import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store } from "../src/index.js"
-import { OutboxTest, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
+import { OutboxTest, type OutboxTestOptions, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
 class Rejected extends Data.TaggedError("Rejected")<{ readonly message: string }> {}
 
@@ -225,6 +225,71 @@ const Counted = OutboxEvent.make({ resourceType: "counted", action: "apply", pay
 const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
 const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
 const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+
+describe("sync-outbox/testing: time", () => {
+  // Fails its first attempt, then applies with a TTL; notes the worker's time at each attempt.
+  const flaky = (attempts: Ref.Ref<ReadonlyArray<number>>) =>
+    Handlers.layer(handle(SetValue, ({ payload }) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const before = yield* Ref.getAndUpdate(attempts, (times) => [...times, now])
+        if (before.length === 0) return yield* new Rejected({ message: "not yet" })
+        yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value, "PX", 5_000)))
+      })))
+
+  type Kit = (options: OutboxTestOptions<never, RedisSink>) => Layer.Layer<OutboxTest | RedisSink | SqlClient.SqlClient, unknown>
+  const kits: ReadonlyArray<readonly [string, Kit]> = [["in memory", OutboxTest.layerMemory], ["on PGlite", outboxTest]]
+  for (const [name, kit] of kits) {
+    describe(name, () => {
+      const attempts = Ref.unsafeMake<ReadonlyArray<number>>([])
+      it.effect("the worker's finished timeouts leave no sleep behind on TestClock: the test's clock is the test's", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* Ref.set(attempts, [])
+          yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+          expect((yield* outbox.drain).failed).toHaveLength(1)
+          expect(Chunk.toReadonlyArray(yield* TestClock.sleeps())).toEqual([])
+        }).pipe(Effect.provide(kit({ handlers: flaky(attempts) }))))
+
+      it.effect("the test's own sleeping fibers wake at their time within an advance, between the worker's steps", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* Ref.set(attempts, [])
+          const t0 = yield* Clock.currentTimeMillis
+          yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+          yield* outbox.drain // attempt 1 fails; attempt 2 is due in [0.5 s, 1 s]
+          const woke = yield* Effect.fork(Effect.zipRight(
+            Effect.sleep("400 millis"),
+            Effect.all([Clock.currentTimeMillis, Ref.get(attempts), outbox.sink.keys])
+          ))
+          yield* outbox.advance("2 seconds")
+          const [at, seen, keys] = yield* woke.await.pipe(Effect.flatten)
+          expect(at).toBe(t0 + 400)
+          expect(seen).toHaveLength(1) // the retry, due later, had not run yet
+          expect(keys).toEqual({})
+          const [, retried] = yield* Ref.get(attempts)
+          expect(retried! - t0).toBeGreaterThanOrEqual(500)
+          expect(retried! - t0).toBeLessThanOrEqual(1_000)
+          expect(yield* Clock.currentTimeMillis).toBe(t0 + 2_000)
+        }).pipe(Effect.provide(kit({ handlers: flaky(attempts), config: { backoffBase: Duration.seconds(1) } }))))
+
+      it.effect("a TTL a handler sets on a step within an advance counts from that step", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* Ref.set(attempts, [])
+          const t0 = yield* Clock.currentTimeMillis
+          yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+          yield* outbox.drain
+          expect((yield* outbox.advance("2 seconds")).applied).toHaveLength(1)
+          const [, appliedAt] = yield* Ref.get(attempts)
+          const redis = yield* RedisSink
+          expect(yield* redis.use((c) => c.pttl("a"))).toBe(appliedAt! + 5_000 - (t0 + 2_000))
+          yield* TestClock.adjust(Duration.millis(appliedAt! + 5_000 - (t0 + 2_000)))
+          expect(yield* redis.use((c) => c.get("a"))).toBeNull()
+        }).pipe(Effect.provide(kit({ handlers: flaky(attempts), config: { backoffBase: Duration.seconds(1) } }))))
+    })
+  }
+})
 
 describe("sync-outbox/testing: reports", () => {
   it.effect("a requeued dead letter that fails again is reported with its new failure", () =>

@@ -11,7 +11,7 @@
  * This module loads no database: `OutboxTest` assembles it with one.
  */
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Clock, Context, Data, DateTime, Duration, Effect, Layer, Option, SubscriptionRef } from "effect"
+import { Chunk, Clock, Context, Data, DateTime, Duration, Effect, Layer, Option, SubscriptionRef } from "effect"
 import type { TestClock } from "effect"
 import type { EventNotFound, FailureRecord, InvalidConfig } from "../Errors.js"
 import type { Handlers } from "../Handlers.js"
@@ -25,6 +25,7 @@ import { Store } from "../Store.js"
 import { type BreakerState, Worker } from "../Worker.js"
 import * as MemoryRedis from "./MemoryRedis.js"
 import type { OutboxRows, SnapshotRow } from "./MemoryOutbox.js"
+import { WorkerClock } from "./WorkerClock.js"
 
 export type { OutboxRows, SnapshotRow } from "./MemoryOutbox.js"
 
@@ -216,6 +217,12 @@ const nextTurn = Effect.async<void>((resume) => {
 
 class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
 
+/** The worker's own clock under `TestClock` (undefined under the live clock: it keeps its timers). */
+class WorkerTimers extends Context.Tag("sync-outbox/testing/WorkerTimers")<WorkerTimers, WorkerClock | undefined>() {}
+
+/** One per kit (a layer is built once per test, so the sink and the worker share it). */
+const workerTimers = Layer.effect(WorkerTimers, Effect.map(Effect.clock, (clock) => isTestClock(clock) ? new WorkerClock(clock) : undefined))
+
 /** The same service, every call counted (whatever its methods: the worker's use of it may change). */
 const trackCalls = <S extends object>(service: S, tracker: Tracker): S => {
   const track = (name: string, effect: Effect.Effect<unknown, unknown>) =>
@@ -256,6 +263,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
     const store = yield* Store
     const worker = yield* Worker
     const control = yield* SinkControl
+    const timers = yield* WorkerTimers
     const memory = yield* Effect.serviceOption(TestSink)
     const inMemory = <A>(f: (sink: MemoryRedis.MemoryRedis) => A) =>
       Option.match(memory, {
@@ -263,6 +271,8 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         onSome: (sink) => Effect.sync(() => f(sink))
       })
     const nowMs = Clock.currentTimeMillis
+    // The worker's time: within an advance it may be ahead of the test's `TestClock` (see `WorkerClock`).
+    const workerNow = timers === undefined ? nowMs : Effect.sync(() => timers.unsafeCurrentTimeMillis())
 
     const snapshot = Effect.map(rows.snapshot, (all) => new Map(all.map((r) => [r.id, r] as const)))
 
@@ -375,7 +385,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         const pending = [...after.values()].filter((r) => r.status === "pending")
         const scheduled = pending.map((r) => r.next_retry_at).filter((at): at is Date => at instanceof Date)
         const result: DrainReport = {
-          at: new Date(yield* nowMs),
+          at: new Date(yield* workerNow),
           applied: gone.filter((r) => !supersededIds.has(r.id)).map(summary),
           superseded: gone.filter((r) => supersededIds.has(r.id)).map(summary),
           failed,
@@ -391,11 +401,25 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
     // `TestClock` moves, and that belongs in the report too.
     const drainFrom = (before: Map<string, SnapshotRow>) =>
       Effect.gen(function*() {
+        timers?.fireDue()
         yield* settle
         return yield* report(before)
       })
 
     const drain = Effect.map(Effect.flatMap(snapshot, drainFrom), ([result]) => result)
+
+    /**
+     * Moves time to `at`, within an advance. The worker's alone when nothing of the test's own
+     * sleeps on `TestClock` until then (that fiber would wake late); `TestClock` catches up at the end.
+     */
+    const moveTo = (clock: TestClock.TestClock, at: number) =>
+      Effect.gen(function*() {
+        // A fiber the test forked just before the advance gets to start (and reach its sleep) first.
+        yield* Effect.yieldNow()
+        if (timers !== undefined && !Chunk.some(yield* clock.sleeps, (sleep) => sleep <= at)) return timers.moveTo(at)
+        yield* clock.adjust(Duration.millis(at - (yield* nowMs)))
+        timers?.caughtUp()
+      })
 
     const merge = (reports: ReadonlyArray<DrainReport>): DrainReport => {
       const last = reports[reports.length - 1]!
@@ -433,16 +457,19 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         // What one step ends with is what the next starts from: nothing runs in between.
         let before = yield* snapshot
         for (;;) {
-          const now = yield* nowMs
-          const at = nextDueAt(before, now)
+          const now = yield* workerNow
+          const rowDue = nextDueAt(before, now)
+          const timerDue = timers?.nextAt() ?? null
+          const at = rowDue === null ? timerDue : timerDue === null ? rowDue : Math.min(rowDue, timerDue)
           if (at === null || at >= target) break
-          yield* clock.adjust(Duration.millis(at - now))
+          yield* moveTo(clock, at)
           const [result, after] = yield* drainFrom(before)
           reports.push(result)
           before = after
         }
         const now = yield* nowMs
         if (target > now) yield* clock.adjust(Duration.millis(target - now))
+        timers?.caughtUp()
         reports.push((yield* drainFrom(before))[0])
         return merge(reports)
       })
@@ -500,7 +527,8 @@ export interface OutboxTestOptions<E, R> {
 /** The in-memory Redis as a `RedisSink`, with the sink's own error classification. */
 export const sinkLayer: Layer.Layer<RedisSink | TestSink | SinkControl> = Layer.effectContext(
   Effect.gen(function*() {
-    const clock = yield* Effect.clock
+    // The worker's time: its handlers' TTLs count from it, also where it runs ahead within an advance.
+    const clock = (yield* WorkerTimers) ?? (yield* Effect.clock)
     const memory = MemoryRedis.make({ now: () => clock.unsafeCurrentTimeMillis() })
     // As the real sink: the call is tracked by InFlight, so a timed-out call keeps its event held.
     const use = <A>(f: (client: RedisSinkShape["client"], signal: AbortSignal) => Promise<A>) =>
@@ -512,7 +540,7 @@ export const sinkLayer: Layer.Layer<RedisSink | TestSink | SinkControl> = Layer.
     }
     return Context.make(RedisSink, sink).pipe(Context.add(TestSink, memory), Context.add(SinkControl, control))
   })
-)
+).pipe(Layer.provide(workerTimers))
 
 /**
  * The driver, as `tag`, over the worker with the given handlers on the given store (`Leases` for
@@ -546,11 +574,15 @@ export const assemble = <I, E, R, E2, R2>(
       Context.add(StoreRows, yield* StoreRows)
     )
   })).pipe(Layer.provide(stores))
-  const worker = Worker.layer.pipe(
-    // No LISTEN: the test decides when the worker looks (drain, advance), so nothing happens
-    // behind its back between two steps.
-    Layer.provideMerge(Layer.mergeAll(store, Listener.off, options.handlers))
-  )
+  const worker = Layer.unwrapEffect(Effect.map(WorkerTimers, (clock) => {
+    const running = Worker.layer.pipe(
+      // No LISTEN: the test decides when the worker looks (drain, advance), so nothing happens
+      // behind its back between two steps.
+      Layer.provideMerge(Layer.mergeAll(store, Listener.off, options.handlers))
+    )
+    // Its fibers keep the clock they were started with: the worker's timers are the kit's.
+    return clock === undefined ? running : Layer.locallyEffect(running, Effect.withClock(clock))
+  })).pipe(Layer.provideMerge(workerTimers))
   const drainTimeout = Duration.decode(options.drainTimeout ?? Duration.seconds(10))
   return Layer.effect(tag, makeDriver(drainTimeout)).pipe(
     Layer.provideMerge(worker),

@@ -1,0 +1,87 @@
+/**
+ * The worker's clock in the test kit: `TestClock`'s time, and timers of the kit's own.
+ *
+ * Under `TestClock` alone, every timeout the worker starts (one per statement, per batch, per
+ * heartbeat) leaves a sleep in `TestClock`'s list even after the call it guarded returned, and
+ * each sleep an adjustment passes wakes it and then waits for every fiber to suspend (several
+ * real event-loop turns). Those leftover sleeps were most of a test's time. Here a timer that is
+ * interrupted is gone, and the driver fires the due ones itself, in time order, then waits for
+ * the worker with its own, cheaper, notion of settled (see `Driver`).
+ *
+ * The time read is `TestClock`'s, so the worker, the handlers and the test agree on "now",
+ * except within an `advance`: there the driver may move the worker alone to a due time on the
+ * way (`moveTo`) when nothing of the test's own sleeps on `TestClock` before it, and moves
+ * `TestClock` once, at the end (each `TestClock` move waits several event-loop turns for every
+ * fiber to suspend). The worker's time never goes back, and once the advance ends the two agree.
+ */
+import { Clock, Duration, Effect } from "effect"
+
+interface Timer {
+  readonly at: number
+  readonly wake: () => void
+}
+
+export class WorkerClock implements Clock.Clock {
+  readonly [Clock.ClockTypeId]: Clock.ClockTypeId = Clock.ClockTypeId
+  private timers: Array<Timer> = []
+  /** Where `moveTo` put the worker, while `TestClock` is behind it; null when they agree. */
+  private ahead: number | null = null
+
+  constructor(private readonly time: Clock.Clock) {}
+
+  unsafeCurrentTimeMillis(): number {
+    const time = this.time.unsafeCurrentTimeMillis()
+    return this.ahead !== null && this.ahead > time ? this.ahead : time
+  }
+
+  unsafeCurrentTimeNanos(): bigint {
+    const time = this.time.unsafeCurrentTimeNanos()
+    // As TestClock counts them: its millis can have a fraction (a jittered sleep ends there).
+    const ahead = this.ahead === null ? null : BigInt(Math.floor(this.ahead * 1_000_000))
+    return ahead !== null && ahead > time ? ahead : time
+  }
+
+  /** Moves the worker's time (never back) to `at`, ahead of `TestClock`'s until `caughtUp`. */
+  moveTo(at: number): void {
+    if (at > this.unsafeCurrentTimeMillis()) this.ahead = at
+  }
+
+  /** `TestClock` has reached (or passed) the worker's time: read it alone again. */
+  caughtUp(): void {
+    this.ahead = null
+  }
+
+  readonly currentTimeMillis: Effect.Effect<number> = Effect.sync(() => this.unsafeCurrentTimeMillis())
+
+  readonly currentTimeNanos: Effect.Effect<bigint> = Effect.sync(() => this.unsafeCurrentTimeNanos())
+
+  sleep(duration: Duration.Duration): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      const ms = Duration.toMillis(duration)
+      if (!(ms > 0)) return resume(Effect.void)
+      const timer: Timer = { at: this.unsafeCurrentTimeMillis() + ms, wake: () => resume(Effect.void) }
+      this.timers.push(timer)
+      // An interrupted sleep (a timeout whose call returned, a wait cut short by a wake-up) is forgotten.
+      return Effect.sync(() => {
+        this.timers = this.timers.filter((t) => t !== timer)
+      })
+    })
+  }
+
+  /** When the earliest timer falls due, if any. */
+  nextAt(): number | null {
+    let next: number | null = null
+    for (const timer of this.timers) if (next === null || timer.at < next) next = timer.at
+    return next
+  }
+
+  /** Wakes every timer due at the current time, earliest first; how many it woke. */
+  fireDue(): number {
+    const now = this.unsafeCurrentTimeMillis()
+    const due = this.timers.filter((t) => t.at <= now).sort((a, b) => a.at - b.at)
+    if (due.length === 0) return 0
+    this.timers = this.timers.filter((t) => t.at > now)
+    for (const timer of due) timer.wake()
+    return due.length
+  }
+}
