@@ -2,7 +2,9 @@
  * The test kit's driver, whichever store holds the outbox: the real `Worker`, the user's
  * `Handlers`, an in-memory Redis the test controls, and `drain` / `advance` / inspection over
  * them. The library takes time only from Effect's `Clock` (times are statement parameters, never
- * `now()`), so `TestClock` drives retries and leases.
+ * `now()`), so `TestClock`'s time drives retries and leases. The worker's own timers are the
+ * kit's (`WorkerClock`): they fire at a `drain` or an `advance` that reaches them, not on a bare
+ * `TestClock.adjust`, and a timeout whose call returned leaves nothing behind.
  *
  * The test drives the worker with `drain` (apply what is due now, report what happened) and
  * `advance` (move `TestClock`, stopping at every due time on the way, as a worker that never
@@ -87,8 +89,10 @@ export interface OutboxTestShape {
   /** Apply everything due now (at the current `Clock` time) and report what happened. */
   readonly drain: Effect.Effect<DrainReport, DrainTimeout | SqlError.SqlError>
   /**
-   * Move `TestClock` forward by `duration`, stopping at every retry or lease expiry that falls
-   * due on the way and draining there, then drain at the end. Under the live clock, waits.
+   * Move time forward by `duration`, stopping at every retry, lease expiry or timer of the
+   * worker's (a call timeout, a breaker probe) that falls due on the way and draining there,
+   * then drain at the end, with `TestClock` moved to the end. Fibers of the test's own that
+   * sleep on `TestClock` wake at their time, in order with those steps. Under the live clock, waits.
    */
   readonly advance: (duration: Duration.DurationInput) => Effect.Effect<DrainReport, DrainTimeout | InvalidAdvance | SqlError.SqlError>
   /** Pending events (due or scheduled), oldest first, with their failure history. */
@@ -518,8 +522,8 @@ export interface OutboxTestOptions<E, R> {
   readonly drainTimeout?: Duration.DurationInput | undefined
   /**
    * Under `TestClock`, the time the worker starts at, when the clock still reads 0 (the epoch):
-   * default 2026-01-01T00:00:00Z. Set the start here rather than with `TestClock.setTime` in
-   * the test: moving the clock years ahead after the worker started walks its timers one by one.
+   * default 2026-01-01T00:00:00Z. `TestClock.setTime` in the test works as well: the worker's
+   * timers are the kit's (see `WorkerClock`), and the next `drain` fires what the jump passed.
    */
   readonly startAt?: DateTime.DateTime.Input | undefined
 }
