@@ -4,7 +4,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Clock, Data, Duration, Effect, Layer, Ref, Schema, TestClock } from "effect"
+import { Chunk, Clock, Data, Duration, Effect, Fiber, Layer, Ref, Schema, TestClock } from "effect"
 import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store } from "../src/index.js"
 import { OutboxTest, type OutboxTestOptions, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
@@ -287,6 +287,21 @@ describe("sync-outbox/testing: time", () => {
           yield* TestClock.adjust(Duration.millis(appliedAt! + 5_000 - (t0 + 2_000)))
           expect(yield* redis.use((c) => c.get("a"))).toBeNull()
         }).pipe(Effect.provide(kit({ handlers: flaky(attempts), config: { backoffBase: Duration.seconds(1) } }))))
+
+      const hung = {
+        handlers: Handlers.layer(handle(Hangs, () => Effect.never)),
+        config: { callTimeout: Duration.seconds(2), leaseDuration: Duration.seconds(10) },
+        drainTimeout: Duration.seconds(2)
+      }
+      it.effect("a drain forked, then TestClock moved by the test past callTimeout: the drain reports the HandlerTimeout", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          const id = yield* enqueue(Hangs, { payload: "x" })
+          const drain = yield* Effect.fork(outbox.drain)
+          yield* TestClock.adjust("2 seconds")
+          const report = yield* Fiber.join(drain)
+          expect(report.failed.map((f) => [f.event.id, f.errorTag])).toEqual([[id, "HandlerTimeout"]])
+        }).pipe(Effect.provide(kit(hung))))
     })
   }
 })

@@ -296,6 +296,19 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
     const quiet = (seen: number) =>
       Effect.as(nextTurn, tracker.done === seen && tracker.inFlight === 0)
 
+    /**
+     * Until one of the worker's statements finishes. Meanwhile the test may move `TestClock`
+     * itself (a drain forked, then `TestClock.adjust` past a hung handler's `callTimeout`): the
+     * worker's timers are the kit's, not `TestClock`'s, so the ones that fall due are fired here.
+     */
+    const changed = (seen: number, deadline: number): Effect.Effect<void> =>
+      timers === undefined ? tracker.changed(seen, deadline) : Effect.gen(function*() {
+        while (tracker.done === seen && Date.now() < deadline) {
+          timers.fireDue()
+          yield* tracker.changed(seen, Math.min(deadline, Date.now() + 10))
+        }
+      })
+
     const settle = Effect.gen(function*() {
       const deadline = Date.now() + Duration.toMillis(drainTimeout)
       const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
@@ -326,7 +339,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
             yield* worker.wake
           }
         }
-        yield* tracker.changed(seen, deadline)
+        yield* changed(seen, deadline)
       }
       const inFlight = yield* leasedByWorker
       return yield* new DrainTimeout({
