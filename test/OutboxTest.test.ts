@@ -302,6 +302,18 @@ describe("sync-outbox/testing: time", () => {
           const report = yield* Fiber.join(drain)
           expect(report.failed.map((f) => [f.event.id, f.errorTag])).toEqual([[id, "HandlerTimeout"]])
         }).pipe(Effect.provide(kit(hung))))
+
+      it.effect("a test that ends on a DrainTimeout, its handler still hung, closes its layer at once", () =>
+        Effect.gen(function*() {
+          const started = Date.now()
+          yield* Effect.gen(function*() {
+            const outbox = yield* OutboxTest
+            yield* enqueue(Hangs, { payload: "x" })
+            expect((yield* outbox.drain.pipe(Effect.flip))._tag).toBe("DrainTimeout")
+          }).pipe(Effect.provide(kit({ ...hung, drainTimeout: Duration.millis(100) })))
+          // The worker's finalizer waits for the handler up to callTimeout on the worker's clock.
+          expect(Date.now() - started).toBeLessThan(2_000)
+        }))
     })
   }
 })

@@ -496,6 +496,9 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
 
     const idsWhere = rows.idsWhere
 
+    // Once the test is over, a handler still hung must not hold the worker's finalizer forever.
+    if (timers !== undefined) yield* Effect.addFinalizer(() => Effect.sync(() => timers.close()))
+
     // The worker looks once as it starts. Let that look end before the test's first step, so an
     // event the test writes next is the test's to drain (and to see in the report), not taken
     // by a claim already under way.
@@ -601,7 +604,7 @@ export const assemble = <I, E, R, E2, R2>(
     return clock === undefined ? running : Layer.locallyEffect(running, Effect.withClock(clock))
   })).pipe(Layer.provideMerge(workerTimers))
   const drainTimeout = Duration.decode(options.drainTimeout ?? Duration.seconds(10))
-  return Layer.effect(tag, makeDriver(drainTimeout)).pipe(
+  return Layer.scoped(tag, makeDriver(drainTimeout)).pipe(
     Layer.provideMerge(worker),
     Layer.provideMerge(Layer.merge(config, startClock))
   ) as never

@@ -61,11 +61,37 @@ export class WorkerClock implements Clock.Clock {
       if (!(ms > 0)) return resume(Effect.void)
       const timer: Timer = { at: this.unsafeCurrentTimeMillis() + ms, wake: () => resume(Effect.void) }
       this.timers.push(timer)
+      if (this.closing) this.pump()
       // An interrupted sleep (a timeout whose call returned, a wait cut short by a wake-up) is forgotten.
       return Effect.sync(() => {
         this.timers = this.timers.filter((t) => t !== timer)
       })
     })
+  }
+
+  private closing = false
+  private pumping: ReturnType<typeof setTimeout> | undefined
+
+  /**
+   * The kit's scope is closing: nothing will drain or advance again. The worker's finalizer waits
+   * for its in-flight handlers, bounded by `callTimeout` on this clock; so that a handler still
+   * hung (a test that ended on a `DrainTimeout`) does not hold the teardown forever, every timer
+   * (those set from now on too) fires after a few milliseconds of real time. A teardown with
+   * nothing in flight ends before that.
+   */
+  close(): void {
+    this.closing = true
+    if (this.timers.length > 0) this.pump()
+  }
+
+  private pump(): void {
+    if (this.pumping !== undefined) return
+    this.pumping = setTimeout(() => {
+      this.pumping = undefined
+      const all = this.timers.sort((a, b) => a.at - b.at)
+      this.timers = []
+      for (const timer of all) timer.wake()
+    }, 50)
   }
 
   /** When the earliest timer falls due, if any. */
