@@ -288,6 +288,22 @@ describe("sync-outbox/testing: time", () => {
           expect(yield* redis.use((c) => c.get("a"))).toBeNull()
         }).pipe(Effect.provide(kit({ handlers: flaky(attempts), config: { backoffBase: Duration.seconds(1) } }))))
 
+      it.effect("events the test's own fibers enqueue while an advance moves TestClock are in its report", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* Ref.set(attempts, [])
+          yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+          yield* outbox.drain // attempt 1 fails; attempt 2 is due in [0.5 s, 1 s]
+          // One wakes before the retry's step, one after the last step, before the advance ends.
+          const early = yield* Effect.fork(Effect.zipRight(Effect.sleep("300 millis"), enqueue(SetValue, { payload: { key: "b", value: "2" } })))
+          const late = yield* Effect.fork(Effect.zipRight(Effect.sleep("1500 millis"), enqueue(SetValue, { payload: { key: "c", value: "3" } })))
+          const report = yield* outbox.advance("2 seconds")
+          yield* Fiber.join(early)
+          yield* Fiber.join(late)
+          expect(yield* outbox.sink.keys).toEqual({ a: "1", b: "2", c: "3" })
+          expect(report.applied.map((e) => (e.payload as { key: string }).key).sort()).toEqual(["a", "b", "c"])
+        }).pipe(Effect.provide(kit({ handlers: flaky(attempts), config: { backoffBase: Duration.seconds(1) } }))))
+
       const hung = {
         handlers: Handlers.layer(handle(Hangs, () => Effect.never)),
         config: { callTimeout: Duration.seconds(2), leaseDuration: Duration.seconds(10) },
