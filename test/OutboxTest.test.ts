@@ -237,7 +237,7 @@ describe("sync-outbox/testing: time", () => {
         yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value, "PX", 5_000)))
       })))
 
-  type Kit = (options: OutboxTestOptions<never, RedisSink>) => Layer.Layer<OutboxTest | RedisSink | SqlClient.SqlClient, unknown>
+  type Kit = (options: OutboxTestOptions<never, RedisSink | SqlClient.SqlClient>) => Layer.Layer<OutboxTest | RedisSink | SqlClient.SqlClient, unknown>
   const kits: ReadonlyArray<readonly [string, Kit]> = [["in memory", OutboxTest.layerMemory], ["on PGlite", outboxTest]]
   for (const [name, kit] of kits) {
     describe(name, () => {
@@ -303,6 +303,20 @@ describe("sync-outbox/testing: time", () => {
           expect(yield* outbox.sink.keys).toEqual({ a: "1", b: "2", c: "3" })
           expect(report.applied.map((e) => (e.payload as { key: string }).key).sort()).toEqual(["a", "b", "c"])
         }).pipe(Effect.provide(kit({ handlers: flaky(attempts), config: { backoffBase: Duration.seconds(1) } }))))
+
+      it.effect("a follow-up event a handler enqueues, applied in the same drain, is in its report", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* enqueue(FlakyType, { payload: "first" })
+          const report = yield* outbox.drain
+          expect(report.applied.map((e) => [e.resourceType, e.payload])).toEqual([["flaky", "first"], ["thing", { key: "next", value: "1" }]])
+          expect(yield* outbox.sink.keys).toEqual({ next: "1" })
+        }).pipe(Effect.provide(kit({
+          handlers: Handlers.layer(
+            handle(FlakyType, () => Effect.asVoid(enqueue(SetValue, { payload: { key: "next", value: "1" } }))),
+            setValue
+          )
+        }))))
 
       const hung = {
         handlers: Handlers.layer(handle(Hangs, () => Effect.never)),

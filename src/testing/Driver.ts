@@ -182,6 +182,8 @@ class Tracker {
   claimsStarted = 0
   claimsDone = 0
   lastClaimSize = 0
+  /** What the worker's claims returned since `claimed` was last emptied (at each drain's start). */
+  readonly claimed = new Map<string, ClaimedEvent>()
   private readonly waiters = new Set<() => void>()
 
   finished() {
@@ -239,6 +241,7 @@ const trackCalls = <S extends object>(service: S, tracker: Tracker): S => {
             if (name === "claim") {
               tracker.claimsDone++
               tracker.lastClaimSize = Array.isArray(result) ? result.length : 0
+              if (Array.isArray(result)) for (const event of result as Array<ClaimedEvent>) tracker.claimed.set(event.id, event)
             }
           })
         ),
@@ -350,9 +353,29 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
       })
     })
 
-    const report = (before: Map<string, SnapshotRow>) =>
+    const report = (snapshotBefore: Map<string, SnapshotRow>) =>
       Effect.gen(function*() {
         const after = yield* snapshot
+        // An event written during the drain (a handler's follow-up event) and applied in it is in
+        // neither snapshot: the worker's claim saw it.
+        const before = new Map(snapshotBefore)
+        for (const [id, event] of tracker.claimed) {
+          if (before.has(id)) continue
+          before.set(id, {
+            id,
+            resource_type: event.resourceType,
+            action: event.action,
+            resource_id: event.resourceId,
+            ordering_key: event.orderingKey,
+            payload: event.payload,
+            coalesce: event.coalesce,
+            retry_count: event.retryCount,
+            status: "pending",
+            last_error: null,
+            next_retry_at: event.createdAt,
+            lease_expires_at: null
+          })
+        }
         const changed = [...after.values()].filter((row) => {
           const old = before.get(row.id)
           return row.retry_count > 0 && (old === undefined || old.retry_count !== row.retry_count || old.status !== row.status)
@@ -418,6 +441,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
     // `TestClock` moves, and that belongs in the report too.
     const drainFrom = (before: Map<string, SnapshotRow>) =>
       Effect.gen(function*() {
+        tracker.claimed.clear()
         timers?.fireDue()
         yield* settle
         return yield* report(before)
