@@ -25,6 +25,15 @@ export class Calls {
   }
 }
 
+// Promise calls started through `tryPromise` and not settled yet, in this process.
+const running = GlobalValue.globalValue(Symbol.for("sync-outbox/InFlight/running"), () => ({ count: 0 }))
+
+/**
+ * How many promise calls started through `tryPromise` (so `RedisSink.use`) have not settled yet,
+ * across the process: the test kit's driver does not move time while one runs.
+ */
+export const runningCalls = (): number => running.count
+
 /** The `Calls` of the handler work running on this fiber, if the worker set one. */
 export const currentCalls: FiberRef.FiberRef<Calls | undefined> = GlobalValue.globalValue(
   Symbol.for("sync-outbox/InFlight/currentCalls"),
@@ -49,6 +58,11 @@ export const tryPromise = <A, E>(options: {
       try: (signal: AbortSignal) => {
         const call = options.try(signal)
         calls?.add(call)
+        running.count++
+        const settled = () => {
+          running.count--
+        }
+        call.then(settled, settled)
         return call
       },
       catch: options.catch

@@ -4,7 +4,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Clock, Data, Duration, Effect, Fiber, Layer, Ref, Schema, TestClock } from "effect"
+import { Chunk, Clock, Data, Duration, Effect, Fiber, Layer, Ref, Schedule, Schema, TestClock } from "effect"
 import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store } from "../src/index.js"
 import { OutboxTest, type OutboxTestOptions, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
@@ -344,6 +344,55 @@ describe("sync-outbox/testing: time", () => {
           // The worker's finalizer waits for the handler up to callTimeout on the worker's clock.
           expect(Date.now() - started).toBeLessThan(2_000)
         }))
+
+      // Refused twice, then applied: the handler's own retries, on a schedule of the worker's clock.
+      const retriesInside = (seen: Ref.Ref<ReadonlyArray<number>>) =>
+        Handlers.layer(handle(SetValue, ({ payload }) =>
+          Effect.gen(function*() {
+            const now = yield* Clock.currentTimeMillis
+            const before = yield* Ref.getAndUpdate(seen, (times) => [...times, now])
+            if (before.length < 2) return yield* new Rejected({ message: "busy" })
+            yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value)))
+          }).pipe(Effect.retry(Schedule.spaced("100 millis")))))
+
+      it.effect("a handler that retries on a schedule of its own gets there within an advance, each try at its time", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* Ref.set(attempts, [])
+          const t0 = yield* Clock.currentTimeMillis
+          yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+          const report = yield* outbox.advance("1 second")
+          expect(report.applied).toHaveLength(1)
+          expect(report.failed).toEqual([])
+          expect((yield* Ref.get(attempts)).map((at) => at - t0)).toEqual([0, 100, 200])
+          expect(yield* outbox.sink.keys).toEqual({ a: "1" })
+          expect(yield* Clock.currentTimeMillis).toBe(t0 + 1_000)
+        }).pipe(Effect.provide(kit({ handlers: retriesInside(attempts) }))))
+
+      it.effect("an advance that ends while a handler still sleeps returns at once, the event in flight; the next one finishes it", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* Ref.set(attempts, [])
+          yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+          const started = Date.now()
+          const early = yield* outbox.advance("150 millis")
+          expect(Date.now() - started).toBeLessThan(1_000) // not a DrainTimeout's wait
+          expect(early.applied).toEqual([])
+          expect(early.pending).toBe(1)
+          expect(yield* Ref.get(attempts)).toHaveLength(2)
+          expect((yield* outbox.advance("100 millis")).applied).toHaveLength(1)
+        }).pipe(Effect.provide(kit({ handlers: retriesInside(attempts) }))))
+
+      it.effect("a hung handler under advance: nothing until callTimeout, then its HandlerTimeout, without waiting in real time", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          const id = yield* enqueue(Hangs, { payload: "x" })
+          const started = Date.now()
+          expect((yield* outbox.advance("1 second")).failed).toEqual([])
+          const report = yield* outbox.advance("1 second")
+          expect(report.failed.map((f) => [f.event.id, f.errorTag])).toEqual([[id, "HandlerTimeout"]])
+          expect(Date.now() - started).toBeLessThan(1_500) // drainTimeout is 2 s
+        }).pipe(Effect.provide(kit(hung))))
     })
   }
 })

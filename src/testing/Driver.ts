@@ -159,6 +159,17 @@ const nextDueAt = (rows: Map<string, SnapshotRow>, now: number): number | null =
   return next
 }
 
+/** Whether a pending event is claimable by time alone at `now` (its retry due, its lease, if any, run out). */
+const dueNow = (rows: Map<string, SnapshotRow>, now: number): boolean => {
+  for (const row of rows.values()) {
+    if (row.status !== "pending") continue
+    const retryDue = !(row.next_retry_at instanceof Date) || row.next_retry_at.getTime() <= now
+    const leaseOver = !(row.lease_expires_at instanceof Date) || row.lease_expires_at.getTime() <= now
+    if (retryDue && leaseOver) return true
+  }
+  return false
+}
+
 const summary = (row: SnapshotRow): EventSummary => ({
   id: row.id,
   resourceType: row.resource_type,
@@ -210,6 +221,9 @@ class Tracker {
     })
   }
 }
+
+/** Real time a worker that has not settled must stay still before an advance moves time for it. */
+const waitingAfterMs = 50
 
 /**
  * A turn of the event loop in real time: fibers already scheduled (whatever the clock) run first.
@@ -300,22 +314,46 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
       Effect.as(nextTurn, tracker.done === seen && tracker.inFlight === 0)
 
     /**
-     * Until one of the worker's statements finishes. Meanwhile the test may move `TestClock`
-     * itself (a drain forked, then `TestClock.adjust` past a hung handler's `callTimeout`): the
-     * worker's timers are the kit's, not `TestClock`'s, so the ones that fall due are fired here.
+     * Until one of the worker's statements finishes, or `waiting` says to stop (true then).
+     * Meanwhile the test may move `TestClock` itself (a drain forked, then `TestClock.adjust` past
+     * a hung handler's `callTimeout`): the worker's timers are the kit's, not `TestClock`'s, so
+     * the ones that fall due are fired here.
      */
-    const changed = (seen: number, deadline: number): Effect.Effect<void> =>
-      timers === undefined ? tracker.changed(seen, deadline) : Effect.gen(function*() {
+    const changed = (seen: number, deadline: number, waiting: () => boolean): Effect.Effect<boolean> =>
+      timers === undefined ? Effect.as(tracker.changed(seen, deadline), false) : Effect.gen(function*() {
         while (tracker.done === seen && Date.now() < deadline) {
           timers.fireDue()
+          if (waiting()) return true
           yield* tracker.changed(seen, Math.min(deadline, Date.now() + 10))
         }
+        return false
       })
 
-    const settle = Effect.gen(function*() {
+    /**
+     * Settled, as above. Within an advance, also when the worker
+     * has stayed still for `waitingAfterMs` of real time, with no statement and no `RedisSink`
+     * call in flight, while it has a timer set: a handler sleeping, retrying on a schedule, or
+     * hung until its `callTimeout`, waits for time that only the advance moves. The advance moves
+     * time to the next timer if it falls due on its way and settles again (as `TestClock` fires a
+     * sleep once every fiber has suspended), or else ends there, that event still in flight.
+     * (So a handler whose own untracked promise takes longer than that in real time may see its
+     * `callTimeout` fire if the advance passes it; a `drain` never moves time.)
+     */
+    const settle = (withinAdvance: boolean) => Effect.gen(function*() {
       const deadline = Date.now() + Duration.toMillis(drainTimeout)
       const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
       let mark = tracker.claimsStarted
+      let lastDone = tracker.done
+      let stillSince = Date.now()
+      const waitingOnTimers = () => {
+        if (tracker.done !== lastDone) {
+          lastDone = tracker.done
+          stillSince = Date.now()
+          return false
+        }
+        if (!withinAdvance || timers === undefined || tracker.inFlight !== 0 || InFlight.runningCalls() > 0) return false
+        return timers.nextAt() !== null && Date.now() - stillSince >= waitingAfterMs
+      }
       yield* worker.wake
       // Looked at again each time one of the worker's statements finishes: nothing else moves it.
       while (Date.now() <= deadline) {
@@ -326,6 +364,8 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
             // settled once the loop itself is back to waiting.
             if (yield* quiet(seen)) {
               if (yield* worker.idle) return
+              timers?.fireDue()
+              if (waitingOnTimers()) return
               yield* nextTurn
             }
             continue
@@ -342,14 +382,15 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
             yield* worker.wake
           }
         }
-        yield* changed(seen, deadline)
+        if (yield* changed(seen, deadline, waitingOnTimers)) return
       }
       const inFlight = yield* leasedByWorker
       return yield* new DrainTimeout({
         inFlight,
         message: `sync-outbox/testing: the worker did not settle within ${Duration.format(drainTimeout)} of real time ` +
-          `(${inFlight.length} event(s) in flight). A handler may still be running: under TestClock its timeout fires ` +
-          `only when the test advances past callTimeout. Or a transaction of the test's own holds the database.`
+          `(${inFlight.length} event(s) in flight). A handler may still be running, or waiting on a timer (a sleep, a ` +
+          `retry schedule, its callTimeout): under TestClock those fire only when advance moves time past them; drain ` +
+          `does not move time. Or a transaction of the test's own holds the database.`
       })
     })
 
@@ -439,15 +480,15 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
 
     // From a snapshot taken before the clock moved: the worker acts on its own due timers while
     // `TestClock` moves, and that belongs in the report too.
-    const drainFrom = (before: Map<string, SnapshotRow>) =>
+    const drainFrom = (before: Map<string, SnapshotRow>, withinAdvance: boolean) =>
       Effect.gen(function*() {
         tracker.claimed.clear()
         timers?.fireDue()
-        yield* settle
+        yield* settle(withinAdvance)
         return yield* report(before)
       })
 
-    const drain = Effect.map(Effect.flatMap(snapshot, drainFrom), ([result]) => result)
+    const drain = Effect.map(Effect.flatMap(snapshot, (before) => drainFrom(before, false)), ([result]) => result)
 
     /**
      * Moves time to `at`, within an advance. The worker's alone when nothing of the test's own
@@ -513,6 +554,12 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         // Step to each due time on the way, as a worker awake all along would have acted there.
         // What one step ends with is what the next starts from: nothing runs in between.
         let before = yield* snapshot
+        // What is due already is applied now, at the start, as by a worker awake all along.
+        if (dueNow(before, yield* workerNow) || (timers?.nextAt() ?? Infinity) <= (yield* workerNow)) {
+          const [result, after] = yield* drainFrom(before, true)
+          reports.push(result)
+          before = after
+        }
         for (;;) {
           const now = yield* workerNow
           const rowDue = nextDueAt(before, now)
@@ -520,7 +567,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
           const at = rowDue === null ? timerDue : timerDue === null ? rowDue : Math.min(rowDue, timerDue)
           if (at === null || at >= target) break
           if (yield* moveTo(clock, at)) before = yield* withWritten(before)
-          const [result, after] = yield* drainFrom(before)
+          const [result, after] = yield* drainFrom(before, true)
           reports.push(result)
           before = after
         }
@@ -532,7 +579,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
           if (woken) before = yield* withWritten(before)
         }
         timers?.caughtUp()
-        reports.push((yield* drainFrom(before))[0])
+        reports.push((yield* drainFrom(before, true))[0])
         return merge(reports)
       })
 
@@ -547,7 +594,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
     // The worker looks once as it starts. Let that look end before the test's first step, so an
     // event the test writes next is the test's to drain (and to see in the report), not taken
     // by a claim already under way.
-    yield* Effect.orDie(settle)
+    yield* Effect.orDie(settle(false))
 
     return {
       drain,
