@@ -29,10 +29,20 @@ export class Calls {
 const running = GlobalValue.globalValue(Symbol.for("sync-outbox/InFlight/running"), () => ({ count: 0 }))
 
 /**
- * How many promise calls started through `tryPromise` (so `RedisSink.use`) have not settled yet,
- * across the process: the test kit's driver does not move time while one runs.
+ * How many promise calls started through `tryPromise` (so `RedisSink.use`), or `counted`, have
+ * not settled yet, across the process: the test kit's driver does not move time while one runs.
  */
 export const runningCalls = (): number => running.count
+
+/** `call`, counted in `runningCalls` until it settles. */
+export const counted = <A>(call: PromiseLike<A>): PromiseLike<A> => {
+  running.count++
+  const settled = () => {
+    running.count--
+  }
+  call.then(settled, settled)
+  return call
+}
 
 /** The `Calls` of the handler work running on this fiber, if the worker set one. */
 export const currentCalls: FiberRef.FiberRef<Calls | undefined> = GlobalValue.globalValue(
@@ -58,12 +68,7 @@ export const tryPromise = <A, E>(options: {
       try: (signal: AbortSignal) => {
         const call = options.try(signal)
         calls?.add(call)
-        running.count++
-        const settled = () => {
-          running.count--
-        }
-        call.then(settled, settled)
-        return call
+        return counted(call)
       },
       catch: options.catch
     }))

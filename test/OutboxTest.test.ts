@@ -5,7 +5,7 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Clock, Data, Duration, Effect, Fiber, Layer, Ref, Schedule, Schema, TestClock } from "effect"
-import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store } from "../src/index.js"
+import { enqueue, enqueueMany, event, handle, Handlers, InFlight, OutboxEvent, RedisSink, Store } from "../src/index.js"
 import { OutboxTest, type OutboxTestOptions, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
 class Rejected extends Data.TaggedError("Rejected")<{ readonly message: string }> {}
@@ -382,6 +382,22 @@ describe("sync-outbox/testing: time", () => {
           expect(yield* Ref.get(attempts)).toHaveLength(2)
           expect((yield* outbox.advance("100 millis")).applied).toHaveLength(1)
         }).pipe(Effect.provide(kit({ handlers: retriesInside(attempts) }))))
+
+      it.effect("a handler's tracked promise that takes real time holds time still: a long advance does not time it out", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* enqueue(SetValue, { payload: { key: "slow", value: "1" } })
+          const report = yield* outbox.advance("1 minute")
+          expect(report.failed).toEqual([])
+          expect(report.applied).toHaveLength(1)
+        }).pipe(Effect.provide(kit({
+          handlers: Handlers.layer(handle(SetValue, ({ payload }) =>
+            Effect.zipRight(
+              InFlight.tryPromise({ try: () => new Promise<void>((resolve) => setTimeout(resolve, 200)), catch: () => new Rejected({ message: "?" }) }),
+              Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value)))
+            ))),
+          config: { callTimeout: Duration.seconds(10), leaseDuration: Duration.seconds(30) }
+        }))))
 
       it.effect("a hung handler under advance: nothing until callTimeout, then its HandlerTimeout, without waiting in real time", () =>
         Effect.gen(function*() {

@@ -15,6 +15,7 @@ import { SqlClient, SqlError } from "@effect/sql"
 import type { SqlConnection } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Context, Data, Effect, Layer, Stream } from "effect"
+import * as InFlight from "../InFlight.js"
 
 /** The part of PGlite's API this client uses (kept structural: no type import of an optional peer). */
 export interface PgliteDatabase {
@@ -92,8 +93,9 @@ const makeConnection = (db: PgliteDatabase): SqlConnection.Connection => {
   // runs a whole script, as node-postgres does (migrations are files of many statements).
   const runAll = (sql: string, params: ReadonlyArray<unknown>) =>
     Effect.tryPromise({
+      // Counted while it runs: the driver moves no time while a statement (a handler's too) is running.
       try: async (): Promise<Array<PgliteResults<unknown>>> =>
-        params.length === 0 ? db.exec(sql) : [await db.query(sql, params as Array<unknown>)],
+        params.length === 0 ? InFlight.counted(db.exec(sql)) : [await InFlight.counted(db.query(sql, params as Array<unknown>))],
       catch: failed
     })
   const run = (sql: string, params: ReadonlyArray<unknown>) =>
@@ -111,7 +113,7 @@ const makeConnection = (db: PgliteDatabase): SqlConnection.Connection => {
     executeStream: (sql, params, transformRows) => Stream.flatMap(execute(sql, params, transformRows), Stream.fromIterable),
     executeValues: (sql, params) =>
       Effect.tryPromise({
-        try: () => db.query<ReadonlyArray<unknown>>(sql, params as Array<unknown>, { rowMode: "array" }),
+        try: () => InFlight.counted(db.query<ReadonlyArray<unknown>>(sql, params as Array<unknown>, { rowMode: "array" })),
         catch: failed
       }).pipe(Effect.map((r) => r.rows)),
     executeUnprepared: execute
