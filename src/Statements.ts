@@ -258,7 +258,7 @@ export const stats = `SELECT resource_type,
   count(*) FILTER (WHERE status = 'dead')::int AS dead,
   count(*) FILTER (WHERE status = 'pending' AND next_retry_at > $1)::int AS scheduled,
   min(created_at) FILTER (WHERE status = 'pending') AS oldest
-FROM sync_outbox GROUP BY resource_type ORDER BY resource_type`
+FROM sync_outbox GROUP BY resource_type ORDER BY resource_type COLLATE "C"`
 
 export const storedColumns = `id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key, payload,
   coalesce, retry_count, created_at, status, last_error, next_retry_at, lease_owner, lease_expires_at`

@@ -490,6 +490,7 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
         if (row.nextRetryAt > at) g.scheduled++
         if (g.oldest === null || row.createdAt < g.oldest) g.oldest = row.createdAt
       }
+      // Byte order, as the statement's `COLLATE "C"` (the same on every server, whatever its collation).
       const types = [...groups.keys()].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))
       const all = types.map((t) => groups.get(t)!)
       const sum = (f: (g: (typeof all)[number]) => number) => all.reduce((acc, g) => acc + f(g), 0)
