@@ -25,20 +25,34 @@ export class Calls {
   }
 }
 
-// Promise calls started through `tryPromise` and not settled yet, in this process.
-const running = GlobalValue.globalValue(Symbol.for("sync-outbox/InFlight/running"), () => ({ count: 0 }))
+// Promise calls started through `tryPromise` (or `counted`) and not settled yet, in this process, by number.
+const running = GlobalValue.globalValue(
+  Symbol.for("sync-outbox/InFlight/runningCalls"),
+  () => ({ next: 0, calls: new Set<number>() })
+)
 
 /**
  * How many promise calls started through `tryPromise` (so `RedisSink.use`), or `counted`, have
  * not settled yet, across the process: the test kit's driver does not move time while one runs.
+ * With `from` (a `nextCall()` taken earlier), only the calls started since: a test kit counts its
+ * own, not a call an earlier test left running forever.
  */
-export const runningCalls = (): number => running.count
+export const runningCalls = (from = 0): number => {
+  if (from === 0) return running.calls.size
+  let count = 0
+  for (const call of running.calls) if (call >= from) count++
+  return count
+}
+
+/** The number the next counted call will get (see `runningCalls`). */
+export const nextCall = (): number => running.next
 
 /** `call`, counted in `runningCalls` until it settles. */
 export const counted = <A>(call: PromiseLike<A>): PromiseLike<A> => {
-  running.count++
+  const id = running.next++
+  running.calls.add(id)
   const settled = () => {
-    running.count--
+    running.calls.delete(id)
   }
   call.then(settled, settled)
   return call

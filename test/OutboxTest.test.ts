@@ -399,6 +399,23 @@ describe("sync-outbox/testing: time", () => {
           config: { callTimeout: Duration.seconds(10), leaseDuration: Duration.seconds(30) }
         }))))
 
+      it.effect("a handler between two tracked calls that take real time (a short await of its own between them) is not timed out by a long advance", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* enqueue(SetValue, { payload: { key: "slow", value: "1" } })
+          const report = yield* outbox.advance("1 minute")
+          expect(report.failed).toEqual([])
+          expect(report.applied).toHaveLength(1)
+        }).pipe(Effect.provide(kit({
+          handlers: Handlers.layer(handle(SetValue, ({ payload }) => {
+            const call = InFlight.tryPromise({ try: () => new Promise<void>((resolve) => setTimeout(resolve, 100)), catch: () => new Rejected({ message: "?" }) })
+            // 15 ms of its own: well within the 50 ms the worker must stay still before time moves.
+            const own = Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 15)))
+            return call.pipe(Effect.zipRight(own), Effect.zipRight(call), Effect.zipRight(Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value)))))
+          })),
+          config: { callTimeout: Duration.seconds(10), leaseDuration: Duration.seconds(30) }
+        }))))
+
       it.effect("a hung handler under advance: nothing until callTimeout, then its HandlerTimeout, without waiting in real time", () =>
         Effect.gen(function*() {
           const outbox = yield* OutboxTest
@@ -411,6 +428,33 @@ describe("sync-outbox/testing: time", () => {
         }).pipe(Effect.provide(kit(hung))))
     })
   }
+})
+
+describe("sync-outbox/testing: calls left running", () => {
+  it.effect("a tracked call an earlier kit left running (it never settles) does not hold the next kit's time still", () =>
+    Effect.gen(function*() {
+      // A handler whose Redis stub hangs for good: no time moves while its call runs, so a DrainTimeout.
+      yield* Effect.gen(function*() {
+        const outbox = yield* OutboxTest
+        yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+        expect((yield* outbox.advance("1 second").pipe(Effect.flip))._tag).toBe("DrainTimeout")
+      }).pipe(Effect.provide(OutboxTest.layerMemory({
+        handlers: Handlers.layer(handle(SetValue, () => Effect.flatMap(RedisSink, (r) => r.use(() => new Promise<never>(() => {}))))),
+        drainTimeout: Duration.millis(300)
+      })))
+      expect(InFlight.runningCalls()).toBeGreaterThan(0) // that promise is still pending
+      // The next test's handler sleeps: its advance moves time as ever.
+      yield* Effect.gen(function*() {
+        const outbox = yield* OutboxTest
+        yield* enqueue(SetValue, { payload: { key: "b", value: "2" } })
+        expect((yield* outbox.advance("1 second")).applied).toHaveLength(1)
+        expect(yield* outbox.sink.keys).toEqual({ b: "2" })
+      }).pipe(Effect.provide(OutboxTest.layerMemory({
+        handlers: Handlers.layer(handle(SetValue, ({ payload }) =>
+          Effect.zipRight(Effect.sleep("100 millis"), Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value)))))),
+        drainTimeout: Duration.seconds(2)
+      })))
+    }))
 })
 
 describe("sync-outbox/testing: reports", () => {

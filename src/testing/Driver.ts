@@ -241,7 +241,10 @@ class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<Store
 class WorkerTimers extends Context.Tag("sync-outbox/testing/WorkerTimers")<WorkerTimers, WorkerClock | undefined>() {}
 
 /** One per kit (a layer is built once per test, so the sink and the worker share it). */
-const workerTimers = Layer.effect(WorkerTimers, Effect.map(Effect.clock, (clock) => isTestClock(clock) ? new WorkerClock(clock) : undefined))
+const workerTimers = Layer.effect(
+  WorkerTimers,
+  Effect.map(Effect.clock, (clock) => isTestClock(clock) ? new WorkerClock(clock, InFlight.nextCall()) : undefined)
+)
 
 /** The same service, every call counted (whatever its methods: the worker's use of it may change). */
 const trackCalls = <S extends object>(service: S, tracker: Tracker): S => {
@@ -346,12 +349,17 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
       let lastDone = tracker.done
       let stillSince = Date.now()
       const waitingOnTimers = () => {
-        if (tracker.done !== lastDone) {
+        // Still since the last time a statement finished, or one or a tracked call was seen running:
+        // a handler between two long calls (a Redis call, then a short await of its own) is not still.
+        if (
+          tracker.done !== lastDone || tracker.inFlight !== 0 ||
+          (timers !== undefined && InFlight.runningCalls(timers.callsFrom) > 0)
+        ) {
           lastDone = tracker.done
           stillSince = Date.now()
           return false
         }
-        if (!withinAdvance || timers === undefined || tracker.inFlight !== 0 || InFlight.runningCalls() > 0) return false
+        if (!withinAdvance || timers === undefined) return false
         return timers.nextAt() !== null && Date.now() - stillSince >= waitingAfterMs
       }
       yield* worker.wake

@@ -27,7 +27,11 @@ export class WorkerClock implements Clock.Clock {
   /** Where `moveTo` put the worker, while `TestClock` is behind it; null when they agree. */
   private ahead: number | null = null
 
-  constructor(private readonly time: Clock.Clock) {}
+  /**
+   * @param callsFrom The first `InFlight` call of this kit's (`InFlight.nextCall()` as it starts):
+   * a call an earlier test left running (a promise that never settles) does not hold this one's time.
+   */
+  constructor(private readonly time: Clock.Clock, readonly callsFrom = 0) {}
 
   unsafeCurrentTimeMillis(): number {
     const time = this.time.unsafeCurrentTimeMillis()
