@@ -416,6 +416,26 @@ describe("sync-outbox/testing: time", () => {
           config: { callTimeout: Duration.seconds(10), leaseDuration: Duration.seconds(30) }
         }))))
 
+      it.effect("what a handler's own untracked promise comes to after an advance returned is in the next drain's report", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          const ok = yield* enqueue(SetValue, { payload: { key: "ok", value: "1" } })
+          const refused = yield* enqueue(SetValue, { payload: { key: "refused", value: "1" } })
+          // The worker looks still after 50 ms of real time: the advance returns, both in flight.
+          const during = yield* outbox.advance("1 second")
+          yield* Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 500)))
+          const next = yield* outbox.drain
+          expect([...during.applied, ...next.applied].map((e) => e.id)).toEqual([ok])
+          expect([...during.failed, ...next.failed].map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[refused, 1, "Rejected"]])
+        }).pipe(Effect.provide(kit({
+          handlers: Handlers.layer(handle(SetValue, ({ payload }) =>
+            Effect.gen(function*() {
+              yield* Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 300)))
+              if (payload.key === "refused") return yield* new Rejected({ message: "no" })
+              yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value)))
+            })))
+        }))))
+
       it.effect("a hung handler under advance: nothing until callTimeout, then its HandlerTimeout, without waiting in real time", () =>
         Effect.gen(function*() {
           const outbox = yield* OutboxTest

@@ -493,10 +493,31 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         tracker.claimed.clear()
         timers?.fireDue()
         yield* settle(withinAdvance)
-        return yield* report(before)
+        const [result, after] = yield* report(before)
+        const now = yield* workerNow
+        inFlightAtEnd = new Map([...after].filter(([, row]) =>
+          row.status === "pending" && row.lease_expires_at instanceof Date && row.lease_expires_at.getTime() > now
+        ))
+        return [result, after] as const
       })
 
-    const drain = Effect.map(Effect.flatMap(snapshot, (before) => drainFrom(before, false)), ([result]) => result)
+    /**
+     * The events still in flight when the last step returned. An advance may end with a handler
+     * still at work on a promise of its own (not tracked: the worker looked still); what became of
+     * its event meanwhile, between two steps (applied, or failed), is the next step's to report.
+     */
+    let inFlightAtEnd = new Map<string, SnapshotRow>()
+    const carried = (before: Map<string, SnapshotRow>) => {
+      const merged = new Map(before)
+      for (const [id, row] of inFlightAtEnd) {
+        const now = before.get(id)
+        if (now === undefined || now.retry_count !== row.retry_count || now.status !== row.status) merged.set(id, row)
+      }
+      inFlightAtEnd = new Map()
+      return merged
+    }
+
+    const drain = Effect.map(Effect.flatMap(snapshot, (before) => drainFrom(carried(before), false)), ([result]) => result)
 
     /**
      * Moves time to `at`, within an advance. The worker's alone when nothing of the test's own
@@ -561,7 +582,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         const reports: Array<DrainReport> = []
         // Step to each due time on the way, as a worker awake all along would have acted there.
         // What one step ends with is what the next starts from: nothing runs in between.
-        let before = yield* snapshot
+        let before = carried(yield* snapshot)
         // What is due already is applied now, at the start, as by a worker awake all along.
         if (dueNow(before, yield* workerNow) || (timers?.nextAt() ?? Infinity) <= (yield* workerNow)) {
           const [result, after] = yield* drainFrom(before, true)
