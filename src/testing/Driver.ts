@@ -27,6 +27,7 @@ import { Store } from "../Store.js"
 import { type BreakerState, Worker } from "../Worker.js"
 import * as MemoryRedis from "./MemoryRedis.js"
 import type { OutboxRows, SnapshotRow } from "./MemoryOutbox.js"
+import { StoreTracker, trackCalls, Tracker } from "./Tracker.js"
 import { WorkerClock } from "./WorkerClock.js"
 
 export type { OutboxRows, SnapshotRow } from "./MemoryOutbox.js"
@@ -183,45 +184,6 @@ const defaultStart = Date.parse("2026-01-01T00:00:00Z")
 
 const isTestClock = (clock: Clock.Clock): clock is TestClock.TestClock => "adjust" in clock && "setTime" in clock
 
-/**
- * Counts the worker's statements, so that a drain sees from memory when the worker has gone
- * quiet (a database poll of its own would compete with the worker's statements).
- */
-class Tracker {
-  inFlight = 0
-  done = 0
-  claimsStarted = 0
-  claimsDone = 0
-  lastClaimSize = 0
-  /** What the worker's claims returned since `claimed` was last emptied (at each drain's start). */
-  readonly claimed = new Map<string, ClaimedEvent>()
-  private readonly waiters = new Set<() => void>()
-
-  finished() {
-    this.inFlight--
-    this.done++
-    for (const wake of this.waiters) wake()
-  }
-
-  /** Resumes once a statement has finished since `seen` was read from `done`, or at `deadline`. */
-  changed(seen: number, deadline: number): Effect.Effect<void> {
-    return Effect.async<void>((resume) => {
-      if (this.done !== seen) return resume(Effect.void)
-      const wake = () => {
-        this.waiters.delete(wake)
-        clearTimeout(timer)
-        resume(Effect.void)
-      }
-      const timer = setTimeout(wake, Math.max(0, deadline - Date.now()))
-      this.waiters.add(wake)
-      return Effect.sync(() => {
-        this.waiters.delete(wake)
-        clearTimeout(timer)
-      })
-    })
-  }
-}
-
 /** Real time a worker that has not settled must stay still before an advance moves time for it. */
 const waitingAfterMs = 50
 
@@ -235,8 +197,6 @@ const nextTurn = Effect.async<void>((resume) => {
   return Effect.sync(() => clearTimeout(timer))
 })
 
-class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
-
 /** The worker's own clock under `TestClock` (undefined under the live clock: it keeps its timers). */
 class WorkerTimers extends Context.Tag("sync-outbox/testing/WorkerTimers")<WorkerTimers, WorkerClock | undefined>() {}
 
@@ -245,39 +205,6 @@ const workerTimers = Layer.effect(
   WorkerTimers,
   Effect.map(Effect.clock, (clock) => isTestClock(clock) ? new WorkerClock(clock, InFlight.nextCall()) : undefined)
 )
-
-/** The same service, every call counted (whatever its methods: the worker's use of it may change). */
-const trackCalls = <S extends object>(service: S, tracker: Tracker): S => {
-  const track = (name: string, effect: Effect.Effect<unknown, unknown>) =>
-    Effect.suspend(() => {
-      tracker.inFlight++
-      if (name === "claim") tracker.claimsStarted++
-      return effect.pipe(
-        Effect.tap((result) =>
-          Effect.sync(() => {
-            if (name === "claim") {
-              tracker.claimsDone++
-              tracker.lastClaimSize = Array.isArray(result) ? result.length : 0
-              if (Array.isArray(result)) for (const event of result as Array<ClaimedEvent>) tracker.claimed.set(event.id, event)
-            }
-          })
-        ),
-        Effect.ensuring(Effect.sync(() => tracker.finished()))
-      )
-    })
-  const wrapped: Record<string, unknown> = {}
-  for (const [name, value] of Object.entries(service)) {
-    wrapped[name] = typeof value === "function"
-      ? (...args: Array<unknown>) => {
-        const result = (value as (...a: Array<unknown>) => unknown)(...args)
-        return Effect.isEffect(result) ? track(name, result as Effect.Effect<unknown, unknown>) : result
-      }
-      : Effect.isEffect(value)
-      ? track(name, value as Effect.Effect<unknown, unknown>)
-      : value
-  }
-  return wrapped as unknown as S
-}
 
 /** The driver over the worker, the store and the sink in context. */
 export const makeDriver = (drainTimeout: Duration.Duration) =>
