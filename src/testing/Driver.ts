@@ -260,14 +260,15 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
       })
 
     /**
-     * Settled, as above. Within an advance, also when the worker
-     * has stayed still for `waitingAfterMs` of real time, with no statement and no `RedisSink`
-     * call in flight, while it has a timer set: a handler sleeping, retrying on a schedule, or
-     * hung until its `callTimeout`, waits for time that only the advance moves. The advance moves
-     * time to the next timer if it falls due on its way and settles again (as `TestClock` fires a
-     * sleep once every fiber has suspended), or else ends there, that event still in flight.
-     * (So a handler whose own untracked promise takes longer than that in real time may see its
-     * `callTimeout` fire if the advance passes it; a `drain` never moves time.)
+     * Settled, as above. Within an advance, also when the worker has stayed still for
+     * `waitingAfterMs` of real time (no statement of its own, and no tracked call of this kit's,
+     * `InFlight.runningCalls`: `RedisSink.use`, `InFlight.tryPromise`, a PGlite statement) while it
+     * has a timer set: a handler sleeping, retrying on a schedule, or hung until its `callTimeout`,
+     * waits for time that only the advance moves. The advance moves time to the next timer if it
+     * falls due on its way and settles again (as `TestClock` fires a sleep once every fiber has
+     * suspended), or else ends there, that event still in flight. (So a handler whose own
+     * untracked promise takes longer than that in real time may see its `callTimeout` fire if
+     * the advance passes it; a `drain` never moves time.)
      */
     const settle = (withinAdvance: boolean) => Effect.gen(function*() {
       const deadline = Date.now() + Duration.toMillis(drainTimeout)
