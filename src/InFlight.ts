@@ -25,30 +25,37 @@ export class Calls {
   }
 }
 
-// Promise calls started through `tryPromise` (or `counted`) and not settled yet, in this process, by number.
+// Promise calls started through `tryPromise` (or `counted`) and not settled yet, in this process,
+// by number. Counted only once a test kit has asked (`nextCall`): a production worker's Redis
+// calls pay nothing for it.
 const running = GlobalValue.globalValue(
   Symbol.for("sync-outbox/InFlight/runningCalls"),
-  () => ({ next: 0, calls: new Set<number>() })
+  () => ({ on: false, next: 1, calls: new Set<number>() })
 )
 
 /**
  * How many promise calls started through `tryPromise` (so `RedisSink.use`), or `counted`, have
- * not settled yet, across the process: the test kit's driver does not move time while one runs.
+ * not settled yet, across the process, since a test kit first called `nextCall`: the kit's
+ * driver does not move time while one runs.
  * With `from` (a `nextCall()` taken earlier), only the calls started since: a test kit counts its
  * own, not a call an earlier test left running forever.
  */
 export const runningCalls = (from = 0): number => {
-  if (from === 0) return running.calls.size
+  if (from <= 1) return running.calls.size
   let count = 0
   for (const call of running.calls) if (call >= from) count++
   return count
 }
 
-/** The number the next counted call will get (see `runningCalls`). */
-export const nextCall = (): number => running.next
+/** The number the next counted call will get (see `runningCalls`); from now on calls are counted. */
+export const nextCall = (): number => {
+  running.on = true
+  return running.next
+}
 
 /** `call`, counted in `runningCalls` until it settles. */
 export const counted = <A>(call: PromiseLike<A>): PromiseLike<A> => {
+  if (!running.on) return call
   const id = running.next++
   running.calls.add(id)
   const settled = () => {
