@@ -381,6 +381,40 @@ describe("Admin: dead letters", () => {
     })))
 })
 
+describe("Admin: failure history", () => {
+  it.live("leaves with its event, however the event leaves: applied, purged, an operator's DELETE, a TRUNCATE", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* clear
+      const leases = yield* Leases
+      const admin = yield* Store
+      const history = (ids: ReadonlyArray<string>) =>
+        Effect.map(sql<{ n: number }>`SELECT count(*)::int AS n FROM sync_outbox_failures WHERE outbox_id IN ${sql.in(ids.map(Number))}`, (rows) => rows[0]!.n)
+      const ids = yield* enqueueMany(Array.from({ length: 4 }, (_, i) => event(SetValue, { payload: { key: `history${i}`, value: "v" } })))
+      const [retried, purged, deleted, kept] = ids as [string, string, string, string]
+      expect((yield* leases.claim("w", 30_000, 10)).map((e) => e.id)).toEqual(ids)
+      yield* leases.fail("w", [
+        { id: retried, attempt: 1, tag: "Refused", message: "once", nextRetryAt: new Date(0), dead: false },
+        ...[purged, deleted, kept].map((id) => ({ id, attempt: 1, tag: "Refused", message: "for good", nextRetryAt: new Date(0), dead: true }))
+      ])
+      expect(yield* history(ids)).toBe(4)
+      // Applied on its second attempt: its history goes with it, the others' stays.
+      expect((yield* leases.claim("w", 30_000, 10)).map((e) => e.id)).toEqual([retried])
+      expect(yield* leases.complete("w", [retried])).toBe(1)
+      expect(yield* history([retried])).toBe(0)
+      expect(yield* admin.purge({ _tag: "One", id: purged })).toBe(1)
+      expect(yield* history([purged])).toBe(0)
+      yield* sql`DELETE FROM sync_outbox WHERE id = ${Number(deleted)}`
+      expect(yield* history([deleted])).toBe(0)
+      expect((yield* admin.show(kept)).failures.map((f) => f.message)).toEqual(["for good"])
+      // TRUNCATE ... RESTART IDENTITY reuses ids: no old history may attach to a new event.
+      yield* sql`TRUNCATE sync_outbox RESTART IDENTITY`
+      expect(yield* history([kept])).toBe(0)
+      const fresh = yield* enqueue(SetValue, { payload: { key: "history-new", value: "v" } })
+      expect((yield* admin.show(fresh)).failures).toEqual([])
+    })))
+})
+
 describe("Leases through a plain SqlClient (no PgPool: another client, PGlite, a test kit)", () => {
   it.live("the same statements, the same rows and the same counts as on the pool", () =>
     Effect.gen(function*() {

@@ -213,7 +213,7 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
     rows.splice(lo, 0, row)
   }
 
-  /** DELETE, with `sync_outbox_failures`' ON DELETE CASCADE. */
+  /** DELETE, with the failure history leaving with its rows (migrations/outbox/0008_failure_cleanup.sql). */
   const deleteWhere = (doomed: (row: Row) => boolean): number => {
     let n = 0
     for (let i = rows.length - 1; i >= 0; i--) {
