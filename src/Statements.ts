@@ -95,9 +95,9 @@ WITH picked AS MATERIALIZED (
   SELECT id FROM chosen
   UNION
   SELECT id FROM (
-    SELECT o.id FROM (SELECT DISTINCT ordering_key FROM chosen WHERE coalesce) k
-    JOIN sync_outbox o ON o.ordering_key = k.ordering_key
-    WHERE o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
+    SELECT o.id FROM sync_outbox o
+    WHERE o.ordering_key = ANY (ARRAY(SELECT DISTINCT ordering_key FROM chosen WHERE coalesce))
+      AND o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
       AND NOT EXISTS (
         SELECT 1 FROM sync_outbox x
         WHERE x.ordering_key = o.ordering_key AND x.status = 'pending' AND NOT x.coalesce AND x.id < o.id)
@@ -106,8 +106,8 @@ WITH picked AS MATERIALIZED (
 )
 UPDATE sync_outbox o
 SET lease_owner = $1, lease_expires_at = $3
-FROM targets t
-WHERE o.id = t.id
+-- An array of ids, not a join: probed in the primary key whatever the plan's estimates.
+WHERE o.id = ANY (ARRAY(SELECT id FROM targets))
   AND o.status = 'pending'
   AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
 RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
