@@ -4,8 +4,8 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Clock, Data, Duration, Effect, Fiber, Layer, Ref, Schedule, Schema, TestClock } from "effect"
-import { enqueue, enqueueMany, event, handle, Handlers, InFlight, OutboxEvent, RedisSink, Store } from "../src/index.js"
+import { Chunk, Clock, Data, Duration, Effect, Fiber, Layer, Metric, Ref, Schedule, Schema, TestClock } from "effect"
+import { enqueue, enqueueMany, event, handle, Handlers, InFlight, Metrics, OutboxEvent, RedisSink, Store } from "../src/index.js"
 import { OutboxTest, type OutboxTestOptions, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
 class Rejected extends Data.TaggedError("Rejected")<{ readonly message: string }> {}
@@ -225,6 +225,48 @@ const Counted = OutboxEvent.make({ resourceType: "counted", action: "apply", pay
 const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
 const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
 const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+
+describe("the worker's outcome counters", () => {
+  // Process-wide counters: each spec reads how far they moved.
+  const counters = { applied: Metrics.applied, superseded: Metrics.superseded, failed: Metrics.failed, dead: Metrics.dead, released: Metrics.released }
+  const read = Effect.map(
+    Effect.forEach(Object.entries(counters), ([name, counter]) => Effect.map(Metric.value(counter), (v) => [name, v.count] as const)),
+    (entries) => Object.fromEntries(entries) as Record<keyof typeof counters, number>
+  )
+  const moved = <A, E, R>(body: Effect.Effect<A, E, R>) =>
+    Effect.gen(function*() {
+      const before = yield* read
+      yield* body
+      const after = yield* read
+      return Object.fromEntries(Object.entries(after).map(([name, n]) => [name, n - before[name as keyof typeof counters]]))
+    })
+  const Sync = OutboxEvent.make({ resourceType: "counted", action: "sync", payload: Schema.Number, coalesce: true })
+  const Flaky = OutboxEvent.make({ resourceType: "counted", action: "flaky", payload: Schema.Struct({ failures: Schema.Number }) })
+  const spec = Effect.gen(function*() {
+    const outbox = yield* OutboxTest
+    yield* enqueueMany([
+      ...Array.from({ length: 3 }, (_, i) => event(Sync, { resourceId: 1, payload: i })),
+      event(Flaky, { resourceId: 2, payload: { failures: 1 } }),
+      event(Flaky, { resourceId: 3, payload: { failures: 99 } })
+    ])
+    const first = yield* moved(outbox.drain)
+    // Three coalescing edits: one apply, two superseded; each flaky event failed once, none dead yet.
+    expect(first).toEqual({ applied: 1, superseded: 2, failed: 2, dead: 0, released: 0 })
+    const rest = yield* moved(outbox.advance("1 minute"))
+    // The one that fails once applies on its retry; the other fails until its third attempt is its last.
+    expect(rest).toEqual({ applied: 1, superseded: 0, failed: 2, dead: 1, released: 0 })
+  })
+  const options = {
+    config: { maxRetries: 3 },
+    handlers: Handlers.layer(
+      handle(Sync, () => Effect.void),
+      handle(Flaky, ({ attempt, payload }) => attempt <= payload.failures ? Effect.fail(new Rejected({ message: `attempt ${attempt}` })) : Effect.void)
+    )
+  }
+  it.effect("move by what each drain did: applied, superseded, failed (every failed attempt), dead; in memory", () =>
+    spec.pipe(Effect.provide(OutboxTest.layerMemory(options))))
+  it.effect("the same on PGlite", () => spec.pipe(Effect.provide(outboxTest(options))))
+})
 
 describe("sync-outbox/testing: time", () => {
   // Fails its first attempt, then applies with a TTL; notes the worker's time at each attempt.

@@ -49,7 +49,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   const isStopping = Deferred.isDone(stopping)
 
   // Checked before each piece of work starts: once we stop or the sink is known down, nothing new begins.
-  const admit = Effect.map(Effect.all([isStopping, breaker.isOpen]), ([stopping, open]) => !stopping && !open)
+  const admit = Effect.zipWith(isStopping, breaker.isOpen, (stopping, open) => !stopping && !open)
 
   // Several non-coalescing events of one key (rare): strictly in order, one at a time, stopping
   // at the first that does not apply; the rest go back untouched.
@@ -82,10 +82,14 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       const groups = groupByKey(events)
       const single = groups.filter((g) => g.sequence.length === 0)
       const sequences = groups.filter((g) => g.sequence.length > 0)
-      const [results, sequenced] = yield* Effect.all([
-        handlers.applyAll(single.map((g) => g.target), { concurrency: config.concurrency, timeout: config.callTimeout, admit }),
-        Effect.forEach(sequences, (g) => runSequence(g.sequence, leaseEndsAt), { concurrency: config.concurrency })
-      ], { concurrency: sequences.length === 0 ? 1 : 2 })
+      const applySingles = handlers.applyAll(single.map((g) => g.target), { concurrency: config.concurrency, timeout: config.callTimeout, admit })
+      // Usually every key has one event: then there is nothing to run beside the singles.
+      const [results, sequenced] = sequences.length === 0
+        ? [yield* applySingles, []]
+        : yield* Effect.all([
+          applySingles,
+          Effect.forEach(sequences, (g) => runSequence(g.sequence, leaseEndsAt), { concurrency: config.concurrency })
+        ], { concurrency: 2 })
       const outcomes = [...single.map((g, i) => fromApply(g.target, g.superseded, results[i]!, leaseEndsAt)), ...sequenced.flat()]
       if (outcomes.some((o) => o._tag === "Released" && o.unavailable)) yield* breaker.open("a command failed")
       yield* recorder.submit(outcomes)

@@ -121,10 +121,8 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
           }
         }
         // One histogram update per event, without an effect per event (a batch is a thousand).
-        if (ages.length > 0) {
-          const labels = yield* FiberRef.get(FiberRef.currentMetricLabels)
-          for (const age of ages) Metrics.latency.unsafeUpdate(age, labels)
-        }
+        const labels = yield* FiberRef.get(FiberRef.currentMetricLabels)
+        for (const age of ages) Metrics.latency.unsafeUpdate(age, labels)
         const statements: Array<Effect.Effect<unknown, unknown>> = []
         if (completed.length > 0) {
           statements.push(leases.complete(owner, completed, journaling ? { appliedAt: new Date(now), supersededBy, coveredUnapplied } : undefined))
@@ -133,14 +131,31 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
         if (released.length > 0) statements.push(leases.release(owner, released))
         // The outcomes are known; only writing them down can fail (Postgres restarting). Usually
         // one statement (all applied): run it on its fiber rather than fork three.
-        const write = (statements.length === 1 ? statements[0]! : Effect.all(statements, { concurrency: "unbounded", discard: true })).pipe(
-          Effect.tapError((error) => Effect.logWarning(`sync-outbox: recording outcomes failed, retrying: ${oneLine(error)}`)),
-          Effect.retry(retrySchedule),
-          Effect.zipRight(Metric.incrementBy(Metrics.applied, appliedCount)),
-          Effect.zipRight(Metric.incrementBy(Metrics.superseded, supersededBy.size)),
-          Effect.zipRight(Metric.incrementBy(Metrics.failed, failures.length)),
-          Effect.zipRight(Metric.incrementBy(Metrics.dead, deadCount)),
-          Effect.zipRight(Metric.incrementBy(Metrics.released, released.length))
+        const once = statements.length === 1 ? statements[0]! : Effect.all(statements, { concurrency: "unbounded", discard: true })
+        // The counters move once the outcomes are written, in one step rather than an effect each.
+        const counted = Effect.sync(() => {
+          for (const [counter, n] of [
+            [Metrics.applied, appliedCount],
+            [Metrics.superseded, supersededBy.size],
+            [Metrics.failed, failures.length],
+            [Metrics.dead, deadCount],
+            [Metrics.released, released.length]
+          ] as const) {
+            if (n > 0) counter.unsafeUpdate(n, labels)
+          }
+        })
+        // The retry schedule is entered only once a first attempt failed: most writes succeed.
+        const write = once.pipe(
+          Effect.catchAll((error) =>
+            Effect.zipRight(
+              Effect.logWarning(`sync-outbox: recording outcomes failed, retrying: ${oneLine(error)}`),
+              once.pipe(
+                Effect.tapError((error) => Effect.logWarning(`sync-outbox: recording outcomes failed, retrying: ${oneLine(error)}`)),
+                Effect.retry(retrySchedule)
+              )
+            )
+          ),
+          Effect.zipRight(counted)
         )
         return { write, unavailable }
       })
