@@ -5,6 +5,7 @@ import { Duration, Effect, Layer, Metric, ParseResult, Redacted, Schema, TestClo
 import pg from "pg"
 import { beforeAll } from "vitest"
 import { Admin, enqueue, enqueueMany, enqueueWith, event, Leases, Metrics, OutboxConfig, type OutboxConfigShape, OutboxEvent, Store } from "../src/index.js"
+import * as Statements from "../src/Statements.js"
 import { countRows, eventually, freshDatabase, SetValue, sqlLayer } from "./support/harness.js"
 
 let url: string
@@ -272,6 +273,33 @@ describe("Store: claim", () => {
       expect(yield* turns([["sync", "s1"], ["publish", "p2"], ["sync", "s3"]])).toEqual(["s1+", "p2+", "s3"])
       expect(yield* turns([["sync", "s1"], ["sync", "s2"], ["publish", "p3"], ["sync", "s4"], ["sync", "s5"]])).toEqual(["s1+ s2+", "p3+", "s4 s5"])
       expect(yield* turns([["publish", "p1"], ["publish", "p2"], ["sync", "s3"]])).toEqual(["p1+", "p2+", "s3"])
+    })))
+
+  it.live("a backlog claimed a thousand at a time writes every lease as a HOT update: no index entry per claim", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      // Written as a bulk insert fills pages, then claimed in one statement, as a worker would.
+      for (let i = 0; i < 3; i++) {
+        yield* enqueueMany(Array.from({ length: 1_000 }, (_, j) => event(SetValue, { payload: { key: `hot${i}-${j}`, value: "v" } })))
+      }
+      const counts = yield* Effect.promise(async () => {
+        const client = new pg.Client({ connectionString: url })
+        await client.connect()
+        try {
+          await client.query("BEGIN")
+          const now = new Date()
+          const claimed = await client.query(Statements.claim.text, ["hot", now, new Date(now.getTime() + 30_000), 1_000])
+          const { rows } = await client.query<{ updated: string; hot: string }>(
+            `SELECT pg_stat_get_xact_tuples_updated('sync_outbox'::regclass) AS updated,
+              pg_stat_get_xact_tuples_hot_updated('sync_outbox'::regclass) AS hot`
+          )
+          return { claimed: claimed.rowCount, updated: Number(rows[0]!.updated), hot: Number(rows[0]!.hot) }
+        } finally {
+          await client.query("ROLLBACK")
+          await client.end()
+        }
+      })
+      expect(counts).toEqual({ claimed: 1_000, updated: 1_000, hot: 1_000 })
     })))
 
   it.effect("a claim leases rows; another owner cannot take them until the lease expires", () =>
