@@ -441,6 +441,65 @@ describe("Admin: failure history", () => {
       const fresh = yield* enqueue(SetValue, { payload: { key: "history-new", value: "v" } })
       expect((yield* admin.show(fresh)).failures).toEqual([])
     })))
+
+  // The foreign key's cascade ran as the history's owner, on the table it named: so does the trigger.
+  it.live("leaves with its event whoever deletes it: a worker's role that may not delete history rows, a session whose search_path does not name the outbox's schema", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox CASCADE`
+      const leases = yield* Leases
+      const role = `so_worker_${Math.random().toString(36).slice(2, 8)}`
+      const history = Effect.map(sql<{ n: number }>`SELECT count(*)::int AS n FROM sync_outbox_failures`, (rows) => rows[0]!.n)
+      yield* Effect.acquireRelease(
+        sql.unsafe(`CREATE ROLE ${role} NOLOGIN;
+          GRANT SELECT, INSERT, UPDATE, DELETE ON sync_outbox TO ${role};
+          GRANT SELECT, INSERT ON sync_outbox_failures TO ${role}`),
+        () => Effect.orDie(sql.unsafe(`DROP OWNED BY ${role}; DROP ROLE ${role}`))
+      )
+      const asWorker = <A, E, R>(body: Effect.Effect<A, E, R>) =>
+        sql.withTransaction(Effect.zipRight(sql.unsafe(`SET LOCAL ROLE ${role}`), body))
+      const ids = yield* enqueueMany(Array.from({ length: 2 }, (_, i) => event(SetValue, { payload: { key: `role${i}`, value: "v" } })))
+      const [applied, deleted] = ids as [string, string]
+      yield* asWorker(Effect.gen(function*() {
+        yield* leases.claim("w", 30_000, 10)
+        yield* leases.fail("w", ids.map((id) => ({ id, attempt: 1, tag: "Refused", message: "once", nextRetryAt: new Date(0), dead: false })))
+      }))
+      expect(yield* history).toBe(2)
+      yield* asWorker(leases.claim("w", 30_000, 1))
+      expect(yield* asWorker(leases.complete("w", [applied]))).toBe(1)
+      expect(yield* history).toBe(1)
+      yield* sql.withTransaction(Effect.zipRight(
+        sql`SET LOCAL search_path = ''`,
+        sql`DELETE FROM public.sync_outbox WHERE id = ${Number(deleted)}`
+      ))
+      expect(yield* history).toBe(0)
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(Leases.layerWith({ callTimeout: Duration.seconds(5) }).pipe(Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))))
+    ))
+
+  it.live("is cleared through its primary key, never by a scan: not even by a session that planned the trigger while the history was empty", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* clear
+      yield* sql`ANALYZE sync_outbox_failures`
+      const ids = yield* enqueueMany(Array.from({ length: 20 }, (_, i) => event(SetValue, { payload: { key: `plan${i}`, value: "v" } })))
+      // One connection throughout: the first delete plans the trigger's statement (the history is
+      // empty and known to be), then a burst of failures fills it, then more events leave. The
+      // scans are counted within one transaction (the counters may hold earlier ones not yet flushed).
+      const scans = sql<{ seq: number; idx: number }>`SELECT seq_scan::int AS seq, idx_scan::int AS idx
+        FROM pg_stat_xact_user_tables WHERE relid = 'sync_outbox_failures'::regclass`.pipe(Effect.map((rows) => rows[0]!))
+      const [before, after] = yield* sql.withTransaction(Effect.gen(function*() {
+        const before = yield* scans
+        yield* sql`DELETE FROM sync_outbox WHERE id = ${Number(ids[0])}`
+        yield* sql`INSERT INTO sync_outbox_failures SELECT id, a, 'Refused', 'm', now() FROM sync_outbox, generate_series(1, 50) a`
+        yield* sql`DELETE FROM sync_outbox WHERE id IN ${sql.in(ids.slice(1, 10).map(Number))}`
+        return [before, yield* scans] as const
+      }))
+      expect(after.seq - before.seq).toBe(0)
+      expect(after.idx - before.idx).toBeGreaterThan(0)
+      expect((yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM sync_outbox_failures`)[0]!.n).toBe(10 * 50)
+    })))
 })
 
 describe("Leases through a plain SqlClient (no PgPool: another client, PGlite, a test kit)", () => {
