@@ -4,10 +4,10 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Logger, Redacted, Ref, Schema } from "effect"
+import { Duration, Effect, Exit, Layer, Logger, Redacted, Ref, Schema } from "effect"
 import pg from "pg"
 import { beforeAll } from "vitest"
-import { Database, enqueue, handle, Handlers, Leases, Listener, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
+import { Database, enqueue, handle, handleBatch, Handlers, Leases, Listener, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
 import { countRows, eventually, freshDatabase, prefix, realSleep, redisLayer, sqlLayer, workerLayer } from "./support/harness.js"
 
 let url: string
@@ -133,4 +133,38 @@ describe("Worker faults", () => {
         expect(applied).toBe(1)
       }).pipe(Effect.provide(workerLayer({ url, handlers })))
     }), 30_000)
+
+  it.live("a burst into an outbox whose claim was planned while it was empty drains after one claim's statement timeout, the statistics refreshed", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox CASCADE`
+      // Only the worker's own looks refresh the statistics here, not autovacuum's timing.
+      yield* sql`ALTER TABLE sync_outbox SET (autovacuum_enabled = false)`
+      yield* Effect.addFinalizer(() => sql`ALTER TABLE sync_outbox RESET (autovacuum_enabled)`.pipe(Effect.orDie))
+      yield* sql`ANALYZE sync_outbox`
+      const analyzed = sql<{ n: number }>`SELECT analyze_count::int AS n FROM pg_stat_user_tables WHERE relname = 'sync_outbox'`.pipe(
+        Effect.map((rows) => rows[0]!.n)
+      )
+      const analyzedBefore = yield* analyzed
+      const Burst = OutboxEvent.make({ resourceType: "burst", action: "set", payload: Schema.Number })
+      const applied = yield* Ref.make(0)
+      const handlers = Handlers.layer(handleBatch(Burst, (events) => Effect.as(Ref.update(applied, (n) => n + events.length), events.map(() => Exit.void))))
+      const database = Database.layer({ url: Redacted.make(url), maxConnections: 1, statementTimeout: Duration.seconds(1) })
+      yield* Effect.gen(function*() {
+        // Idle claims every 20 ms: the one connection keeps the claim's plan for an empty table.
+        yield* realSleep(500)
+        yield* sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+          SELECT 'burst', 'set', 'burst:' || i, to_jsonb(i) FROM generate_series(1, 20000) i`
+        // The first claim after the burst runs on that plan, checking each of 100 candidates
+        // against 20,000 rows, and times out (1 s here); the next one is planned for what is there.
+        yield* eventually(Ref.get(applied), (n) => n === 20_000, { timeout: 15_000 })
+      }).pipe(Effect.provide(Worker.layer.pipe(
+        Layer.provide(Layer.mergeAll(Store.layer, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), handlers)),
+        Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 100, interval: Duration.millis(20) }), database, redisLayer())),
+        Layer.orDie
+      )))
+      expect(yield* countRows()).toBe(0)
+      // Postgres reports its activity counters asynchronously: give them the time to arrive.
+      yield* eventually(analyzed, (n) => n > analyzedBefore)
+    }).pipe(Effect.scoped, Effect.provide(sqlLayer(url))), 60_000)
 })

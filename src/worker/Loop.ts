@@ -42,6 +42,9 @@ export interface LoopOptions {
   readonly idle: Ref.Ref<boolean>
 }
 
+// A claim of a thousand rows takes tens of milliseconds, even at a million pending.
+const slowClaimMs = 1_000
+
 /** The supervised loop; it returns only once `stopping` is done. */
 export const run = (options: LoopOptions): Effect.Effect<void> => {
   const { breaker, config, dueTimer, handlers, leases, owner, recorder, stopping, wakeups } = options
@@ -105,6 +108,10 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   // table); a failure only waits for the next look. Not for every short claim: on a small,
   // busy table the look would ANALYZE every few seconds, and each ANALYZE makes every
   // connection plan its prepared statements again (milliseconds, in the latency's tail).
+  // Also when a claim is slow or fails: a connection keeps the claim's plan, and one made while
+  // the outbox was empty (the usual idle state) checks every candidate against every pending row
+  // once a burst has filled it; such a claim can outlast the statement timeout and never come
+  // back full. ANALYZE makes every connection plan it again.
   let statisticsCheckedAt = Number.NEGATIVE_INFINITY
   const checkStatistics = Effect.gen(function*() {
     const now = yield* Clock.currentTimeMillis
@@ -125,6 +132,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   interface Claim {
     readonly events: ReadonlyArray<Claimed>
     readonly leaseEndsAt: number
+    readonly tookMs: number
   }
   const claimNow = Effect.gen(function*() {
     // The wake-ups asked for so far are answered by this claim (it begins after them); one asked
@@ -133,10 +141,11 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     yield* Queue.takeAll(wakeups)
     // Bounded by the pool's statement and query timeouts (or `Leases`' own, without a pool).
     // The lease ends no earlier than `leaseMs` after this instant (the statement reads the clock later).
-    const leaseEndsAt = (yield* Clock.currentTimeMillis) + leaseMs
+    const startedAt = yield* Clock.currentTimeMillis
+    const leaseEndsAt = startedAt + leaseMs
     recorder.claiming()
     const events = yield* leases.claim(owner, leaseMs, config.batchSize)
-    return { events, leaseEndsAt } satisfies Claim
+    return { events, leaseEndsAt, tookMs: (yield* Clock.currentTimeMillis) - startedAt } satisfies Claim
   })
   /** Hand back a claim that will not be applied (stopping, the sink down, too little lease left). */
   const giveBack = (claim: Claim) =>
@@ -172,8 +181,11 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         yield* Effect.raceFirst(breaker.awaitSink, Deferred.await(stopping))
         continue
       }
-      const current = (yield* takeNext) ?? (yield* claimNow)
+      const current = yield* Effect.flatMap(takeNext, (ahead) => (ahead === undefined ? claimNow : Effect.succeed(ahead))).pipe(
+        Effect.tapError(() => checkStatistics)
+      )
       const { events, leaseEndsAt } = current
+      if (events.length === config.batchSize || current.tookMs >= slowClaimMs) yield* checkStatistics
       // The previous batch may still be being written down: not waited for (the recorder wakes
       // us if this claim passed over one of its keys).
       if (events.length === 0) return claimed
@@ -185,7 +197,6 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         continue
       }
       if (events.length === config.batchSize) {
-        yield* checkStatistics
         if (prefetching) next = yield* Effect.fork(claimNow)
       }
       const unblocked = yield* processBatch(events, leaseEndsAt)
