@@ -82,6 +82,12 @@ export interface LeasesShape {
    * are made from statistics: those of an empty table make a claim scan every pending row.
    */
   readonly refreshStatistics: Effect.Effect<boolean, SqlError.SqlError>
+  /**
+   * The same, judged only by whether the table grew to four times the size its statistics describe
+   * (and past 1 MB): known the moment a burst commits, and never true of a small, busy table (so
+   * it costs no replanning there). Cheap enough to ask before the first claim of a drain.
+   */
+  readonly refreshStatisticsIfOutgrown: Effect.Effect<boolean, SqlError.SqlError>
   readonly heartbeat: (worker: WorkerRow) => Effect.Effect<void, SqlError.SqlError>
   readonly unregister: (owner: string) => Effect.Effect<void, SqlError.SqlError>
 }
@@ -196,8 +202,11 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
       return at instanceof Date ? at.getTime() : null
     })
 
-    const refreshStatistics = Effect.flatMap(run<{ stale: boolean }>(Statements.statisticsStale, []), (rows) =>
-      rows[0]?.stale === true ? Effect.as(run(Statements.analyze, []), true) : Effect.succeed(false))
+    const analyzeIf = (check: Statements.Statement) =>
+      Effect.flatMap(run<{ stale: boolean }>(check, []), (rows) =>
+        rows[0]?.stale === true ? Effect.as(run(Statements.analyze, []), true) : Effect.succeed(false))
+    const refreshStatistics = analyzeIf(Statements.statisticsStale)
+    const refreshStatisticsIfOutgrown = analyzeIf(Statements.statisticsOutgrown)
 
     const heartbeat = (worker: WorkerRow) =>
       run(Statements.heartbeat, [
@@ -213,7 +222,7 @@ export const make = (options: LeasesOptions): Effect.Effect<LeasesShape, never, 
 
     const unregister = (owner: string) => Effect.asVoid(run(Statements.unregister, [owner]))
 
-    return { claim, complete, fail, release, renew, nextWakeAt, refreshStatistics, heartbeat, unregister } satisfies LeasesShape
+    return { claim, complete, fail, release, renew, nextWakeAt, refreshStatistics, refreshStatisticsIfOutgrown, heartbeat, unregister } satisfies LeasesShape
   })
 
 export class Leases extends Context.Tag("sync-outbox/Leases")<Leases, LeasesShape>() {

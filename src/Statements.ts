@@ -225,15 +225,30 @@ ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.break
   loop = EXCLUDED.loop, loop_error = EXCLUDED.loop_error, retention_ms = EXCLUDED.retention_ms`
 }
 
+// The table has grown to four times the pages its statistics describe, and past 1 MB (some
+// 3,000 small events at the outbox's fillfactor). Read off the file's size: a commit's row counts reach
+// the statistics views up to seconds later (each backend reports them at most once a second).
+const grown = `pg_relation_size(c.oid) / current_setting('block_size')::bigint > greatest(128, 4 * c.relpages::bigint)`
+
 /**
  * Whether the outbox changed by more than its whole size (and at least 1,000 rows) since its
- * statistics were taken: a brand-new database, or a burst into a table analyzed while empty.
+ * statistics were taken, or grew well past them: a brand-new database, or a burst into a table
+ * analyzed while empty.
  */
 export const statisticsStale: Statement = {
   name: "sync_outbox_statistics_stale",
-  text: `SELECT coalesce(s.n_mod_since_analyze > greatest(1000, c.reltuples), false) AS stale
+  text: `SELECT ${grown} OR coalesce(s.n_mod_since_analyze > greatest(1000, c.reltuples), false) AS stale
 FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = 'sync_outbox'::regclass`
+}
+
+/**
+ * Whether the outbox grew well past its statistics, from its size alone: true at once after a
+ * burst, and never for a small, busy table (its rows change faster than its size).
+ */
+export const statisticsOutgrown: Statement = {
+  name: "sync_outbox_statistics_outgrown",
+  text: `SELECT ${grown} AS stale FROM pg_class c WHERE c.oid = 'sync_outbox'::regclass`
 }
 
 /** Skipped, not waited for, while autovacuum (or another worker) is at it. */

@@ -631,4 +631,27 @@ describe("Leases: statistics", () => {
       expect(yield* leases.refreshStatistics).toBe(false)
       yield* clear
     })))
+
+  it.live("a burst that makes the table four times the size its statistics describe is analyzed the moment it commits, a small busy table never", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox CASCADE`
+      yield* sql`VACUUM ANALYZE sync_outbox`
+      const leases = yield* Leases
+      // A trickle: rows come and go, far more changes than rows, the table stays small.
+      for (let round = 0; round < 20; round++) {
+        yield* sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+          SELECT 'thing', 'set', 'thing:t' || g, '{}'::jsonb FROM generate_series(1, 100) g`
+        yield* sql`DELETE FROM sync_outbox`
+      }
+      expect(yield* leases.refreshStatisticsIfOutgrown).toBe(false)
+      yield* sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+        SELECT 'thing', 'set', 'thing:b' || g, jsonb_build_object('k', 'thing:b' || g) FROM generate_series(1, 20000) g`
+      // No waiting for the statistics views: the file's size tells at once.
+      expect(yield* leases.refreshStatisticsIfOutgrown).toBe(true)
+      const [row] = yield* sql<{ reltuples: number }>`SELECT reltuples::float8 AS reltuples FROM pg_class WHERE oid = 'sync_outbox'::regclass`
+      expect(row!.reltuples).toBeGreaterThan(10_000)
+      expect(yield* leases.refreshStatisticsIfOutgrown).toBe(false)
+      yield* clear
+    })))
 })

@@ -613,6 +613,35 @@ describe("Worker: per-key exclusion", () => {
       }))
     }).pipe(Effect.provide(sqlLayer(url))))
 
+  it.live("a burst into an idle outbox, its claim planned while the table was empty, is analyzed before the first claim that sees it", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* clear
+      yield* sql`VACUUM ANALYZE sync_outbox`
+      const p = prefix()
+      const calls: Array<string> = []
+      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+        ...leases,
+        refreshStatisticsIfOutgrown: Effect.tap(leases.refreshStatisticsIfOutgrown, (analyzed) => Effect.sync(() => void calls.push(`look ${analyzed}`))),
+        claim: (owner: string, leaseMs: number, limit: number) =>
+          Effect.tap(leases.claim(owner, leaseMs, limit), (events) => Effect.sync(() => void calls.push(`claim ${events.length}`)))
+      }))).pipe(Layer.provide(Store.layer))
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(Worker.layer.pipe(
+          Layer.provide(Layer.mergeAll(counted, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(setValueHandler))),
+          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 1000 }), sqlLayer(url), redisLayer()))
+        ))
+        // Idle: the first drain's empty claims are this pool's plans for an empty table.
+        yield* realSleep(400)
+        expect(calls).toContain("claim 0")
+        calls.length = 0
+        yield* enqueueMany(Array.from({ length: 20_000 }, (_, i) => event(SetValue, { payload: { key: `${p}${i}`, value: "v" } })))
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 30_000 })
+        expect(calls[0]).toBe("look true")
+        expect(calls[1]).toBe("claim 1000")
+      }))
+    }).pipe(Effect.provide(sqlLayer(url))), 60_000)
+
   it.live("four workers (own layers, own pools) on many events of a few keys never apply one key twice at once", () =>
     Effect.gen(function*() {
       yield* Effect.provide(clear, sqlLayer(url))

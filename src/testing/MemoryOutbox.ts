@@ -469,6 +469,7 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
     nextWakeAt,
     // No planner, no statistics.
     refreshStatistics: Effect.succeed(false),
+    refreshStatisticsIfOutgrown: Effect.succeed(false),
     heartbeat,
     unregister
   }

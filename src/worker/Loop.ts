@@ -44,6 +44,8 @@ export interface LoopOptions {
 
 // A claim of a thousand rows takes tens of milliseconds, even at a million pending.
 const slowClaimMs = 1_000
+// How often, at most, a drain's first claim waits for a look at the outbox's size.
+const outgrownLookMs = 250
 
 /** The supervised loop; it returns only once `stopping` is done. */
 export const run = (options: LoopOptions): Effect.Effect<void> => {
@@ -125,6 +127,23 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     )
   })
 
+  // Before the first claim of a drain, a look at the table's size alone: a burst into an idle
+  // outbox (whose claim was planned while it was empty) is analyzed before that plan ever runs on
+  // it. Waited for, unlike the look above: the first claim is the one it saves (seconds at 10,000
+  // pending, the statement timeout at a million). A round trip, so at most every quarter second
+  // (a poll interval would be too long: the previous poll's look would always be the last one);
+  // ANALYZE only when the table has grown past four times the size its statistics describe.
+  let outgrownCheckedAt = Number.NEGATIVE_INFINITY
+  const checkOutgrown = Effect.gen(function*() {
+    const now = yield* Clock.currentTimeMillis
+    if (now - outgrownCheckedAt < outgrownLookMs) return
+    outgrownCheckedAt = now
+    const analyzed = yield* leases.refreshStatisticsIfOutgrown.pipe(
+      Effect.catchAll((error) => Effect.as(Effect.logDebug(`sync-outbox: looking at the outbox's size failed: ${error.message}`), false))
+    )
+    if (analyzed) yield* Effect.logDebug("sync-outbox: outbox statistics refreshed for a burst")
+  })
+
   // A full batch means a backlog: the next claim is sent while this batch is applied, so the
   // database works while Redis and the handlers do (the claim skips this batch's keys: they are
   // leased). Only when the lease leaves room for that wait plus a whole call of its own.
@@ -165,6 +184,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
   const drain = Effect.gen(function*() {
     let claimed = false
+    yield* checkOutgrown
     for (;;) {
       if (yield* isStopping) {
         const ahead = yield* takeNext
