@@ -654,4 +654,27 @@ describe("Leases: statistics", () => {
       expect(yield* leases.refreshStatisticsIfOutgrown).toBe(false)
       yield* clear
     })))
+
+  it.live("a burst into the room an earlier burst left (the table emptied and analyzed, a dead letter at its end) is analyzed the moment it commits", () =>
+    withDb(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox CASCADE`
+      const burst = (tag: string) => sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+        SELECT 'thing', 'set', 'thing:' || ${tag} || g, jsonb_build_object('k', 'thing:' || ${tag} || g) FROM generate_series(1, 20000) g`
+      yield* burst("first")
+      // Drained, but for one dead letter at the end (no VACUUM can truncate the file), and analyzed
+      // as autovacuum would: many pages, no rows.
+      yield* sql`UPDATE sync_outbox SET status = 'dead' WHERE id = (SELECT max(id) FROM sync_outbox)`
+      yield* sql`DELETE FROM sync_outbox WHERE status = 'pending'`
+      yield* sql`VACUUM ANALYZE sync_outbox`
+      const leases = yield* Leases
+      expect(yield* leases.refreshStatisticsIfOutgrown).toBe(false)
+      yield* burst("second")
+      // The file did not grow: the rows went into its empty pages.
+      expect(yield* leases.refreshStatisticsIfOutgrown).toBe(true)
+      const [row] = yield* sql<{ reltuples: number }>`SELECT reltuples::float8 AS reltuples FROM pg_class WHERE oid = 'sync_outbox'::regclass`
+      expect(row!.reltuples).toBeGreaterThan(10_000)
+      expect(yield* leases.refreshStatisticsIfOutgrown).toBe(false)
+      yield* clear
+    })))
 })
