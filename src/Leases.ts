@@ -84,8 +84,10 @@ export interface LeasesShape {
   readonly refreshStatistics: Effect.Effect<boolean, SqlError.SqlError>
   /**
    * The same, judged only by whether the table grew to four times the size its statistics describe
-   * (and past 1 MB): known the moment a burst commits, and never true of a small, busy table (so
-   * it costs no replanning there). Cheap enough to ask before the first claim of a drain.
+   * (its file past 1 MB, or over 1,000 rows pending where they count a quarter of that): known the
+   * moment a burst commits, and rarely true of a small, busy table (so it costs no replanning
+   * there). False for a role that may not ANALYZE the table. Cheap enough to ask before the first
+   * claim of a drain.
    */
   readonly refreshStatisticsIfOutgrown: Effect.Effect<boolean, SqlError.SqlError>
   readonly heartbeat: (worker: WorkerRow) => Effect.Effect<void, SqlError.SqlError>

@@ -655,6 +655,28 @@ describe("Leases: statistics", () => {
       yield* clear
     })))
 
+  it.live("a role that may not ANALYZE the outbox never finds it outgrown (ANALYZE would only warn, four times a second); its owner does", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`TRUNCATE sync_outbox CASCADE`
+      yield* sql`VACUUM ANALYZE sync_outbox`
+      const leases = yield* Leases
+      const role = `so_worker_${Math.random().toString(36).slice(2, 8)}`
+      yield* Effect.acquireRelease(
+        sql.unsafe(`CREATE ROLE ${role} NOLOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON sync_outbox TO ${role}`),
+        () => Effect.orDie(sql.unsafe(`DROP OWNED BY ${role}; DROP ROLE ${role}`))
+      )
+      yield* sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+        SELECT 'thing', 'set', 'thing:r' || g, jsonb_build_object('k', 'thing:r' || g) FROM generate_series(1, 20000) g`
+      const asWorker = sql.withTransaction(Effect.zipRight(sql.unsafe(`SET LOCAL ROLE ${role}`), leases.refreshStatisticsIfOutgrown))
+      expect(yield* asWorker).toBe(false)
+      expect(yield* leases.refreshStatisticsIfOutgrown).toBe(true)
+      yield* sql`TRUNCATE sync_outbox CASCADE`
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(Leases.layerWith({ callTimeout: Duration.seconds(5) }).pipe(Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) }))))
+    ))
+
   it.live("a burst into the room an earlier burst left (the table emptied and analyzed, a dead letter at its end) is analyzed the moment it commits", () =>
     withDb(Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient

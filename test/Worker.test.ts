@@ -642,6 +642,39 @@ describe("Worker: per-key exclusion", () => {
       }))
     }).pipe(Effect.provide(sqlLayer(url))), 60_000)
 
+  it.live("after a claim that took a second, the statistics are looked at before the next claim is sent", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const p = prefix()
+      yield* enqueueMany(Array.from({ length: 10 }, (_, i) => event(SetValue, { payload: { key: `${p}${i}`, value: "v" } })))
+      const calls: Array<string> = []
+      let claims = 0
+      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+        ...leases,
+        // A look that takes a while, so that a claim sent beside it would be seen starting first.
+        refreshStatistics: Effect.sync(() => void calls.push("look")).pipe(
+          Effect.zipRight(realSleep(200)),
+          Effect.zipRight(leases.refreshStatistics),
+          Effect.tap(() => Effect.sync(() => void calls.push("looked")))
+        ),
+        claim: (owner: string, leaseMs: number, limit: number) =>
+          Effect.sync(() => claims++).pipe(
+            Effect.tap((n) => Effect.sync(() => void calls.push(`claim ${n}`))),
+            // The first claim is slow (as on a plan made for an empty table).
+            Effect.tap((n) => n === 0 ? realSleep(1_100) : Effect.void),
+            Effect.zipRight(leases.claim(owner, leaseMs, limit))
+          )
+      }))).pipe(Layer.provide(Store.layer))
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(Worker.layer.pipe(
+          Layer.provide(Layer.mergeAll(counted, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(setValueHandler))),
+          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 5 }), sqlLayer(url), redisLayer()))
+        ))
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 20_000 })
+      }))
+      expect(calls.slice(0, 4)).toEqual(["claim 0", "look", "looked", "claim 1"])
+    }).pipe(Effect.provide(sqlLayer(url))), 30_000)
+
   it.live("four workers (own layers, own pools) on many events of a few keys never apply one key twice at once", () =>
     Effect.gen(function*() {
       yield* Effect.provide(clear, sqlLayer(url))

@@ -113,19 +113,20 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   // Also when a claim is slow or fails: a connection keeps the claim's plan, and one made while
   // the outbox was empty (the usual idle state) checks every candidate against every pending row
   // once a burst has filled it; such a claim can outlast the statement timeout and never come
-  // back full. ANALYZE makes every connection plan it again.
+  // back full. ANALYZE makes every connection plan it again; then the look is waited for, so that
+  // the next claim (the one sent ahead, or the loop's restart) is not planned the old way as well.
   let statisticsCheckedAt = Number.NEGATIVE_INFINITY
-  const checkStatistics = Effect.gen(function*() {
-    const now = yield* Clock.currentTimeMillis
-    if (now - statisticsCheckedAt < Duration.toMillis(config.interval)) return
-    statisticsCheckedAt = now
-    yield* Effect.fork(
-      Effect.flatMap(leases.refreshStatistics, (analyzed) =>
+  const checkStatistics = (waited: boolean) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      if (now - statisticsCheckedAt < Duration.toMillis(config.interval)) return
+      statisticsCheckedAt = now
+      const look = Effect.flatMap(leases.refreshStatistics, (analyzed) =>
         analyzed ? Effect.logDebug("sync-outbox: outbox statistics refreshed for a backlog") : Effect.void).pipe(
-          Effect.catchAllCause((cause) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${causeLine(cause)}`))
+          Effect.catchAll((error) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${error.message}`))
         )
-    )
-  })
+      yield* waited ? look : Effect.fork(Effect.catchAllCause(look, (cause) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${causeLine(cause)}`)))
+    })
 
   // Before the first claim of a drain, a look at the table's size alone: a burst into an idle
   // outbox (whose claim was planned while it was empty) is analyzed before that plan ever runs on
@@ -202,10 +203,11 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         continue
       }
       const current = yield* Effect.flatMap(takeNext, (ahead) => (ahead === undefined ? claimNow : Effect.succeed(ahead))).pipe(
-        Effect.tapError(() => checkStatistics)
+        Effect.tapError(() => checkStatistics(true))
       )
       const { events, leaseEndsAt } = current
-      if (events.length === config.batchSize || current.tookMs >= slowClaimMs) yield* checkStatistics
+      const slow = current.tookMs >= slowClaimMs
+      if (events.length === config.batchSize || slow) yield* checkStatistics(slow)
       // The previous batch may still be being written down: not waited for (the recorder wakes
       // us if this claim passed over one of its keys).
       if (events.length === 0) return claimed
