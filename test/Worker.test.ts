@@ -642,6 +642,41 @@ describe("Worker: per-key exclusion", () => {
       }))
     }).pipe(Effect.provide(sqlLayer(url))), 60_000)
 
+  it.live("a burst that lands right after a trickle's look is looked at when its first full claim comes back, before the next claim", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* clear
+      yield* sql`VACUUM ANALYZE sync_outbox`
+      const p = prefix()
+      const calls: Array<string> = []
+      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+        ...leases,
+        refreshStatisticsIfOutgrown: Effect.tap(leases.refreshStatisticsIfOutgrown, (analyzed) => Effect.sync(() => void calls.push(`look ${analyzed}`))),
+        claim: (owner: string, leaseMs: number, limit: number) =>
+          Effect.tap(leases.claim(owner, leaseMs, limit), (events) => Effect.sync(() => void calls.push(`claim ${events.length}`)))
+      }))).pipe(Layer.provide(Store.layer))
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(Worker.layer.pipe(
+          Layer.provide(Layer.mergeAll(counted, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(setValueHandler))),
+          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 1000 }), sqlLayer(url), redisLayer()))
+        ))
+        yield* realSleep(400)
+        // A trickle event: its drain looks (and finds nothing), and the next quarter second of drains does not.
+        yield* enqueue(SetValue, { payload: { key: `${p}trickle`, value: "v" } })
+        yield* eventually(countRows(), (n) => n === 0, { interval: 5 })
+        calls.length = 0
+        // Small enough to commit within that quarter second, more than a thousand over statistics of none.
+        yield* enqueueMany(Array.from({ length: 3_000 }, (_, i) => event(SetValue, { payload: { key: `${p}${i}`, value: "v" } })))
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 30_000 })
+        const firstFull = calls.indexOf("claim 1000")
+        expect(firstFull).toBeGreaterThanOrEqual(0)
+        // Analyzed before the drain's second claim, whether the drain's first look came in time or not.
+        const analyzedAt = calls.indexOf("look true")
+        expect(analyzedAt).toBeGreaterThanOrEqual(0)
+        expect(analyzedAt).toBeLessThan(calls.indexOf("claim 1000", firstFull + 1))
+      }))
+    }).pipe(Effect.provide(sqlLayer(url))), 60_000)
+
   it.live("after a claim that took a second, the statistics are looked at before the next claim is sent", () =>
     Effect.gen(function*() {
       yield* clear

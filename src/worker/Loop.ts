@@ -128,22 +128,26 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       yield* waited ? look : Effect.fork(Effect.catchAllCause(look, (cause) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${causeLine(cause)}`)))
     })
 
-  // Before the first claim of a drain, a look at the table's size alone: a burst into an idle
-  // outbox (whose claim was planned while it was empty) is analyzed before that plan ever runs on
-  // it. Waited for, unlike the look above: the first claim is the one it saves (seconds at 10,000
-  // pending, the statement timeout at a million). A round trip, so at most every quarter second
-  // (a poll interval would be too long: the previous poll's look would always be the last one);
-  // ANALYZE only when the table has grown past four times the size its statistics describe.
+  // Before the first claim of a drain, a look at the table's size (or a bounded count of its
+  // pending rows): a burst into an idle outbox (whose claim was planned while it was empty) is
+  // analyzed before that plan ever runs on it. Waited for, unlike the look above: the first claim
+  // is the one it saves (seconds at 10,000 pending, the statement timeout at a million). A round
+  // trip, so at most every quarter second (a poll interval would be too long: the previous poll's
+  // look would always be the last one); ANALYZE only when the table has grown past four times the
+  // size its statistics describe. A burst that lands within that quarter second (a trickle's
+  // drains look often) is looked at when the drain's first full claim comes back, whatever the
+  // time: the claim sent ahead is then planned afresh, one claim on the old plan at most.
   let outgrownCheckedAt = Number.NEGATIVE_INFINITY
-  const checkOutgrown = Effect.gen(function*() {
-    const now = yield* Clock.currentTimeMillis
-    if (now - outgrownCheckedAt < outgrownLookMs) return
-    outgrownCheckedAt = now
-    const analyzed = yield* leases.refreshStatisticsIfOutgrown.pipe(
-      Effect.catchAll((error) => Effect.as(Effect.logDebug(`sync-outbox: looking at the outbox's size failed: ${error.message}`), false))
-    )
-    if (analyzed) yield* Effect.logDebug("sync-outbox: outbox statistics refreshed for a burst")
-  })
+  const checkOutgrown = (whateverTheTime: boolean) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
+      if (!whateverTheTime && now - outgrownCheckedAt < outgrownLookMs) return
+      outgrownCheckedAt = now
+      const analyzed = yield* leases.refreshStatisticsIfOutgrown.pipe(
+        Effect.catchAll((error) => Effect.as(Effect.logDebug(`sync-outbox: looking at the outbox's size failed: ${error.message}`), false))
+      )
+      if (analyzed) yield* Effect.logDebug("sync-outbox: outbox statistics refreshed for a burst")
+    })
 
   // A full batch means a backlog: the next claim is sent while this batch is applied, so the
   // database works while Redis and the handlers do (the claim skips this batch's keys: they are
@@ -185,7 +189,8 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
   const drain = Effect.gen(function*() {
     let claimed = false
-    yield* checkOutgrown
+    let backlogLookedAt = false
+    yield* checkOutgrown(false)
     for (;;) {
       if (yield* isStopping) {
         const ahead = yield* takeNext
@@ -207,6 +212,10 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       )
       const { events, leaseEndsAt } = current
       const slow = current.tookMs >= slowClaimMs
+      if (events.length === config.batchSize && !backlogLookedAt) {
+        backlogLookedAt = true
+        yield* checkOutgrown(true)
+      }
       if (events.length === config.batchSize || slow) yield* checkStatistics(slow)
       // The previous batch may still be being written down: not waited for (the recorder wakes
       // us if this claim passed over one of its keys).
