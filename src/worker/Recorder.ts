@@ -144,17 +144,11 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
             if (n > 0) counter.unsafeUpdate(n, labels)
           }
         })
-        // The retry schedule is entered only once a first attempt failed: most writes succeed.
+        // Retried from the first failure on the schedule, whose bound (half a lease) counts from
+        // that failure: an outcome written after its lease ran out could be applied again elsewhere.
         const write = once.pipe(
-          Effect.catchAll((error) =>
-            Effect.zipRight(
-              Effect.logWarning(`sync-outbox: recording outcomes failed, retrying: ${oneLine(error)}`),
-              once.pipe(
-                Effect.tapError((error) => Effect.logWarning(`sync-outbox: recording outcomes failed, retrying: ${oneLine(error)}`)),
-                Effect.retry(retrySchedule)
-              )
-            )
-          ),
+          Effect.tapError((error) => Effect.logWarning(`sync-outbox: recording outcomes failed, retrying: ${oneLine(error)}`)),
+          Effect.retry(retrySchedule),
           Effect.zipRight(counted)
         )
         return { write, unavailable }
