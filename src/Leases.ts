@@ -84,10 +84,11 @@ export interface LeasesShape {
   readonly refreshStatistics: Effect.Effect<boolean, SqlError.SqlError>
   /**
    * The same, judged only by whether the table grew to four times the size its statistics describe
-   * (its file past 1 MB, or over 1,000 rows pending where they count a quarter of that): known the
-   * moment a burst commits, and rarely true of a small, busy table (so it costs no replanning
-   * there). False for a role that may not ANALYZE the table. Cheap enough to ask before the first
-   * claim of a drain.
+   * (its file past 1 MB, or over 1,000 rows pending where they count under a quarter of that and
+   * under 2,500): known the moment a burst commits, and rarely true of a small, busy table (so it
+   * costs no replanning there). False for a role that may not ANALYZE the table. Cheap enough to
+   * ask before the first claim of a drain. True when it ran ANALYZE (which may have skipped the
+   * table, autovacuum being at it).
    */
   readonly refreshStatisticsIfOutgrown: Effect.Effect<boolean, SqlError.SqlError>
   readonly heartbeat: (worker: WorkerRow) => Effect.Effect<void, SqlError.SqlError>

@@ -7,12 +7,13 @@
  * the heartbeat.
  */
 import type { SqlError } from "@effect/sql"
-import { Cause, Clock, Deferred, Duration, Effect, Fiber, Metric, Queue, Ref, Schedule, SubscriptionRef } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Fiber, Metric, Option, Queue, Ref, Schedule, SubscriptionRef } from "effect"
 import type { HandlersShape } from "../Handlers.js"
 import type { Claimed, LeasesShape } from "../Leases.js"
 import * as Metrics from "../Metrics.js"
 import type { OutboxConfigShape } from "../OutboxConfig.js"
 import type { Breaker } from "./Breaker.js"
+import { oneLine } from "../Errors.js"
 import { causeLine } from "./Causes.js"
 import type { DueTimer } from "./DueTimer.js"
 import { fromApply, groupByKey, type Outcome } from "./Outcome.js"
@@ -46,6 +47,13 @@ export interface LoopOptions {
 const slowClaimMs = 1_000
 // How often, at most, a drain's first claim waits for a look at the outbox's size.
 const outgrownLookMs = 250
+
+/** A claim cut short by Postgres's statement_timeout (57014) or pg's client-side query timeout. */
+const isTimeout = (error: SqlError.SqlError): boolean => {
+  const cause = error.cause as { readonly code?: unknown; readonly message?: unknown } | null | undefined
+  return cause?.code === "57014" || (typeof cause?.message === "string" && /timeout/i.test(cause.message)) ||
+    /timed out/i.test(error.message)
+}
 
 /** The supervised loop; it returns only once `stopping` is done. */
 export const run = (options: LoopOptions): Effect.Effect<void> => {
@@ -110,22 +118,28 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   // table); a failure only waits for the next look. Not for every short claim: on a small,
   // busy table the look would ANALYZE every few seconds, and each ANALYZE makes every
   // connection plan its prepared statements again (milliseconds, in the latency's tail).
-  // Also when a claim is slow or fails: a connection keeps the claim's plan, and one made while
-  // the outbox was empty (the usual idle state) checks every candidate against every pending row
-  // once a burst has filled it; such a claim can outlast the statement timeout and never come
-  // back full. ANALYZE makes every connection plan it again; then the look is waited for, so that
-  // the next claim (the one sent ahead, or the loop's restart) is not planned the old way as well.
+  // Also when a claim is slow or timed out: a connection keeps the claim's plan, and one made
+  // while the outbox was empty (the usual idle state) checks every candidate against every pending
+  // row once a burst has filled it; such a claim can outlast the statement timeout and never come
+  // back full. Then the look is waited for (the one already on its way, or a new one whatever the
+  // time), so that the next claim (the one sent ahead, or the loop's restart) is planned afresh.
+  // Not after a claim that failed otherwise: with Postgres unreachable, a look would only add
+  // its own connect timeout to every restart.
   let statisticsCheckedAt = Number.NEGATIVE_INFINITY
+  let statisticsLook: Fiber.RuntimeFiber<void> | undefined
+  const lookAtStatistics = Effect.flatMap(leases.refreshStatistics, (analyzed) =>
+    analyzed ? Effect.logDebug("sync-outbox: outbox statistics refreshed for a backlog") : Effect.void).pipe(
+      Effect.catchAll((error) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${oneLine(error)}`))
+    )
   const checkStatistics = (waited: boolean) =>
     Effect.gen(function*() {
+      const running = statisticsLook
+      if (waited && running !== undefined && Option.isNone(yield* Fiber.poll(running))) return yield* Fiber.join(running)
       const now = yield* Clock.currentTimeMillis
-      if (now - statisticsCheckedAt < Duration.toMillis(config.interval)) return
+      if (!waited && now - statisticsCheckedAt < Duration.toMillis(config.interval)) return
       statisticsCheckedAt = now
-      const look = Effect.flatMap(leases.refreshStatistics, (analyzed) =>
-        analyzed ? Effect.logDebug("sync-outbox: outbox statistics refreshed for a backlog") : Effect.void).pipe(
-          Effect.catchAll((error) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${error.message}`))
-        )
-      yield* waited ? look : Effect.fork(Effect.catchAllCause(look, (cause) => Effect.logDebug(`sync-outbox: refreshing the outbox's statistics failed: ${causeLine(cause)}`)))
+      if (waited) return yield* lookAtStatistics
+      statisticsLook = yield* Effect.fork(lookAtStatistics)
     })
 
   // Before the first claim of a drain, a look at the table's size (or a bounded count of its
@@ -136,17 +150,24 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   // look would always be the last one); ANALYZE only when the table has grown past four times the
   // size its statistics describe. A burst that lands within that quarter second (a trickle's
   // drains look often) is looked at when the drain's first full claim comes back, whatever the
-  // time: the claim sent ahead is then planned afresh, one claim on the old plan at most.
-  let outgrownCheckedAt = Number.NEGATIVE_INFINITY
+  // time (the drain's own look may have come before the burst committed): the claim sent ahead is
+  // then planned afresh, one claim on the old plan at most. After an ANALYZE, or a failed look, none for a poll interval: an
+  // ANALYZE that autovacuum made skip (or that a role could not run) would be tried again, and
+  // logged by Postgres, four times a second.
+  let outgrownQuietUntil = Number.NEGATIVE_INFINITY
+  /** Returns whether it looked. */
   const checkOutgrown = (whateverTheTime: boolean) =>
     Effect.gen(function*() {
       const now = yield* Clock.currentTimeMillis
-      if (!whateverTheTime && now - outgrownCheckedAt < outgrownLookMs) return
-      outgrownCheckedAt = now
-      const analyzed = yield* leases.refreshStatisticsIfOutgrown.pipe(
-        Effect.catchAll((error) => Effect.as(Effect.logDebug(`sync-outbox: looking at the outbox's size failed: ${error.message}`), false))
+      if (!whateverTheTime && now < outgrownQuietUntil) return false
+      outgrownQuietUntil = now + outgrownLookMs
+      const outcome = yield* leases.refreshStatisticsIfOutgrown.pipe(
+        Effect.map((analyzed) => (analyzed ? "analyzed" : "current")),
+        Effect.catchAll((error) => Effect.as(Effect.logDebug(`sync-outbox: looking at the outbox's size failed: ${oneLine(error)}`), "failed"))
       )
-      if (analyzed) yield* Effect.logDebug("sync-outbox: outbox statistics refreshed for a burst")
+      if (outcome !== "current") outgrownQuietUntil = now + Duration.toMillis(config.interval)
+      if (outcome === "analyzed") yield* Effect.logDebug("sync-outbox: the outbox outgrew its statistics: analyzed")
+      return true
     })
 
   // A full batch means a backlog: the next claim is sent while this batch is applied, so the
@@ -189,7 +210,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   /** Claim and apply until a claim comes back short; returns whether anything was claimed. */
   const drain = Effect.gen(function*() {
     let claimed = false
-    let backlogLookedAt = false
+    let lookedAtBacklog = false
     yield* checkOutgrown(false)
     for (;;) {
       if (yield* isStopping) {
@@ -208,14 +229,11 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         continue
       }
       const current = yield* Effect.flatMap(takeNext, (ahead) => (ahead === undefined ? claimNow : Effect.succeed(ahead))).pipe(
-        Effect.tapError(() => checkStatistics(true))
+        Effect.tapError((error) => (isTimeout(error) ? checkStatistics(true) : Effect.void))
       )
       const { events, leaseEndsAt } = current
       const slow = current.tookMs >= slowClaimMs
-      if (events.length === config.batchSize && !backlogLookedAt) {
-        backlogLookedAt = true
-        yield* checkOutgrown(true)
-      }
+      if (events.length === config.batchSize && !lookedAtBacklog) lookedAtBacklog = yield* checkOutgrown(true)
       if (events.length === config.batchSize || slow) yield* checkStatistics(slow)
       // The previous batch may still be being written down: not waited for (the recorder wakes
       // us if this claim passed over one of its keys).
