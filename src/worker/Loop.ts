@@ -48,11 +48,13 @@ const slowClaimMs = 1_000
 // How often, at most, a drain's first claim waits for a look at the outbox's size.
 const outgrownLookMs = 250
 
-/** A claim cut short by Postgres's statement_timeout (57014) or pg's client-side query timeout. */
+/**
+ * A claim cut short by Postgres's statement_timeout (57014), pg's client-side query timeout, or
+ * `Leases`' own bound; not a connection that timed out (Postgres unreachable).
+ */
 const isTimeout = (error: SqlError.SqlError): boolean => {
   const cause = error.cause as { readonly code?: unknown; readonly message?: unknown } | null | undefined
-  return cause?.code === "57014" || (typeof cause?.message === "string" && /timeout/i.test(cause.message)) ||
-    /timed out/i.test(error.message)
+  return cause?.code === "57014" || cause?.message === "Query read timeout" || / timed out$/.test(error.message)
 }
 
 /** The supervised loop; it returns only once `stopping` is done. */
@@ -151,8 +153,8 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   // size its statistics describe. A burst that lands within that quarter second (a trickle's
   // drains look often) is looked at when the drain's first full claim comes back, whatever the
   // time (the drain's own look may have come before the burst committed): the claim sent ahead is
-  // then planned afresh, one claim on the old plan at most. After an ANALYZE, or a failed look, none for a poll interval: an
-  // ANALYZE that autovacuum made skip (or that a role could not run) would be tried again, and
+  // then planned afresh, one claim on the old plan at most. After an ANALYZE, or a failed look,
+  // none for a poll interval: an ANALYZE that autovacuum made skip would be tried again, and
   // logged by Postgres, four times a second.
   let outgrownQuietUntil = Number.NEGATIVE_INFINITY
   /** Returns whether it looked. */
