@@ -10,9 +10,11 @@ import {
   handleBatch,
   Handlers,
   Leases,
+  type LeasesShape,
   Listener,
   Metrics,
   OutboxConfig,
+  type OutboxConfigShape,
   OutboxEvent,
   RedisSink,
   Store,
@@ -39,6 +41,17 @@ beforeAll(async () => {
 const clear = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox CASCADE`)
 const get = (key: string) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.get(key)))
 const stored = (id: string) => Effect.flatMap(Store, (s) => s.show(id))
+
+/** Start a worker (NOTIFY on, `SetValue` handled) whose `Leases` the test sees through `wrap`. */
+const buildWorkerSeeing = (wrap: (leases: LeasesShape) => LeasesShape, config: Partial<OutboxConfigShape>) =>
+  Layer.build(Worker.layer.pipe(
+    Layer.provide(Layer.mergeAll(
+      Layer.effect(Leases, Effect.map(Leases, wrap)).pipe(Layer.provide(Store.layer)),
+      Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }),
+      Handlers.layer(setValueHandler)
+    )),
+    Layer.provide(Layer.mergeAll(OutboxConfig.layer(config), sqlLayer(url), redisLayer()))
+  ))
 
 class Boom extends Data.TaggedError("Boom")<{ readonly message: string }> {}
 
@@ -592,15 +605,12 @@ describe("Worker: per-key exclusion", () => {
       yield* clear
       const p = prefix()
       let looks = 0
-      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+      const counted = (leases: LeasesShape): LeasesShape => ({
         ...leases,
         refreshStatistics: Effect.zipRight(Effect.sync(() => void looks++), leases.refreshStatistics)
-      }))).pipe(Layer.provide(Store.layer))
+      })
       yield* Effect.scoped(Effect.gen(function*() {
-        yield* Layer.build(Worker.layer.pipe(
-          Layer.provide(Layer.mergeAll(counted, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(setValueHandler))),
-          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 100, interval: Duration.millis(20) }), sqlLayer(url), redisLayer()))
-        ))
+        yield* buildWorkerSeeing(counted, { batchSize: 100, interval: Duration.millis(20) })
         for (let i = 0; i < 10; i++) {
           yield* enqueue(SetValue, { payload: { key: `${p}trickle${i}`, value: "v" } })
           yield* eventually(countRows(), (n) => n === 0)
@@ -620,17 +630,14 @@ describe("Worker: per-key exclusion", () => {
       yield* sql`VACUUM ANALYZE sync_outbox`
       const p = prefix()
       const calls: Array<string> = []
-      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+      const counted = (leases: LeasesShape): LeasesShape => ({
         ...leases,
         refreshStatisticsIfOutgrown: Effect.tap(leases.refreshStatisticsIfOutgrown, (analyzed) => Effect.sync(() => void calls.push(`look ${analyzed}`))),
         claim: (owner: string, leaseMs: number, limit: number) =>
           Effect.tap(leases.claim(owner, leaseMs, limit), (events) => Effect.sync(() => void calls.push(`claim ${events.length}`)))
-      }))).pipe(Layer.provide(Store.layer))
+      })
       yield* Effect.scoped(Effect.gen(function*() {
-        yield* Layer.build(Worker.layer.pipe(
-          Layer.provide(Layer.mergeAll(counted, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(setValueHandler))),
-          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 1000 }), sqlLayer(url), redisLayer()))
-        ))
+        yield* buildWorkerSeeing(counted, { batchSize: 1000 })
         // Idle: the first drain's empty claims are this pool's plans for an empty table.
         yield* realSleep(400)
         expect(calls).toContain("claim 0")
@@ -654,7 +661,7 @@ describe("Worker: per-key exclusion", () => {
       // The burst's drain may look before the burst is visible: that look is made to see nothing.
       let claimsSinceBurst = 0
       let burst = false
-      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+      const counted = (leases: LeasesShape): LeasesShape => ({
         ...leases,
         refreshStatisticsIfOutgrown: Effect.suspend(() =>
           burst && claimsSinceBurst === 0
@@ -667,12 +674,9 @@ describe("Worker: per-key exclusion", () => {
               if (burst) claimsSinceBurst++
               calls.push(`claim ${events.length}`)
             }))
-      }))).pipe(Layer.provide(Store.layer))
+      })
       yield* Effect.scoped(Effect.gen(function*() {
-        yield* Layer.build(Worker.layer.pipe(
-          Layer.provide(Layer.mergeAll(counted, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(setValueHandler))),
-          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 1000 }), sqlLayer(url), redisLayer()))
-        ))
+        yield* buildWorkerSeeing(counted, { batchSize: 1000 })
         yield* realSleep(400)
         // A trickle event: its drain looks (and finds nothing), and the next quarter second of drains does not.
         yield* enqueue(SetValue, { payload: { key: `${p}trickle`, value: "v" } })
@@ -698,7 +702,7 @@ describe("Worker: per-key exclusion", () => {
       yield* enqueueMany(Array.from({ length: 10 }, (_, i) => event(SetValue, { payload: { key: `${p}${i}`, value: "v" } })))
       const calls: Array<string> = []
       let claims = 0
-      const counted = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+      const counted = (leases: LeasesShape): LeasesShape => ({
         ...leases,
         // A look that takes a while, so that a claim sent beside it would be seen starting first.
         refreshStatistics: Effect.sync(() => void calls.push("look")).pipe(
@@ -713,12 +717,9 @@ describe("Worker: per-key exclusion", () => {
             Effect.tap((n) => n === 0 ? realSleep(1_100) : Effect.void),
             Effect.zipRight(leases.claim(owner, leaseMs, limit))
           )
-      }))).pipe(Layer.provide(Store.layer))
+      })
       yield* Effect.scoped(Effect.gen(function*() {
-        yield* Layer.build(Worker.layer.pipe(
-          Layer.provide(Layer.mergeAll(counted, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(setValueHandler))),
-          Layer.provide(Layer.mergeAll(OutboxConfig.layer({ batchSize: 5 }), sqlLayer(url), redisLayer()))
-        ))
+        yield* buildWorkerSeeing(counted, { batchSize: 5 })
         yield* eventually(countRows(), (n) => n === 0, { timeout: 20_000 })
       }))
       expect(calls.slice(0, 4)).toEqual(["claim 0", "look", "looked", "claim 1"])
