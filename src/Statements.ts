@@ -225,13 +225,14 @@ ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now(), breaker = EXCLUDED.break
   loop = EXCLUDED.loop, loop_error = EXCLUDED.loop_error, retention_ms = EXCLUDED.retention_ms`
 }
 
-// The table has grown to four times the pages its statistics describe, and past 1 MB (some
-// 3,000 small events at the outbox's fillfactor). Read off the file's size: a commit's row counts reach
+// The table has grown to four times the pages its statistics describe, and past 1 MB (some 3,000
+// small events at the outbox's fillfactor). Read off the file's size: a commit's row counts reach
 // the statistics views up to seconds later (each backend reports them at most once a second).
 // Or, while the statistics describe a small table (under 2,500 rows), more than four times as many
-// rows are pending as they count (and over 1,000), counted up to that bound (10,001 rows at most): the file does not grow when a burst fills
-// the room an earlier one left (a table emptied and analyzed keeps its pages, with no rows in
-// them, until a VACUUM can truncate it, which a dead letter or any row near its end prevents).
+// rows are pending as they count (and over 1,000), counted up to that bound (10,001 rows at most):
+// the file does not grow when a burst fills the room an earlier one left (a table emptied and
+// analyzed keeps its pages, with no rows in them, until a VACUUM can truncate it, which a dead
+// letter or any row near its end prevents).
 const grown = `(pg_relation_size(c.oid) / current_setting('block_size')::bigint > greatest(128, 4 * c.relpages::bigint)
   OR (c.reltuples < 2500 AND (SELECT count(*) FROM (SELECT FROM sync_outbox p WHERE p.status = 'pending'
     LIMIT greatest(1000, 4 * c.reltuples)::bigint + 1) n) > greatest(1000, 4 * c.reltuples)))`

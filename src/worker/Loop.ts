@@ -8,12 +8,12 @@
  */
 import type { SqlError } from "@effect/sql"
 import { Cause, Clock, Deferred, Duration, Effect, Fiber, Metric, Option, Queue, Ref, Schedule, SubscriptionRef } from "effect"
+import { oneLine } from "../Errors.js"
 import type { HandlersShape } from "../Handlers.js"
 import type { Claimed, LeasesShape } from "../Leases.js"
 import * as Metrics from "../Metrics.js"
 import type { OutboxConfigShape } from "../OutboxConfig.js"
 import type { Breaker } from "./Breaker.js"
-import { oneLine } from "../Errors.js"
 import { causeLine } from "./Causes.js"
 import type { DueTimer } from "./DueTimer.js"
 import { fromApply, groupByKey, type Outcome } from "./Outcome.js"
