@@ -614,6 +614,24 @@ describe("Leases: commits", () => {
     }).pipe(Effect.provide(plain({}))))
 })
 
+/** Only the looks under test analyze the outbox (not autovacuum's timing); emptied, and analyzed so if `analyzed`. */
+const quietOutbox = (analyzed: boolean) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.all([
+      sql`ALTER TABLE sync_outbox SET (autovacuum_enabled = false)`,
+      sql`TRUNCATE sync_outbox CASCADE`,
+      ...(analyzed ? [sql`VACUUM ANALYZE sync_outbox`] : [])
+    ], { discard: true }))
+
+/** 20,000 pending events in one statement, their keys tagged. */
+const burst = (tag: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
+      SELECT 'thing', 'set', 'thing:' || ${tag} || g, jsonb_build_object('k', 'thing:' || ${tag} || g) FROM generate_series(1, 20000) g`)
+
+const reltuples = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  Effect.map(sql<{ n: number }>`SELECT reltuples::float8 AS n FROM pg_class WHERE oid = 'sync_outbox'::regclass`, (rows) => rows[0]!.n))
+
 describe("Leases: statistics", () => {
   it.live("a table that changed by more than its size since it was analyzed is analyzed again, once", () =>
     withDb(Effect.gen(function*() {
@@ -628,8 +646,7 @@ describe("Leases: statistics", () => {
         SELECT 'thing', 'set', 'thing:s' || g, '{}'::jsonb FROM generate_series(1, 3000) g`
       // The inserting session's counts reach the statistics views within a second or so.
       yield* eventually(leases.refreshStatistics, (analyzed) => analyzed, { timeout: 15_000, interval: 200 })
-      const [row] = yield* sql<{ reltuples: number }>`SELECT reltuples::float8 AS reltuples FROM pg_class WHERE oid = 'sync_outbox'::regclass`
-      expect(row!.reltuples).toBeGreaterThan(1_000)
+      expect(yield* reltuples).toBeGreaterThan(1_000)
       expect(yield* leases.refreshStatistics).toBe(false)
       yield* clear
     })))
@@ -637,10 +654,7 @@ describe("Leases: statistics", () => {
   it.live("a burst that makes the table four times the size its statistics describe is analyzed the moment it commits, a small busy table never", () =>
     withDb(Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      // Only these looks analyze the table here, not autovacuum's timing.
-      yield* sql`ALTER TABLE sync_outbox SET (autovacuum_enabled = false)`
-      yield* sql`TRUNCATE sync_outbox CASCADE`
-      yield* sql`VACUUM ANALYZE sync_outbox`
+      yield* quietOutbox(true)
       const leases = yield* Leases
       // A trickle: rows come and go, far more changes than rows, the table stays small.
       for (let round = 0; round < 20; round++) {
@@ -649,12 +663,10 @@ describe("Leases: statistics", () => {
         yield* sql`DELETE FROM sync_outbox`
       }
       expect(yield* leases.refreshStatisticsIfOutgrown).toBe(false)
-      yield* sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
-        SELECT 'thing', 'set', 'thing:b' || g, jsonb_build_object('k', 'thing:b' || g) FROM generate_series(1, 20000) g`
+      yield* burst("b")
       // No waiting for the statistics views: the file's size tells at once.
       expect(yield* leases.refreshStatisticsIfOutgrown).toBe(true)
-      const [row] = yield* sql<{ reltuples: number }>`SELECT reltuples::float8 AS reltuples FROM pg_class WHERE oid = 'sync_outbox'::regclass`
-      expect(row!.reltuples).toBeGreaterThan(10_000)
+      expect(yield* reltuples).toBeGreaterThan(10_000)
       expect(yield* leases.refreshStatisticsIfOutgrown).toBe(false)
       yield* clear
     })))
@@ -662,18 +674,14 @@ describe("Leases: statistics", () => {
   it.live("a role that may not ANALYZE the outbox never finds it outgrown (ANALYZE would only warn, four times a second); its owner does", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      // Only these looks analyze the table here, not autovacuum's timing.
-      yield* sql`ALTER TABLE sync_outbox SET (autovacuum_enabled = false)`
-      yield* sql`TRUNCATE sync_outbox CASCADE`
-      yield* sql`VACUUM ANALYZE sync_outbox`
+      yield* quietOutbox(true)
       const leases = yield* Leases
       const role = `so_worker_${Math.random().toString(36).slice(2, 8)}`
       yield* Effect.acquireRelease(
         sql.unsafe(`CREATE ROLE ${role} NOLOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON sync_outbox TO ${role}`),
         () => Effect.orDie(sql.unsafe(`DROP OWNED BY ${role}; DROP ROLE ${role}`))
       )
-      yield* sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
-        SELECT 'thing', 'set', 'thing:r' || g, jsonb_build_object('k', 'thing:r' || g) FROM generate_series(1, 20000) g`
+      yield* burst("r")
       const asWorker = sql.withTransaction(Effect.zipRight(sql.unsafe(`SET LOCAL ROLE ${role}`), leases.refreshStatisticsIfOutgrown))
       expect(yield* asWorker).toBe(false)
       expect(yield* leases.refreshStatisticsIfOutgrown).toBe(true)
@@ -686,11 +694,7 @@ describe("Leases: statistics", () => {
   it.live("a burst into the room an earlier burst left (the table emptied and analyzed, a dead letter at its end) is analyzed the moment it commits", () =>
     withDb(Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      // Only these looks analyze the table here, not autovacuum's timing.
-      yield* sql`ALTER TABLE sync_outbox SET (autovacuum_enabled = false)`
-      yield* sql`TRUNCATE sync_outbox CASCADE`
-      const burst = (tag: string) => sql`INSERT INTO sync_outbox (resource_type, action, ordering_key, payload)
-        SELECT 'thing', 'set', 'thing:' || ${tag} || g, jsonb_build_object('k', 'thing:' || ${tag} || g) FROM generate_series(1, 20000) g`
+      yield* quietOutbox(false)
       yield* burst("first")
       // Drained, but for one dead letter at the end (no VACUUM can truncate the file), and analyzed
       // as autovacuum would: many pages, no rows.
@@ -702,8 +706,7 @@ describe("Leases: statistics", () => {
       yield* burst("second")
       // The file did not grow: the rows went into its empty pages.
       expect(yield* leases.refreshStatisticsIfOutgrown).toBe(true)
-      const [row] = yield* sql<{ reltuples: number }>`SELECT reltuples::float8 AS reltuples FROM pg_class WHERE oid = 'sync_outbox'::regclass`
-      expect(row!.reltuples).toBeGreaterThan(10_000)
+      expect(yield* reltuples).toBeGreaterThan(10_000)
       expect(yield* leases.refreshStatisticsIfOutgrown).toBe(false)
       yield* clear
     })))

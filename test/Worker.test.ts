@@ -42,6 +42,9 @@ const clear = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_out
 const get = (key: string) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.get(key)))
 const stored = (id: string) => Effect.flatMap(Store, (s) => s.show(id))
 
+/** An empty outbox whose statistics say so: the state a worker's claims are planned in while idle. */
+const emptyAndAnalyzed = Effect.zipRight(clear, Effect.flatMap(SqlClient.SqlClient, (sql) => sql`VACUUM ANALYZE sync_outbox`))
+
 /** Start a worker (NOTIFY on, `SetValue` handled) whose `Leases` the test sees through `wrap`. */
 const buildWorkerSeeing = (wrap: (leases: LeasesShape) => LeasesShape, config: Partial<OutboxConfigShape>) =>
   Layer.build(Worker.layer.pipe(
@@ -625,9 +628,7 @@ describe("Worker: per-key exclusion", () => {
 
   it.live("a burst into an idle outbox, its claim planned while the table was empty, is analyzed before the first claim that sees it", () =>
     Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      yield* clear
-      yield* sql`VACUUM ANALYZE sync_outbox`
+      yield* emptyAndAnalyzed
       const p = prefix()
       const calls: Array<string> = []
       const counted = (leases: LeasesShape): LeasesShape => ({
@@ -653,9 +654,7 @@ describe("Worker: per-key exclusion", () => {
 
   it.live("a burst its drain's first look did not see (it landed just after it, or within a quarter second of a trickle's look) is looked at when its first full claim comes back, before the next claim", () =>
     Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      yield* clear
-      yield* sql`VACUUM ANALYZE sync_outbox`
+      yield* emptyAndAnalyzed
       const p = prefix()
       const calls: Array<string> = []
       // The burst's drain may look before the burst is visible: that look is made to see nothing.
