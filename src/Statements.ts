@@ -139,14 +139,15 @@ export const completeJournaled: Statement = {
 WITH done AS (
   DELETE FROM sync_outbox o WHERE o.id = ANY($2::bigint[]) AND o.lease_owner = $1
   RETURNING o.id, o.resource_type, o.action, o.resource_id, o.ordering_key, o.payload, o.coalesce, o.created_at, o.retry_count,
-    o.replay_of
+    o.replay_of, o.attempts_before
 ), links AS (
   SELECT * FROM unnest($4::bigint[], $5::bigint[]) AS t(id, superseded_by)
 ), journaled AS (
   INSERT INTO sync_outbox_journal (id, resource_type, action, resource_id, ordering_key, payload, coalesce, created_at,
     applied_at, attempts, worker, superseded_by, covering_applied, replay_of)
   SELECT d.id, d.resource_type, d.action, d.resource_id, d.ordering_key, d.payload, d.coalesce, d.created_at,
-    $3, d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by,
+    -- Every handler run: those before a requeue (attempts_before) count too, as in the failure history.
+    $3, d.attempts_before + d.retry_count + CASE WHEN l.superseded_by IS NULL THEN 1 ELSE 0 END, $1, l.superseded_by,
     CASE WHEN l.superseded_by IS NULL THEN NULL ELSE NOT (d.id = ANY($6::bigint[])) END, d.replay_of
   FROM done d LEFT JOIN links l ON l.id = d.id
 )

@@ -109,6 +109,26 @@ describe("Journal: written by the completing statement", () => {
       expect(entry!.latencyMs).toBe(appliedAt.getTime() - row!.created_at.getTime())
     }).pipe(Effect.provide(db())))
 
+  it.effect("a dead letter requeued and then applied journals every handler run, those before the requeue too", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const store = yield* Store
+      const t0 = Date.now()
+      yield* TestClock.setTime(t0)
+      const id = yield* enqueue(SetValue, { payload: { key: "r", value: "1" } })
+      // Two failed runs, the second dead; requeued (a fresh budget); one more failure, then applied: four runs.
+      yield* store.claim("worker-a", 30_000, 10)
+      yield* store.fail("worker-a", [{ id, attempt: 1, tag: "Boom", message: "no", nextRetryAt: new Date(t0), dead: false }])
+      yield* store.claim("worker-a", 30_000, 10)
+      yield* store.fail("worker-a", [{ id, attempt: 2, tag: "Boom", message: "no", nextRetryAt: new Date(t0), dead: true }])
+      expect(yield* store.requeue({ _tag: "One", id })).toBe(1)
+      yield* store.claim("worker-a", 30_000, 10)
+      yield* store.fail("worker-a", [{ id, attempt: 1, tag: "Boom", message: "no", nextRetryAt: new Date(t0), dead: false }])
+      yield* store.claim("worker-b", 30_000, 10)
+      expect(yield* store.complete("worker-b", [id], { appliedAt: new Date(t0), supersededBy: new Map() })).toBe(1)
+      expect((yield* journalRows).map((r) => r.attempts)).toEqual([4])
+    }).pipe(Effect.provide(db())))
+
   it.effect("a completion by a worker that no longer holds the lease journals nothing", () =>
     Effect.gen(function*() {
       yield* clear
