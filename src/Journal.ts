@@ -343,6 +343,10 @@ export const replay = (
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const maxEvents = options.maxEvents ?? 100_000
+    // It becomes the statement's LIMIT: a negative or fractional bound would be Postgres's error, not ours.
+    if (!Number.isSafeInteger(maxEvents) || maxEvents < 0) {
+      return yield* new InvalidJournalQuery({ message: `maxEvents must be an integer from 0, got ${maxEvents}` })
+    }
     const registered = options.registered === undefined
       ? undefined
       : new Set(options.registered.map((t) => `${t.resourceType}\u0000${t.action}`))
