@@ -5,7 +5,22 @@
  * reads them back (`history`), enqueues them again (`replay`) and measures the table.
  */
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Cause, Clock, Data, Duration, Effect, Either, Metric, Option, ParseResult, Schedule, Schema, type Scope } from "effect"
+import {
+  Cause,
+  Clock,
+  Data,
+  Duration,
+  Effect,
+  Either,
+  FiberRef,
+  GlobalValue,
+  Metric,
+  Option,
+  ParseResult,
+  Schedule,
+  Schema,
+  type Scope
+} from "effect"
 import * as Metrics from "./Metrics.js"
 import type { EventRow } from "./Statements.js"
 import { parseDuration } from "./OutboxConfig.js"
@@ -135,6 +150,18 @@ export const pruneInterval = (retention: Duration.Duration): Duration.Duration =
   })
 
 /**
+ * True on the pruner's fiber: its timer is housekeeping, not something the worker waits on. The
+ * test kit's clock (`testing/WorkerClock`) fires such a timer once time has passed it, at the next
+ * step an `advance` makes anyway, instead of making a step of its own: one every minute made
+ * `advance("1 day")` on PGlite take over a minute of real time, the journal's size being the only
+ * thing that changed meanwhile. A real clock ignores it.
+ */
+export const housekeeping: FiberRef.FiberRef<boolean> = GlobalValue.globalValue(
+  Symbol.for("sync-outbox/Journal/housekeeping"),
+  () => FiberRef.unsafeMake(false)
+)
+
+/**
  * Start journaling, for a worker with this retention: returns whether completions should write
  * journal rows. When they should, a pruner runs for the caller's scope (every worker runs one;
  * the advisory lock lets one at a time work). A database not yet migrated to 0005 gets a warning
@@ -175,7 +202,9 @@ export const start = (
         return Effect.logWarning(`sync-outbox: journal pruning failed, will try again every ${Duration.format(pruneInterval(retention))}: ${Cause.squash(cause) instanceof Error ? (Cause.squash(cause) as Error).message : String(Cause.squash(cause))}`)
       })
     )
-    yield* Effect.forkScoped(Effect.repeat(round, Schedule.spaced(pruneInterval(retention))))
+    yield* Effect.forkScoped(
+      Effect.repeat(round, Schedule.spaced(pruneInterval(retention))).pipe(Effect.locally(housekeeping, true))
+    )
     return true
   })
 

@@ -5,7 +5,7 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Clock, Data, Duration, Effect, Fiber, Layer, Metric, Ref, Schedule, Schema, TestClock } from "effect"
-import { enqueue, enqueueMany, event, handle, Handlers, InFlight, Metrics, OutboxEvent, RedisSink, Store } from "../src/index.js"
+import { enqueue, enqueueMany, event, handle, Handlers, InFlight, Journal, Metrics, OutboxEvent, RedisSink, Store } from "../src/index.js"
 import { OutboxTest, type OutboxTestOptions, layer as outboxTest, PgliteClient } from "../src/testing/index.js"
 
 class Rejected extends Data.TaggedError("Rejected")<{ readonly message: string }> {}
@@ -219,6 +219,22 @@ describe("sync-outbox/testing: the user's own tables, hung handlers, the live cl
       expect((yield* outbox.drain).applied).toHaveLength(1)
       expect(yield* outbox.sink.keys).toEqual({ live: "yes" })
     }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue) }))))
+
+  it.effect("the journal's pruner makes no step of its own: a week's advance on PGlite is quick, and prunes what it passed", () =>
+    Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      yield* enqueue(SetValue, { payload: { key: "old", value: "1" } })
+      expect((yield* outbox.drain).applied).toHaveLength(1)
+      expect(yield* Journal.history()).toHaveLength(1)
+      // It used to stop at every minute on the way (some 50 ms of real time each: a week, ten minutes).
+      const realTime = Effect.async<string>((resume) => {
+        const timer = setTimeout(() => resume(Effect.succeed("still stepping after 30 s of real time")), 30_000)
+        return Effect.sync(() => clearTimeout(timer))
+      })
+      expect(yield* Effect.raceFirst(Effect.as(outbox.advance("7 days"), "advanced"), realTime)).toBe("advanced")
+      // The journal keeps a day: the pruner ran once the advance had passed its time.
+      expect(yield* Journal.history()).toEqual([])
+    }).pipe(Effect.provide(outboxTest({ handlers: Handlers.layer(setValue), config: { retention: Duration.days(1) } }))))
 })
 
 const Counted = OutboxEvent.make({ resourceType: "counted", action: "apply", payload: Schema.String })

@@ -14,11 +14,17 @@
  * `TestClock` once, at the end (each `TestClock` move waits several event-loop turns for every
  * fiber to suspend). The worker's time never goes back, and once the advance ends the two agree.
  */
-import { Clock, Duration, Effect } from "effect"
+import { Clock, Duration, Effect, FiberRef } from "effect"
+import * as Journal from "../Journal.js"
 
 interface Timer {
   readonly at: number
   readonly wake: () => void
+  /**
+   * Housekeeping (`Journal.housekeeping`: the journal's pruner): fired by `fireDue` once time has
+   * passed it, but never a due time of its own (`nextAt`), so an advance does not stop for it.
+   */
+  readonly background: boolean
 }
 
 export class WorkerClock implements Clock.Clock {
@@ -60,10 +66,14 @@ export class WorkerClock implements Clock.Clock {
   readonly currentTimeNanos: Effect.Effect<bigint> = Effect.sync(() => this.unsafeCurrentTimeNanos())
 
   sleep(duration: Duration.Duration): Effect.Effect<void> {
+    return Effect.flatMap(FiberRef.get(Journal.housekeeping), (background) => this.timer(duration, background))
+  }
+
+  private timer(duration: Duration.Duration, background: boolean): Effect.Effect<void> {
     return Effect.async<void>((resume) => {
       const ms = Duration.toMillis(duration)
       if (!(ms > 0)) return resume(Effect.void)
-      const timer: Timer = { at: this.unsafeCurrentTimeMillis() + ms, wake: () => resume(Effect.void) }
+      const timer: Timer = { at: this.unsafeCurrentTimeMillis() + ms, wake: () => resume(Effect.void), background }
       this.timers.push(timer)
       if (this.closing) this.pump()
       // An interrupted sleep (a timeout whose call returned, a wait cut short by a wake-up) is forgotten.
@@ -98,10 +108,10 @@ export class WorkerClock implements Clock.Clock {
     }, 50)
   }
 
-  /** When the earliest timer falls due, if any. */
+  /** When the earliest timer falls due, if any (housekeeping aside). */
   nextAt(): number | null {
     let next: number | null = null
-    for (const timer of this.timers) if (next === null || timer.at < next) next = timer.at
+    for (const timer of this.timers) if (!timer.background && (next === null || timer.at < next)) next = timer.at
     return next
   }
 
