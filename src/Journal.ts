@@ -120,17 +120,24 @@ export interface PruneResult {
 
 /**
  * Delete every journal row applied before `now - retention` (now from `Clock`), in batches of
- * `batchSize`, unless another pruner is at it. A retention of zero deletes nothing (the journal
- * is not being written; its rows are an operator's to keep).
+ * `batchSize` (a positive integer), unless another pruner is at it. A retention of zero deletes
+ * nothing (the journal is not being written; its rows are an operator's to keep), nor does an
+ * infinite one.
  */
 export const prune = (
   retention: Duration.Duration,
   options: { readonly batchSize?: number } = {}
 ): Effect.Effect<PruneResult, SqlError.SqlError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
-    if (Duration.toMillis(retention) <= 0) return { deleted: 0, held: true }
-    const sql = yield* SqlClient.SqlClient
     const batchSize = options.batchSize ?? 1_000
+    // A caller's bug, said as such: at 0 the loop below would never end (no batch is ever short),
+    // and a negative or fractional LIMIT is only Postgres's error.
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1) {
+      return yield* Effect.dieMessage(`Journal.prune: batchSize must be a positive integer, got ${batchSize}`)
+    }
+    // Zero journals nothing; an infinite retention keeps everything (its cut-off is no time at all).
+    if (Duration.toMillis(retention) <= 0 || !Duration.isFinite(retention)) return { deleted: 0, held: true }
+    const sql = yield* SqlClient.SqlClient
     const cutoff = new Date((yield* Clock.currentTimeMillis) - Duration.toMillis(retention))
     let deleted = 0
     for (;;) {

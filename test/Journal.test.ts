@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Layer, Metric, Option, Schema, TestClock } from "effect"
+import { Cause, ConfigProvider, Duration, Effect, Exit, Layer, Metric, Option, Schema, TestClock, TestServices } from "effect"
 import { execFile } from "node:child_process"
 import pg from "pg"
 import { beforeAll, it as vit } from "vitest"
@@ -277,6 +277,21 @@ describe("Journal: retention", () => {
       expect(yield* Journal.prune(Duration.hours(1))).toEqual({ deleted: 1, held: true })
       expect((yield* journalRows).map((r) => r.id)).toEqual(["8", "9"])
       expect(yield* Journal.prune(Duration.zero)).toEqual({ deleted: 0, held: true })
+    }).pipe(Effect.provide(db())))
+
+  it.effect("pruning with an infinite retention keeps everything; a batch size below 1 is refused, not looped on", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const now = new Date("2026-11-30T12:00:00.000Z").getTime()
+      yield* TestClock.setTime(now)
+      yield* journalRow(1, new Date(now - 3_650 * 86_400_000))
+      expect(yield* Journal.prune(Duration.infinity)).toEqual({ deleted: 0, held: true })
+      for (const batchSize of [0, -1, 1.5, Number.NaN]) {
+        // In real time: a prune that loops must end the spec, not hang it.
+        const exit = yield* Effect.exit(TestServices.provideLive(Journal.prune(Duration.hours(1), { batchSize }).pipe(Effect.timeout("10 seconds"))))
+        expect(Exit.isFailure(exit) && Cause.pretty(exit.cause)).toContain(`batchSize must be a positive integer, got ${batchSize}`)
+      }
+      expect((yield* journalRows).map((r) => r.id)).toEqual(["1"])
     }).pipe(Effect.provide(db())))
 
   it.effect("one pruner at a time: while another holds the lock, a pruner deletes nothing and says so", () =>
