@@ -182,6 +182,8 @@ const summary = (row: SnapshotRow): EventSummary => ({
 
 const defaultStart = Date.parse("2026-01-01T00:00:00Z")
 
+const defaultDrainTimeout = Duration.seconds(10)
+
 const isTestClock = (clock: Clock.Clock): clock is TestClock.TestClock => "adjust" in clock && "setTime" in clock
 
 /** Real time a worker that has not settled must stay still before an advance moves time for it. */
@@ -270,8 +272,8 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
      * untracked promise takes longer than that in real time may see its `callTimeout` fire if
      * the advance passes it; a `drain` never moves time.)
      */
-    const settle = (withinAdvance: boolean) => Effect.gen(function*() {
-      const deadline = Date.now() + Duration.toMillis(drainTimeout)
+    const settle = (withinAdvance: boolean, within: Duration.Duration = drainTimeout) => Effect.gen(function*() {
+      const deadline = Date.now() + Duration.toMillis(within)
       const isOpen = Effect.map(SubscriptionRef.get(worker.breaker), (b) => b === "open")
       let mark = tracker.claimsStarted
       let lastDone = tracker.done
@@ -323,7 +325,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
       const inFlight = yield* leasedByWorker
       return yield* new DrainTimeout({
         inFlight,
-        message: `sync-outbox/testing: the worker did not settle within ${Duration.format(drainTimeout)} of real time ` +
+        message: `sync-outbox/testing: the worker did not settle within ${Duration.format(within)} of real time ` +
           `(${inFlight.length} event(s) in flight). A handler may still be running, or waiting on a timer (a sleep, a ` +
           `retry schedule, its callTimeout): under TestClock those fire only when advance moves time past them; drain ` +
           `does not move time. Or a transaction of the test's own holds the database.`
@@ -550,8 +552,11 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
 
     // The worker looks once as it starts. Let that look end before the test's first step, so an
     // event the test writes next is the test's to drain (and to see in the report), not taken
-    // by a claim already under way.
-    yield* Effect.orDie(settle(false))
+    // by a claim already under way. Bounded by the default drainTimeout at least: a short one (set
+    // so that a test of a hung handler fails fast) is for the test's steps; the kit's start (PGlite
+    // starting the journal's pruner beside the first claim, on a loaded machine) may take longer,
+    // and a DrainTimeout here would only be a defect of the layer that names no step of the test's.
+    yield* Effect.orDie(settle(false, Duration.max(drainTimeout, defaultDrainTimeout)))
 
     return {
       drain,
@@ -583,7 +588,11 @@ export interface OutboxTestOptions<E, R> {
    * PGlite only (`OutboxTest.layer`): the in-memory store has no tables of yours.
    */
   readonly schema?: string | undefined
-  /** Real time a `drain` may wait for the worker to settle before failing. Default 10 s. */
+  /**
+   * Real time a `drain` (or a step of an `advance`) may wait for the worker to settle before
+   * failing. Default 10 s. The kit's start, which waits out the worker's first look, is allowed
+   * the default at least.
+   */
   readonly drainTimeout?: Duration.DurationInput | undefined
   /**
    * Under `TestClock`, the time the worker starts at, when the clock still reads 0 (the epoch):
@@ -652,7 +661,7 @@ export const assemble = <I, E, R, E2, R2>(
     // Its fibers keep the clock they were started with: the worker's timers are the kit's.
     return clock === undefined ? running : Layer.locallyEffect(running, Effect.withClock(clock))
   })).pipe(Layer.provideMerge(workerTimers))
-  const drainTimeout = Duration.decode(options.drainTimeout ?? Duration.seconds(10))
+  const drainTimeout = Duration.decode(options.drainTimeout ?? defaultDrainTimeout)
   return Layer.scoped(tag, makeDriver(drainTimeout)).pipe(
     Layer.provideMerge(worker),
     Layer.provideMerge(Layer.merge(config, startClock))
