@@ -407,11 +407,23 @@ export const replay = (
       const found = new Set(rows.map((r) => r.id))
       const missing = ids.filter((id) => !found.has(id))
       if (missing.length > 0) {
-        return yield* new InvalidJournalQuery({
-          message: `not in the journal (never applied, or pruned): ${missing.slice(0, 10).join(", ")}${
-            missing.length > 10 ? ` and ${missing.length - 10} more` : ""
-          }`
-        })
+        // An id still in the outbox was never applied: say where it is, not only where it is not.
+        const outbox = yield* sql.unsafe<{ id: string; status: string }>(
+          `SELECT id::text AS id, status FROM sync_outbox WHERE id = ANY($1::bigint[]) ORDER BY id`,
+          [missing]
+        ).withoutTransform
+        const status = new Map(outbox.map((r) => [r.id, r.status]))
+        const list = (xs: ReadonlyArray<string>) =>
+          `${xs.slice(0, 10).join(", ")}${xs.length > 10 ? ` and ${xs.length - 10} more` : ""}`
+        const pending = missing.filter((id) => status.get(id) === "pending")
+        const dead = missing.filter((id) => status.get(id) === "dead")
+        const absent = missing.filter((id) => !status.has(id))
+        const parts = [
+          ...(absent.length > 0 ? [`not in the journal (never applied, or pruned): ${list(absent)}`] : []),
+          ...(pending.length > 0 ? [`still pending in the outbox, not applied yet: ${list(pending)}`] : []),
+          ...(dead.length > 0 ? [`dead letters, never applied (requeue them instead): ${list(dead)}`] : [])
+        ]
+        return yield* new InvalidJournalQuery({ message: parts.join("; ") })
       }
     } else {
       const resourceType = selector.resourceType.trim()

@@ -502,6 +502,23 @@ describe("Journal: replay", () => {
       expect(yield* Journal.replay({ _tag: "Range", resourceType: "pushed", since: new Date() })).toEqual({ events: [], enqueued: [] })
     }).pipe(Effect.provide(db())))
 
+  it.effect("replay of an id still in the outbox says it is pending or dead, not that it was pruned; nothing is enqueued", () =>
+    Effect.gen(function*() {
+      yield* clear
+      const sql = yield* SqlClient.SqlClient
+      yield* sql.unsafe(
+        `INSERT INTO sync_outbox (id, resource_type, action, ordering_key, payload, status)
+         VALUES (501, 'pushed', 'append', 'pushed:a', '{}', 'pending'), (502, 'pushed', 'append', 'pushed:b', '{}', 'dead')`
+      )
+      const error = yield* Effect.flip(Journal.replay({ _tag: "Ids", ids: ["501", "502", "503"] }))
+      expect(error).toBeInstanceOf(Journal.InvalidJournalQuery)
+      expect(error.message).toBe(
+        "not in the journal (never applied, or pruned): 503; still pending in the outbox, not applied yet: 501; " +
+          "dead letters, never applied (requeue them instead): 502"
+      )
+      expect(yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM sync_outbox`).toEqual([{ n: 2 }])
+    }).pipe(Effect.provide(db())))
+
   it.effect("history: newest applied first, filtered by type, resource and --since, bounded by --limit", () =>
     Effect.gen(function*() {
       yield* clear
