@@ -162,6 +162,39 @@ describe("DataPlaneReconciler", () => {
       }).pipe(Effect.provide(reconcilerOn(db, p)))
     }), 60_000)
 
+  it.live("rows that do not decode are a typed failure of the run, after every other entry was rebuilt", () =>
+    Effect.gen(function*() {
+      const db = yield* Effect.promise(() => freshDatabase("heal_invalid", ["outbox", "control-plane"]))
+      const p = prefix()
+      const client = new Redis(redisUrl())
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.gen(function*() {
+        const g = yield* gateway
+        const sql = yield* SqlClient.SqlClient
+        // Values Postgres accepts and the entities refuse: an infinite expiry, a NULL in an array.
+        yield* sql`UPDATE cp_keys SET expires_at = 'infinity' WHERE id = ${g.keys[0]!}`
+        yield* sql`UPDATE cp_masters SET namespaces = '{default,NULL}' WHERE id = ${g.other}`
+        // Redis starts empty: the rebuild reports both rows, by entity and id, as InvalidRow...
+        const failure = yield* Effect.flip(repair)
+        expect(failure._tag).toBe("ReconcileError")
+        expect(failure.message).toContain(`key ${g.keys[0]}`)
+        expect(failure.message).toContain(`master ${g.other}`)
+        expect((failure.cause as ReadonlyArray<{ _tag: string }>).map((e) => e._tag)).toEqual(["InvalidRow", "InvalidRow"])
+        // ...and did not stop at them: every other entry was written.
+        expect(yield* authenticates(p, g.secrets[1]!)).toBe(true)
+        expect(yield* Effect.promise(() => client.exists(`${p}auth:master:${g.master}`))).toBe(1)
+        expect(yield* Effect.promise(() => client.hlen(`${p}config:providers`))).toBe(fixture.apiKeys.length)
+        expect(yield* Effect.promise(() => client.exists(`${p}meta:providers_meta`, `${p}config:bindings`, `${p}meta:models_meta`))).toBe(3)
+        expect(yield* Effect.promise(() => client.hlen(`${p}meta:models`))).toBe(2)
+        // Fixed rows are picked up by the next run, which then succeeds.
+        yield* sql`UPDATE cp_keys SET expires_at = NULL WHERE id = ${g.keys[0]!}`
+        yield* sql`UPDATE cp_masters SET namespaces = '{default}' WHERE id = ${g.other}`
+        yield* repair
+        for (const s of g.secrets) expect(yield* authenticates(p, s)).toBe(true)
+        expect(totalDriftOf(yield* check)).toBe(0)
+      }).pipe(Effect.provide(reconcilerOn(db, p)))
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("a corrupted provider entry, a hand-edited key, an orphan entry and a gone model are found, then repaired", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_drift", ["outbox", "control-plane"]))

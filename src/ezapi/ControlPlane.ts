@@ -4,7 +4,7 @@
  * of nothing that rolled back.
  */
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Data, Effect, Option, ParseResult, Schedule, Schema } from "effect"
+import { Data, Effect, Either, Option, ParseResult, Schedule, Schema } from "effect"
 import type { InvalidEvent, InvalidPayload } from "../Errors.js"
 import { enqueueMany, event, type AnyEvent } from "../Enqueue.js"
 import * as Contract from "./Contract.js"
@@ -33,6 +33,39 @@ const decodeRows = <A, I>(schema: Schema.Schema<A, I>, entity: string) => (rows:
   )
 
 const first = <A>(rows: ReadonlyArray<A>) => Option.fromNullable(rows[0])
+
+/**
+ * Rows decoded one by one: those that decode, and a typed `InvalidRow` for each that does not.
+ * What a sweep or a rebuild reads, so that one bad row (a NULL in an array column, an `infinity`
+ * timestamp) is reported and skipped instead of stopping every other row with it.
+ */
+export interface Decoded<A> {
+  readonly rows: ReadonlyArray<A>
+  readonly invalid: ReadonlyArray<InvalidRow>
+}
+
+/** A page of `Decoded` rows read by id: `lastId` is the last row's id, decoded or not (where the next page starts). */
+export interface Page<A> extends Decoded<A> {
+  readonly lastId: number | undefined
+}
+
+const decodeEach = <A, I>(schema: Schema.Schema<A, I>, entity: string) => {
+  const decode = Schema.decodeUnknownEither(schema)
+  return (raw: ReadonlyArray<Record<string, unknown>>): Page<A> => {
+    const rows: Array<A> = []
+    const invalid: Array<InvalidRow> = []
+    for (const row of raw) {
+      const result = decode(row)
+      if (Either.isRight(result)) rows.push(result.right)
+      else {
+        const issues = ParseResult.ArrayFormatter.formatErrorSync(result.left).map((i) => `${i.path.join(".")}: ${i.message}`)
+        invalid.push(new InvalidRow({ entity, message: `${entity} ${String(row["id"])}: ${issues.join(", ")}` }))
+      }
+    }
+    const last = raw[raw.length - 1]?.["id"]
+    return { rows, invalid, lastId: last === undefined ? undefined : Number(last) }
+  }
+}
 
 const masterColumns = `id::float8 AS id, name, "group", status, epoch, global_qps AS "globalQps",
   default_namespace AS "defaultNamespace", namespaces, version::float8 AS version`
@@ -101,6 +134,32 @@ export const mastersAfter = (afterId: number, limit: number) =>
     sql.unsafe(`SELECT ${masterColumns} FROM cp_masters WHERE id > $1 ORDER BY id LIMIT $2`, [afterId, limit]).withoutTransform
   ).pipe(Effect.flatMap(decodeRows(Master, "master")))
 
+/** `keysAfter`, each row decoded on its own (see `Decoded`). */
+export const keyPageAfter = (afterId: number, limit: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe<Record<string, unknown>>(`SELECT ${keyColumns} FROM cp_keys k WHERE k.id > $1 ORDER BY k.id LIMIT $2`, [afterId, limit])
+      .withoutTransform
+  ).pipe(Effect.map(decodeEach(Key, "key")))
+
+/** `mastersAfter`, each row decoded on its own (see `Decoded`). */
+export const masterPageAfter = (afterId: number, limit: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe<Record<string, unknown>>(`SELECT ${masterColumns} FROM cp_masters WHERE id > $1 ORDER BY id LIMIT $2`, [afterId, limit])
+      .withoutTransform
+  ).pipe(Effect.map(decodeEach(Master, "master")))
+
+/** Which of these token hashes a key holds now (whether or not its row decodes). */
+export const heldTokenHashes = (tokenHashes: ReadonlyArray<string>) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe<{ h: string }>(`SELECT token_hash AS h FROM cp_keys WHERE token_hash = ANY($1)`, [tokenHashes]).withoutTransform
+  ).pipe(Effect.map((rows) => new Set(rows.map((r) => r.h))))
+
+/** Does a row with this id exist in `table` (whether or not it decodes)? */
+export const rowExists = (table: "cp_keys" | "cp_masters" | "cp_models", id: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe(`SELECT 1 FROM ${table} WHERE id = $1`, [id]).withoutTransform
+  ).pipe(Effect.map((rows) => rows.length > 0))
+
 /** The keys that hold these token hashes now. */
 export const keysByHash = (tokenHashes: ReadonlyArray<string>) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
@@ -110,6 +169,11 @@ export const keysByHash = (tokenHashes: ReadonlyArray<string>) =>
 export const allModels = Effect.flatMap(SqlClient.SqlClient, (sql) =>
   sql.unsafe(`SELECT ${modelColumns} FROM cp_models ORDER BY id`).withoutTransform
 ).pipe(Effect.flatMap(decodeRows(Model, "model")))
+
+/** `allModels`, each row decoded on its own (see `Decoded`), with the name of every row. */
+export const allModelsDecoded = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql.unsafe<Record<string, unknown>>(`SELECT ${modelColumns} FROM cp_models ORDER BY id`).withoutTransform
+).pipe(Effect.map((raw) => ({ ...decodeEach(Model, "model")(raw), names: raw.map((r) => String(r["name"])) })))
 
 /**
  * A version no row has had yet: what a removal writes, so that it beats every earlier write and

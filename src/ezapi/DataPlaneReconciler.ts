@@ -50,6 +50,7 @@ interface Sizes {
 }
 
 const describeError = (error: unknown): ReconcileError => {
+  if (error instanceof ReconcileError) return error
   const tag = typeof error === "object" && error !== null && "_tag" in error ? String(error._tag) : ""
   const message = typeof error === "object" && error !== null && "message" in error ? String(error.message) : String(error)
   const where = tag === "SqlError" || tag === "InvalidRow" ? "control plane" : tag.startsWith("Sink") ? "redis" : "reconcile"
@@ -144,9 +145,22 @@ const make = (options: DataPlaneReconcilerOptions) =>
     // auth:token:* and auth:master:*
     // ---------------------------------------------------------------------------------------
 
-    const tokens = (repair: boolean, pace: Pace, { chunk, parallel, rowsPerQuery }: Sizes) =>
+    /**
+     * A row that does not decode is one item's failure, not the sweep's: it is collected here,
+     * left as Redis holds it, and reported once every other entry was compared (and repaired).
+     */
+    const skipInvalid = (invalid: Array<ControlPlane.InvalidRow>) =>
+    <A, E, R>(effect: Effect.Effect<A, E | ControlPlane.InvalidRow, R>) =>
+      Effect.catchIf(
+        effect,
+        (e): e is ControlPlane.InvalidRow => e instanceof ControlPlane.InvalidRow,
+        (e) => Effect.sync(() => void invalid.push(e))
+      ) as Effect.Effect<A | undefined, Exclude<E, ControlPlane.InvalidRow>, R>
+
+    const tokens = (repair: boolean, pace: Pace, { chunk, parallel, rowsPerQuery }: Sizes, invalid: Array<ControlPlane.InvalidRow>) =>
       Effect.gen(function*() {
         const drift = new DriftCounter("tokens")
+        const tolerate = skipInvalid(invalid)
         const now = yield* Clock.currentTimeMillis
         const held = new Set<string>()
         const rowIds = new Set<number>()
@@ -189,11 +203,13 @@ const make = (options: DataPlaneReconcilerOptions) =>
           })
 
         // The next page of rows is read while this one is compared.
-        let next = yield* Effect.fork(withSql(ControlPlane.keysAfter(0, rowsPerQuery)))
+        let next = yield* Effect.fork(withSql(ControlPlane.keyPageAfter(0, rowsPerQuery)))
         for (;;) {
-          const rows: ReadonlyArray<Key> = yield* Fiber.join(next)
-          if (rows.length === 0) break
-          next = yield* Effect.fork(withSql(ControlPlane.keysAfter(rows[rows.length - 1]!.id, rowsPerQuery)))
+          const { invalid: bad, lastId, rows }: ControlPlane.Page<Key> = yield* Fiber.join(next)
+          if (lastId === undefined) break
+          next = yield* Effect.fork(withSql(ControlPlane.keyPageAfter(lastId, rowsPerQuery)))
+          // Their entries stay as they are: held (the orphan step asks Postgres, not this page).
+          invalid.push(...bad)
           const live: Array<Key> = []
           for (const k of rows) {
             held.add(k.tokenHash)
@@ -217,8 +233,9 @@ const make = (options: DataPlaneReconcilerOptions) =>
         const handled = new Set<number>()
         for (let i = 0; i < candidates.length; i += page) {
           const batch = candidates.slice(i, i + page)
-          // Held by a row created since the read above: written by its event, not an orphan.
-          const nowHeld = new Set((yield* withSql(ControlPlane.keysByHash(batch))).map((k) => k.tokenHash))
+          // Held by a row created since the read above (written by its event), or by a row that
+          // does not decode (reported, left alone): not an orphan.
+          const nowHeld = yield* withSql(ControlPlane.heldTokenHashes(batch))
           const orphans = batch.filter((hash) => !nowHeld.has(hash))
           const owners = yield* redis.use((c) => Promise.all(orphans.map((hash) => c.hget(l.record(l.token(hash)), "id"))))
           yield* pace(orphans.length + 1)
@@ -230,31 +247,32 @@ const make = (options: DataPlaneReconcilerOptions) =>
             if (!repair) continue
             // The handler's path for a gone key: the removal is owned by the gone row (or by no
             // row), so it cannot undo the write of a newer row holding the same token.
-            const result = yield* sync.syncKey(owner, hash)
+            const result = yield* tolerate(sync.syncKey(owner, hash))
             // `written`: the gone token was a live key's old one (re-hashed): removed, the key rewritten.
             if (result === "removed" || result === "written") drift.repaired++
           }
         }
         for (const k of yield* RedisLayout.indexedKeys(redis, l)) {
           if (rowIds.has(k.id) || handled.has(k.id)) continue
-          if (Option.isSome(yield* withSql(ControlPlane.getKey(k.id)))) continue
+          if (yield* withSql(ControlPlane.rowExists("cp_keys", k.id))) continue
           drift.found("orphaned", `${l.keyIndex}[${k.id}] (key ${k.id}, gone)`)
           if (!repair) continue
-          yield* sync.syncKey(k.id, k.tokenHash)
-          drift.repaired++
+          if ((yield* tolerate(sync.syncKey(k.id, k.tokenHash))) !== undefined) drift.repaired++
         }
         return drift.result()
       })
 
-    const masters = (repair: boolean, pace: Pace, { chunk, rowsPerQuery }: Sizes) =>
+    const masters = (repair: boolean, pace: Pace, { chunk, rowsPerQuery }: Sizes, invalid: Array<ControlPlane.InvalidRow>) =>
       Effect.gen(function*() {
         const drift = new DriftCounter("masters")
+        const tolerate = skipInvalid(invalid)
         const rowIds = new Set<number>()
         let after = 0
         for (;;) {
-          const rows: ReadonlyArray<Master> = yield* withSql(ControlPlane.mastersAfter(after, rowsPerQuery))
-          if (rows.length === 0) break
-          after = rows[rows.length - 1]!.id
+          const { invalid: bad, lastId, rows }: ControlPlane.Page<Master> = yield* withSql(ControlPlane.masterPageAfter(after, rowsPerQuery))
+          if (lastId === undefined) break
+          after = lastId
+          invalid.push(...bad)
           for (const m of rows) rowIds.add(m.id)
           for (let at = 0; at < rows.length; at += chunk) {
             const part = rows.slice(at, at + chunk)
@@ -301,12 +319,12 @@ const make = (options: DataPlaneReconcilerOptions) =>
         })
         for (const id of yield* RedisLayout.indexedMasters(redis, l)) if (!rowIds.has(id)) candidates.add(id)
         for (const id of candidates) {
-          // Created since the read above: its event writes it.
-          if (Option.isSome(yield* withSql(ControlPlane.getMaster(id)))) continue
+          // Created since the read above (its event writes it), or a row that does not decode (reported).
+          if (yield* withSql(ControlPlane.rowExists("cp_masters", id))) continue
           drift.found("orphaned", `${l.master(id)} (master ${id}, gone)`)
           if (!repair) continue
           // The handler's path for a gone master: its entry, and its keys' entries, go.
-          const result = yield* sync.syncMaster(id)
+          const result = yield* tolerate(sync.syncMaster(id))
           if (result === "removed" || result === "absent") drift.repaired++
         }
         return drift.result()
@@ -332,9 +350,12 @@ const make = (options: DataPlaneReconcilerOptions) =>
       for (const field of Object.keys(seen)) if (!wanted.has(field)) drift.found("orphaned", `${name}[${field}]`)
     }
 
-    const snapshots = (repair: boolean, pace: Pace) =>
+    const snapshots = (repair: boolean, pace: Pace, invalid: Array<ControlPlane.InvalidRow>) =>
       Effect.gen(function*() {
-        const rows = yield* withSql(ControlPlane.snapshotRows)
+        const read = yield* skipInvalid(invalid)(withSql(ControlPlane.snapshotRows))
+        // A row of the snapshots that does not decode: reported; the other families still heal.
+        if (read === undefined) return [new DriftCounter("providers").result(), new DriftCounter("bindings").result()]
+        const rows = read
         const expected = {
           providers: Snapshots.providers(rows.groups, rows.apiKeys),
           bindings: Snapshots.bindings(rows.bindings, rows.groups, rows.apiKeys)
@@ -368,7 +389,7 @@ const make = (options: DataPlaneReconcilerOptions) =>
           const found = drift.missing + drift.stale + drift.orphaned
           if (repair && found > 0) {
             // The handlers' rebuild: a new generation of the fence, so it replaces any older one.
-            const result = yield* (which === "providers" ? sync.syncProviders : sync.syncBindings)
+            const result = yield* skipInvalid(invalid)(which === "providers" ? sync.syncProviders : sync.syncBindings)
             if (result === "written") drift.repaired += found
             yield* pace(1)
           }
@@ -381,10 +402,14 @@ const make = (options: DataPlaneReconcilerOptions) =>
     // meta:models (+ meta:models_meta)
     // ---------------------------------------------------------------------------------------
 
-    const models = (repair: boolean, pace: Pace) =>
+    const models = (repair: boolean, pace: Pace, invalid: Array<ControlPlane.InvalidRow>) =>
       Effect.gen(function*() {
         const drift = new DriftCounter("models")
-        const rows = yield* withSql(ControlPlane.allModels)
+        const tolerate = skipInvalid(invalid)
+        const { invalid: bad, names, rows } = yield* withSql(ControlPlane.allModelsDecoded)
+        invalid.push(...bad)
+        // Fields of rows that do not decode stay as they are: not orphans.
+        const named = new Set(names.map(Snapshots.modelField))
         // By id: two names for one field (`gpt-4o`, `default.gpt-4o`) end as the newer row's, as the handlers leave it.
         const byField = new Map<string, Model>()
         for (const m of rows) {
@@ -426,19 +451,19 @@ const make = (options: DataPlaneReconcilerOptions) =>
         }
         // Orphans: fields this service wrote (they have an owner) with no model behind them now.
         // Another writer of meta:models (ez-api's models.dev registry) keeps its own.
-        const strays = Object.keys(hash).filter((field) => !byField.has(field))
+        const strays = Object.keys(hash).filter((field) => !byField.has(field) && !named.has(field))
         const owners = yield* redis.use((c) => Promise.all(strays.map((field) => c.hget(l.modelRecord(field), "id"))))
         yield* pace(strays.length)
         for (const [i, field] of strays.entries()) {
           const owner = Number(owners[i] ?? 0) || 0
           if (owner <= 0) continue
-          const row = yield* withSql(ControlPlane.getModel(owner))
+          const row = yield* tolerate(withSql(ControlPlane.getModel(owner)))
           // Renamed or created since the read above: its event moves the field.
-          if (Option.isSome(row) && Snapshots.modelField(row.value.name) === field) continue
+          if (row === undefined || (Option.isSome(row) && Snapshots.modelField(row.value.name) === field)) continue
           drift.found("orphaned", `${l.models}[${field}] (model ${owner}${Option.isNone(row) ? ", gone" : ", renamed"})`)
           if (!repair) continue
           // The handler's path: the field goes (or moves to the model's new name), fenced by its owner.
-          const result = yield* sync.syncModel(owner)
+          const result = yield* tolerate(sync.syncModel(owner))
           if (result === "removed" || result === "written") drift.repaired++
           changed = true
         }
@@ -478,10 +503,21 @@ const make = (options: DataPlaneReconcilerOptions) =>
           }
         }
         const report: Array<FamilyDrift> = []
-        report.push(yield* tokens(repair, paced, sizes))
-        report.push(yield* masters(repair, paced, sizes))
-        report.push(...(yield* snapshots(repair, paced)))
-        report.push(yield* models(repair, paced))
+        const invalid: Array<ControlPlane.InvalidRow> = []
+        report.push(yield* tokens(repair, paced, sizes, invalid))
+        report.push(yield* masters(repair, paced, sizes, invalid))
+        report.push(...(yield* snapshots(repair, paced, invalid)))
+        report.push(yield* models(repair, paced, invalid))
+        // Everything else was compared (and repaired) first; the rows that could not be read are
+        // this run's typed failure, so that they are seen (log, `status`, `verify`'s exit code).
+        if (invalid.length > 0) {
+          return yield* new ReconcileError({
+            message: `control plane: ${invalid.length} row(s) do not decode and were skipped; every other entry was ${
+              repair ? "compared and repaired" : "compared"
+            }: ${invalid.slice(0, 3).map((e) => e.message).join("; ")}${invalid.length > 3 ? "; ..." : ""}`,
+            cause: invalid
+          })
+        }
         return { families: report, repair }
       }).pipe(
         Effect.mapError(describeError),
