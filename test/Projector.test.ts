@@ -658,6 +658,37 @@ describe("Typed outcomes for bad input", () => {
       }).pipe(Effect.provide(syncWorker(p, { config: { backoffBase: Duration.seconds(30) } })))
     }))
 
+  it.live("a snapshot row that does not decode is left out: every other change is written, and the rebuild fails as InvalidRow", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const db = yield* Effect.promise(() => freshDatabase("invalid_snapshot_row", ["outbox", "control-plane"]))
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        for (const g of fixture.groups) yield* ControlPlane.createProviderGroup(g)
+        for (const k of fixture.apiKeys) yield* ControlPlane.createApiKey(k)
+        for (const b of fixture.bindings) yield* ControlPlane.createBinding(b)
+        const sync = yield* Projector
+        expect(yield* sync.syncProviders).toBe("written")
+        // Values Postgres accepts and the entities refuse, then a change the data plane must see.
+        yield* sql`UPDATE cp_api_keys SET ban_until = 'infinity' WHERE id = 2`
+        yield* sql`UPDATE cp_provider_groups SET models = '{gpt-4o,NULL}' WHERE id = 3`
+        yield* sql`UPDATE cp_api_keys SET weight = 9 WHERE id = 1`
+        const failure = yield* Effect.flip(sync.syncProviders)
+        expect(failure._tag).toBe("InvalidRow")
+        expect(failure.message).toContain("api_key 2")
+        expect(failure.message).toContain("provider_group 3")
+        const providers = yield* hgetall(`${p}config:providers`)
+        expect(Object.keys(providers).sort()).toEqual(["1", "3", "4"])
+        expect(JSON.parse(providers["1"]!)).toMatchObject({ weight: 9 })
+        expect((yield* hgetall(`${p}meta:providers_meta`))["checksum"]).toBe(Contract.checksumFromPayloads(Object.entries(providers)))
+        expect((yield* Effect.flip(sync.syncBindings))._tag).toBe("InvalidRow")
+        const bindings = yield* hgetall(`${p}config:bindings`)
+        // The left-out group's candidate goes with it; the others route as before.
+        expect(JSON.parse(bindings["default.gpt-4o"]!).candidates).toHaveLength(1)
+        expect(JSON.parse(bindings["default.mini"]!).candidates[0].upstreams).toEqual({ "1": "gpt-4o-mini", "3": "gpt-4o-mini" })
+      }).pipe(Effect.provide(direct_(p, db)))
+    }))
+
   it.live("the Go service's way: apply now when Redis answers, enqueue when it does not", () =>
     Effect.gen(function*() {
       const p = prefix()

@@ -187,6 +187,11 @@ export interface SnapshotSource {
   readonly groups: ReadonlyArray<ProviderGroup>
   readonly apiKeys: ReadonlyArray<ApiKey>
   readonly bindings: ReadonlyArray<Binding>
+  /**
+   * Rows that do not decode, left out of the rows above: the snapshot is built without them (so
+   * one bad row does not hold back every other change) and its rebuild then fails with them.
+   */
+  readonly invalid: ReadonlyArray<InvalidRow>
   /** The snapshot's fence: a higher generation was read later, and saw everything a lower one saw. */
   readonly generation: number
 }
@@ -239,18 +244,23 @@ export const snapshotSource = (
 const readRows = (withBindings: boolean) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    const groups = yield* sql.unsafe(`SELECT ${groupColumns} FROM cp_provider_groups ORDER BY id`).withoutTransform.pipe(
-      Effect.flatMap(decodeRows(ProviderGroup, "provider_group"))
-    )
-    const apiKeys = yield* sql.unsafe(`SELECT ${apiKeyColumns} FROM cp_api_keys ORDER BY id`).withoutTransform.pipe(
-      Effect.flatMap(decodeRows(ApiKey, "api_key"))
-    )
+    const groups = yield* sql.unsafe<Record<string, unknown>>(`SELECT ${groupColumns} FROM cp_provider_groups ORDER BY id`)
+      .withoutTransform.pipe(Effect.map(decodeEach(ProviderGroup, "provider_group")))
+    const apiKeys = yield* sql.unsafe<Record<string, unknown>>(`SELECT ${apiKeyColumns} FROM cp_api_keys ORDER BY id`)
+      .withoutTransform.pipe(Effect.map(decodeEach(ApiKey, "api_key")))
     const bindings = withBindings
-      ? yield* sql.unsafe(`SELECT ${bindingColumns} FROM cp_bindings ORDER BY id`).withoutTransform.pipe(
-        Effect.flatMap(decodeRows(Binding, "binding"))
+      ? yield* sql.unsafe<Record<string, unknown>>(`SELECT ${bindingColumns} FROM cp_bindings ORDER BY id`).withoutTransform.pipe(
+        Effect.map(decodeEach(Binding, "binding"))
       )
-      : []
-    return { groups, apiKeys, bindings }
+      : { rows: [], invalid: [] }
+    // A group left out takes its api keys and bindings out with it (the snapshots skip rows whose
+    // group is missing): what cannot be read is not routed to.
+    return {
+      groups: groups.rows,
+      apiKeys: apiKeys.rows,
+      bindings: bindings.rows,
+      invalid: [...groups.invalid, ...apiKeys.invalid, ...bindings.invalid]
+    }
   })
 
 /**

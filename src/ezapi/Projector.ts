@@ -185,6 +185,16 @@ const make = (options: ProjectorOptions) =>
           ? Snapshots.providers(source.groups, source.apiKeys)
           : Snapshots.bindings(source.bindings, source.groups, source.apiKeys)
         const result = yield* RedisLayout.writeSnapshot(redis, l, which, source.generation, snap.checksum, snap.entries, yield* now)
+        // Written without the rows that do not decode (every other change reaches the data plane);
+        // the rebuild is still their typed failure, so that the event says which rows to fix.
+        if (source.invalid.length > 0) {
+          return yield* new ControlPlane.InvalidRow({
+            entity: [...new Set(source.invalid.map((e) => e.entity))].join(","),
+            message: `the ${which} snapshot was written without ${source.invalid.length} row(s) that do not decode: ${
+              source.invalid.map((e) => e.message).join("; ")
+            }`
+          })
+        }
         return yield* counted(result)
       }).pipe(Effect.withSpan(`sync.${which}`))
 
