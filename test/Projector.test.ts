@@ -273,6 +273,31 @@ describe("Revocation reaches the data plane", () => {
       }).pipe(Effect.provide(direct_(p)))
     }))
 
+  it.live("sync_all goes past a row that does not decode: every other entry is written (a suspension too), then it fails as InvalidRow", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const db = yield* Effect.promise(() => freshDatabase("invalid_sync_all", ["outbox", "control-plane"]))
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const sync = yield* Projector
+        const master = yield* ControlPlane.createMaster({ name: "m" })
+        const [bad, revoked, kept] = [secret(), secret(), secret()]
+        const badId = yield* ControlPlane.createKey({ masterId: master, secret: bad })
+        const revokedId = yield* ControlPlane.createKey({ masterId: master, secret: revoked })
+        yield* ControlPlane.createKey({ masterId: master, secret: kept })
+        yield* sync.syncAll
+        expect(yield* authenticated(p, revoked)).toBe(true)
+        yield* sql`UPDATE cp_keys SET scopes = '{chat,NULL}' WHERE id = ${badId}`
+        yield* sql`UPDATE cp_keys SET status = 'suspended' WHERE id = ${revokedId}`
+        const failure = yield* Effect.flip(sync.syncAll)
+        expect(failure._tag).toBe("InvalidRow")
+        expect(failure.message).toContain(`key ${badId}: scopes.1`)
+        // The key after the bad one was still written: its suspension reached the data plane.
+        expect(yield* authenticate(p, revoked)).toEqual({ _tag: "Refused", reason: "key_suspended" })
+        expect(yield* authenticated(p, kept)).toBe(true)
+      }).pipe(Effect.provide(direct_(p, db)))
+    }))
+
   it.live("sync_all prunes what this service wrote for rows gone unannounced, and leaves other writers' entries", () =>
     Effect.gen(function*() {
       const p = prefix()

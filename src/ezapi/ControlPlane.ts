@@ -27,11 +27,6 @@ export class RowNotFound extends Data.TaggedError("RowNotFound")<{
   }
 }
 
-const decodeRows = <A, I>(schema: Schema.Schema<A, I>, entity: string) => (rows: ReadonlyArray<unknown>) =>
-  Schema.decodeUnknown(Schema.Array(schema))(rows).pipe(
-    Effect.mapError((e) => new InvalidRow({ entity, message: ParseResult.TreeFormatter.formatErrorSync(e) }))
-  )
-
 const first = <A>(rows: ReadonlyArray<A>) => Option.fromNullable(rows[0])
 
 /**
@@ -83,6 +78,12 @@ const apiKeyColumns = `id::float8 AS id, group_id::float8 AS "groupId", api_key 
   ban_until AS "banUntil", version::float8 AS version`
 const bindingColumns = `id::float8 AS id, namespace, public_model AS "publicModel", group_id::float8 AS "groupId", weight,
   selector_type AS "selectorType", selector_value AS "selectorValue", status, updated_at AS "updatedAt", version::float8 AS version`
+
+/** Every row decoded, or the first that does not decode as an `InvalidRow` naming it (entity, id, field). */
+const decodeRows = <A, I>(schema: Schema.Schema<A, I>, entity: string) => (rows: ReadonlyArray<unknown>) => {
+  const page = decodeEach(schema, entity)(rows as ReadonlyArray<Record<string, unknown>>)
+  return page.invalid.length > 0 ? Effect.fail(page.invalid[0]!) : Effect.succeed(page.rows)
+}
 
 // -------------------------------------------------------------------------------------------
 // Reads

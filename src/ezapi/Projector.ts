@@ -200,21 +200,32 @@ const make = (options: ProjectorOptions) =>
 
     const syncAll = Effect.gen(function*() {
       const results: Array<ProjectorResult> = []
-      results.push(yield* rebuild("providers"), yield* rebuild("bindings"))
+      // A row that does not decode fails its own entry, not the rest: collected, reported at the end.
+      const invalid: Array<ControlPlane.InvalidRow> = []
+      const each = (effect: Effect.Effect<ProjectorResult, ProjectorError>) =>
+        Effect.catchIf(
+          Effect.map(effect, (r) => void results.push(r)),
+          (e): e is ControlPlane.InvalidRow => e instanceof ControlPlane.InvalidRow,
+          (e) => Effect.sync(() => void invalid.push(e))
+        )
+      yield* each(rebuild("providers"))
+      yield* each(rebuild("bindings"))
       const masterIds = yield* withSql(ControlPlane.allMasterIds)
       const liveMasters = new Set(masterIds)
-      for (const id of masterIds) results.push(yield* syncMaster(id))
+      for (const id of masterIds) yield* each(syncMaster(id))
       for (const id of yield* RedisLayout.indexedMasters(redis, l)) {
-        if (!liveMasters.has(id)) results.push(yield* syncMaster(id))
+        if (!liveMasters.has(id)) yield* each(syncMaster(id))
       }
       const keyIds = yield* withSql(ControlPlane.allKeyIds)
       const liveKeys = new Set(keyIds)
-      for (const id of keyIds) results.push(yield* syncKey(id))
+      for (const id of keyIds) yield* each(syncKey(id))
       for (const k of yield* RedisLayout.indexedKeys(redis, l)) {
-        if (!liveKeys.has(k.id)) results.push(yield* syncKey(k.id, k.tokenHash))
+        if (!liveKeys.has(k.id)) yield* each(syncKey(k.id, k.tokenHash))
       }
-      const models = yield* withSql(ControlPlane.allModels)
-      const fields = new Set<string>()
+      const { invalid: badModels, names, rows: models } = yield* withSql(ControlPlane.allModelsDecoded)
+      invalid.push(...badModels)
+      // The fields of models that do not decode stay as they are (not pruned as gone).
+      const fields = new Set<string>(names.flatMap((name) => Snapshots.modelField(name) ?? []))
       for (const m of models) {
         const field = Snapshots.modelField(m.name)
         // One unroutable name (a row from before migration 0002's check) must not stop the rest.
@@ -223,16 +234,22 @@ const make = (options: ProjectorOptions) =>
           continue
         }
         fields.add(field)
-        results.push(yield* writeOneModel(m))
+        yield* each(writeOneModel(m))
       }
       // Only fields this service wrote (they have an owner): another writer of `meta:models`
       // (ez-api's models.dev registry) keeps its own.
       for (const field of yield* redis.use((c) => c.hkeys(l.models))) {
         if (fields.has(field)) continue
         const owner = yield* RedisLayout.modelOwner(redis, l, field)
-        if (owner > 0) results.push(yield* removeModelField(field, owner))
+        if (owner > 0) yield* each(removeModelField(field, owner))
       }
       yield* afterModels
+      if (invalid.length > 0) {
+        return yield* new ControlPlane.InvalidRow({
+          entity: [...new Set(invalid.map((e) => e.entity))].join(","),
+          message: `sync-all wrote everything else; ${invalid.length} row(s) do not decode: ${invalid.map((e) => e.message).join("; ")}`
+        })
+      }
       return {
         written: results.filter((r) => r === "written").length,
         stale: results.filter((r) => r === "stale").length,
