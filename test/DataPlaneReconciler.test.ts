@@ -162,6 +162,31 @@ describe("DataPlaneReconciler", () => {
       }).pipe(Effect.provide(reconcilerOn(db, p)))
     }), 60_000)
 
+  it.live("an expired key's entry put back without its TTL (a hand edit, a restore) is found and removed", () =>
+    Effect.gen(function*() {
+      const db = yield* Effect.promise(() => freshDatabase("heal_expired", ["outbox", "control-plane"]))
+      const p = prefix()
+      const client = new Redis(redisUrl())
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.gen(function*() {
+        const master = yield* ControlPlane.createMaster({ name: "acme" })
+        const secret = `expired-${Math.random().toString(36).slice(2)}`
+        yield* ControlPlane.createKey({ masterId: master, secret, expiresAt: new Date(Date.now() - 60_000) })
+        yield* repair
+        const entry = `${p}auth:token:${ControlPlane.tokenHash(secret)}`
+        expect(yield* Effect.promise(() => client.exists(entry))).toBe(0)
+        yield* Effect.promise(() => client.hset(entry, { master_id: String(master), issued_at_epoch: "1", status: "active", expires_at: "0" }))
+        expect(yield* authenticates(p, secret)).toBe(true)
+        const seen = yield* check
+        expect(family(seen, "tokens")).toMatchObject({ stale: 1 })
+        expect(family(seen, "tokens").examples.stale[0]).toContain("expired")
+        yield* repair
+        expect(yield* Effect.promise(() => client.exists(entry))).toBe(0)
+        expect(yield* authenticates(p, secret)).toBe(false)
+        expect(totalDriftOf(yield* check)).toBe(0)
+      }).pipe(Effect.provide(reconcilerOn(db, p)))
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("rows that do not decode are a typed failure of the run, after every other entry was rebuilt", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_invalid", ["outbox", "control-plane"]))

@@ -211,12 +211,33 @@ const make = (options: DataPlaneReconcilerOptions) =>
           // Their entries stay as they are: held (the orphan step asks Postgres, not this page).
           invalid.push(...bad)
           const live: Array<Key> = []
+          const expired: Array<Key> = []
           for (const k of rows) {
             held.add(k.tokenHash)
             rowIds.add(k.id)
             const expiry = keyExpiry(k)
             // Expired: Redis dropped (or drops) its entry by itself, as the handlers arranged.
             if (expiry === null || expiry.getTime() > now) live.push(k)
+            else expired.push(k)
+          }
+          // ...unless an entry came back without its TTL (a hand edit, a restore): it would
+          // authenticate an expired key for ever. The handlers' write removes it (its expiry is past).
+          if (expired.length > 0) {
+            const present = yield* redis.use((c) => Promise.all(expired.map((k) => c.exists(l.token(k.tokenHash)))))
+            yield* pace(expired.length)
+            const strays = expired.filter((_, i) => present[i] === 1)
+            drift.checked += expired.length
+            for (const k of strays) drift.found("stale", `${l.token(k.tokenHash)} (key ${k.id}, expired)`)
+            if (repair && strays.length > 0) {
+              const written = yield* RedisLayout.writeEntries(redis, l, strays.map((k) => ({
+                key: l.token(k.tokenHash),
+                at: { version: k.version, owner: k.id },
+                fields: Snapshots.keyFields(k),
+                expireAt: keyExpiry(k)
+              })))
+              drift.repaired += written.filter((r) => r === "written").length
+              yield* pace(strays.length)
+            }
           }
           // Pipelined chunks: under a rate limit small and one at a time, paced in between, so that a
           // sweep never holds Redis (or this process) for long; unpaced, large and overlapping.
