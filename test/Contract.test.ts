@@ -110,6 +110,15 @@ describe("§2.1 provider snapshot: the golden provider_snapshot.json", () => {
   })
 })
 
+describe("§2.1 provider.DefaultGoogleLocation", () => {
+  it("trims the location for every type, and gives a blank one global in the Vertex family only", () => {
+    expect(Contract.defaultGoogleLocation("vertex", " us-central1 ")).toBe("us-central1")
+    expect(Contract.defaultGoogleLocation("gemini", " europe-west4\t")).toBe("europe-west4")
+    expect(Contract.defaultGoogleLocation(" Vertex-Express ", "  ")).toBe("global")
+    expect(Contract.defaultGoogleLocation("openai", "  ")).toBe("")
+  })
+})
+
 describe("§3.2 group normalization, §3.3 model references, §3.4 model ids", () => {
   it("group: blank is default, anything else unchanged (not trimmed)", () => {
     expect(Contract.normalizeGroup("")).toBe("default")

@@ -138,9 +138,9 @@ export const normalizeKind = (kind: string): "chat" | "embedding" | "rerank" | "
 export const vertexFamily: ReadonlySet<string> = new Set(["vertex", "vertex-express"])
 /** `provider.NormalizeType`: lowercase, trimmed. */
 export const normalizeProviderType = (type: string): string => trim(type.toLowerCase())
-/** `provider.DefaultGoogleLocation`. */
+/** `provider.DefaultGoogleLocation`: the location trimmed (always, as Go does), blank `global` for the Vertex family. */
 export const defaultGoogleLocation = (type: string, location: string): string =>
-  vertexFamily.has(normalizeProviderType(type)) && trim(location) === "" ? "global" : location
+  vertexFamily.has(normalizeProviderType(type)) && trim(location) === "" ? "global" : trim(location)
 
 /** Unix seconds, as every time foundation puts in a JSON value or the meta hashes. */
 export const unixSeconds = (d: Date): number => Math.floor(d.getTime() / 1000)
