@@ -110,6 +110,17 @@ describe("§2.1 provider snapshot: the golden provider_snapshot.json", () => {
   })
 })
 
+describe("Go's strings.TrimSpace, which every trim of the contract is", () => {
+  it("strips Unicode White_Space (U+0085 included), and not U+FEFF, which JS trim would strip", () => {
+    expect(Contract.trim("\u0085 gpt-4o\u3000\t")).toBe("gpt-4o")
+    expect(Contract.trim("\ufeffgpt-4o")).toBe("\ufeffgpt-4o")
+    expect(Contract.parseModelRef("\u0085team.gpt-4o", "default")).toEqual({ namespace: "team", publicModel: "gpt-4o" })
+    expect(Contract.normalizeGroup("\ufeff")).toBe("\ufeff")
+    expect(Contract.normalizeGroup("\u0085")).toBe("default")
+    expect(Contract.resolveUpstreamModel("exact", "", "gpt-4o", ["\ufeffgpt-4o", "gpt-4o\u0085"])).toEqual({ _tag: "Resolved", model: "gpt-4o" })
+  })
+})
+
 describe("§2.1 provider.DefaultGoogleLocation", () => {
   it("trims the location for every type, and gives a blank one global in the Vertex family only", () => {
     expect(Contract.defaultGoogleLocation("vertex", " us-central1 ")).toBe("us-central1")

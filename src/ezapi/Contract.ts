@@ -10,10 +10,15 @@ import { createHash } from "node:crypto"
 export const hashToken = (token: string): string => createHash("sha256").update(token, "utf8").digest("hex")
 
 /** §3.2 `group.Normalize`: blank becomes `default`; anything else is returned unchanged (not trimmed). */
-export const normalizeGroup = (group: string): string => (group.trim() === "" ? "default" : group)
+export const normalizeGroup = (group: string): string => (trim(group) === "" ? "default" : group)
 
-/** Go's `strings.TrimSpace`. */
-export const trim = (s: string): string => s.trim()
+/**
+ * Go's `strings.TrimSpace`: Unicode White_Space at both ends. Not JS `trim`, which also strips
+ * U+FEFF (not a space to Go) and keeps U+0085 (a space to Go): the two would disagree on routes.
+ */
+const goSpace = "[\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+const goTrim = new RegExp(`^${goSpace}+|${goSpace}+$`, "g")
+export const trim = (s: string): string => s.replace(goTrim, "")
 
 export type ModelRef = { readonly namespace: string; readonly publicModel: string }
 
