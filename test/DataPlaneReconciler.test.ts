@@ -162,6 +162,47 @@ describe("DataPlaneReconciler", () => {
       }).pipe(Effect.provide(reconcilerOn(db, p)))
     }), 60_000)
 
+  it.live("a paced repair of many orphans accounts for every command it sends (the rate budget holds)", () =>
+    Effect.gen(function*() {
+      const db = yield* Effect.promise(() => freshDatabase("heal_paced", ["outbox", "control-plane"]))
+      const p = prefix()
+      const client = new Redis(isolated.url)
+      const monitor = yield* Effect.promise(() => new Redis(isolated.url).monitor())
+      yield* Effect.addFinalizer(() => Effect.sync(() => (client.disconnect(), monitor.disconnect())))
+      yield* Effect.gen(function*() {
+        yield* gateway
+        yield* repair
+        // Hundreds of orphans: auth entries no key holds, and models deleted in SQL with no event.
+        yield* Effect.promise(async () => {
+          const pipe = client.pipeline()
+          for (let i = 0; i < 300; i++) pipe.hset(`${p}auth:token:${i.toString(16).padStart(64, "0")}`, "status", "active")
+          await pipe.exec()
+        })
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`DELETE FROM cp_models`
+        // Every command a client sends (not those a script runs), from here to the sentinel.
+        let sent = 0
+        let done = false
+        const sentinel = `done-${p}`
+        monitor.on("monitor", (_time: string, args: ReadonlyArray<string>, source: string) => {
+          if (args[0]?.toLowerCase() === "echo" && args[1] === sentinel) done = true
+          else if (!done && source !== "lua") sent++
+        })
+        yield* Effect.promise(() => client.ping())
+        yield* eventually(Effect.sync(() => sent), (n) => n > 0)
+        sent = 0
+        let paced = 0
+        const reconciler = yield* Reconciler
+        const report = yield* reconciler.reconcile({ repair: true, rate: 1_000_000, pace: (n) => Effect.sync(() => void (paced += n)) })
+        expect(family(report, "tokens")).toMatchObject({ orphaned: 300, repaired: 300 })
+        expect(family(report, "models")).toMatchObject({ orphaned: 2, repaired: 2 })
+        yield* Effect.promise(() => client.echo(sentinel))
+        yield* eventually(Effect.sync(() => done), (d) => d)
+        // The marker's check and write at the start are not paced; everything else is.
+        expect(sent).toBeLessThanOrEqual(paced + 10)
+      }).pipe(Effect.provide(reconcilerOn(db, p, isolated.url)))
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("an expired key's entry put back without its TTL (a hand edit, a restore) is found and removed", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_expired", ["outbox", "control-plane"]))

@@ -42,6 +42,9 @@ export type SyncReconcilerOptions = DataPlaneReconcilerOptions
 
 type Pace = ReconcileOptions["pace"]
 
+/** Redis commands `Projector.syncKey` spends on a gone key's entry: a removal or a write, and the index. */
+const orphanKeyCommands = 3
+
 /** How much one step takes on: entries per Redis round trip, round trips at once, rows per query. */
 interface Sizes {
   readonly chunk: number
@@ -271,14 +274,19 @@ const make = (options: DataPlaneReconcilerOptions) =>
             const result = yield* tolerate(sync.syncKey(owner, hash))
             // `written`: the gone token was a live key's old one (re-hashed): removed, the key rewritten.
             if (result === "removed" || result === "written") drift.repaired++
+            // What the handler spent: at most a removal, a write and an index update.
+            yield* pace(orphanKeyCommands)
           }
         }
-        for (const k of yield* RedisLayout.indexedKeys(redis, l)) {
+        const indexed = yield* RedisLayout.indexedKeys(redis, l)
+        yield* pace(Math.ceil(indexed.length / 1_000) + 1)
+        for (const k of indexed) {
           if (rowIds.has(k.id) || handled.has(k.id)) continue
           if (yield* withSql(ControlPlane.rowExists("cp_keys", k.id))) continue
           drift.found("orphaned", `${l.keyIndex}[${k.id}] (key ${k.id}, gone)`)
           if (!repair) continue
           if ((yield* tolerate(sync.syncKey(k.id, k.tokenHash))) !== undefined) drift.repaired++
+          yield* pace(orphanKeyCommands)
         }
         return drift.result()
       })
@@ -339,6 +347,7 @@ const make = (options: DataPlaneReconcilerOptions) =>
           }
         })
         for (const id of yield* RedisLayout.indexedMasters(redis, l)) if (!rowIds.has(id)) candidates.add(id)
+        yield* pace(1)
         for (const id of candidates) {
           // Created since the read above (its event writes it), or a row that does not decode (reported).
           if (yield* withSql(ControlPlane.rowExists("cp_masters", id))) continue
@@ -347,6 +356,8 @@ const make = (options: DataPlaneReconcilerOptions) =>
           // The handler's path for a gone master: its entry, and its keys' entries, go.
           const result = yield* tolerate(sync.syncMaster(id))
           if (result === "removed" || result === "absent") drift.repaired++
+          // Its removal, the key index read and its own unindexing (its keys' removals are few and rare).
+          yield* pace(3)
         }
         return drift.result()
       })
@@ -489,6 +500,8 @@ const make = (options: DataPlaneReconcilerOptions) =>
           const result = yield* tolerate(sync.syncModel(owner))
           if (result === "removed" || result === "written") drift.repaired++
           changed = true
+          // Two reads of its records, the fenced write, and the models meta read and written again.
+          yield* pace(5)
         }
         // meta:models_meta: the checksum over every field the hash holds now (§2.4).
         const [now, meta] = yield* redis.use((c) => Promise.all([changed ? c.hgetall(l.models) : Promise.resolve(hash), c.hget(l.modelsMeta, "checksum")]))
