@@ -203,6 +203,30 @@ describe("DataPlaneReconciler", () => {
       }).pipe(Effect.provide(reconcilerOn(db, p, isolated.url)))
     }).pipe(Effect.scoped), 60_000)
 
+  it.live("hand-edited bookkeeping (index entries that name no row) does not stop a repair or sync_all", () =>
+    Effect.gen(function*() {
+      const db = yield* Effect.promise(() => freshDatabase("heal_index_junk", ["outbox", "control-plane"]))
+      const p = prefix()
+      const client = new Redis(redisUrl())
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.gen(function*() {
+        const g = yield* gateway
+        yield* repair
+        yield* Effect.promise(async () => {
+          await client.hset(`${p}sync:key-owners`, { junk: "zzz", "9999": "not-a-hash:1" })
+          await client.sadd(`${p}sync:masters`, "abc", "-1")
+          // And real drift beside it, which must still be healed.
+          await client.del(`${p}auth:token:${ControlPlane.tokenHash(g.secrets[0]!)}`)
+        })
+        const fixed = yield* repair
+        expect(family(fixed, "tokens")).toMatchObject({ missing: 1, repaired: 1 })
+        for (const s of g.secrets) expect(yield* authenticates(p, s)).toBe(true)
+        expect(totalDriftOf(yield* check)).toBe(0)
+        const all = yield* Effect.flatMap(Projector, (sync) => sync.syncAll)
+        expect(all.stale).toBe(0)
+      }).pipe(Effect.provide(reconcilerOn(db, p)))
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("an expired key's entry put back without its TTL (a hand edit, a restore) is found and removed", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_expired", ["outbox", "control-plane"]))

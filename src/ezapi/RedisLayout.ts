@@ -417,7 +417,17 @@ export const indexKeys = (redis: RedisSinkShape, l: Layout, keys: ReadonlyArray<
     : redis.use((c) => c.hset(l.keyIndex, ...keys.flatMap((k) => [String(k.id), `${k.tokenHash}:${k.masterId}`])))
 export const unindexKey = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.hdel(l.keyIndex, String(id)))
 
-/** Every key the index holds (HSCAN, so a large index does not block Redis). */
+/** A row id as the indexes hold it: a positive decimal integer, nothing else. */
+const rowId = (text: string): number | undefined => {
+  const n = Number(text)
+  return Number.isSafeInteger(n) && n > 0 && String(n) === text ? n : undefined
+}
+
+/**
+ * Every key the index holds (HSCAN, so a large index does not block Redis). An entry that names
+ * no row (a hand edit: not an id, not a token hash) is skipped: it could only fail the SQL that
+ * looks its row up, and with it the sweep or `sync_all` that read it.
+ */
 export const indexedKeys = (redis: RedisSinkShape, l: Layout): Effect.Effect<ReadonlyArray<IndexedKey>, Fail> =>
   Effect.gen(function*() {
     const out: Array<IndexedKey> = []
@@ -426,7 +436,9 @@ export const indexedKeys = (redis: RedisSinkShape, l: Layout): Effect.Effect<Rea
       const [next, flat] = yield* redis.use((c) => c.hscan(l.keyIndex, cursor, "COUNT", 1000))
       for (let i = 0; i < flat.length; i += 2) {
         const [tokenHash, masterId] = flat[i + 1]!.split(":")
-        out.push({ id: Number(flat[i]), tokenHash: tokenHash!, masterId: Number(masterId) || 0 })
+        const id = rowId(flat[i]!)
+        if (id === undefined || !/^[0-9a-f]{64}$/.test(tokenHash ?? "")) continue
+        out.push({ id, tokenHash: tokenHash!, masterId: rowId(masterId ?? "") ?? 0 })
       }
       cursor = next
     } while (cursor !== "0")
@@ -441,5 +453,6 @@ export const indexMaster = (redis: RedisSinkShape, l: Layout, id: number) => red
 export const indexMasters = (redis: RedisSinkShape, l: Layout, ids: ReadonlyArray<number>) =>
   ids.length === 0 ? Effect.succeed(0) : redis.use((c) => c.sadd(l.masterIndex, ...ids.map(String)))
 export const unindexMaster = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.srem(l.masterIndex, String(id)))
+/** Every master id the index holds; a member that is not an id (a hand edit) is skipped. */
 export const indexedMasters = (redis: RedisSinkShape, l: Layout) =>
-  redis.use((c) => c.smembers(l.masterIndex)).pipe(Effect.map((ids) => ids.map(Number)))
+  redis.use((c) => c.smembers(l.masterIndex)).pipe(Effect.map((ids) => ids.flatMap((id) => rowId(id) ?? [])))
