@@ -227,6 +227,36 @@ describe("DataPlaneReconciler", () => {
       }).pipe(Effect.provide(reconcilerOn(db, p)))
     }).pipe(Effect.scoped), 60_000)
 
+  it.live("keys overwritten with something other than a hash (meta:models, meta:models_meta, records) are replaced, not fatal", () =>
+    Effect.gen(function*() {
+      const db = yield* Effect.promise(() => freshDatabase("heal_wrongtype", ["outbox", "control-plane"]))
+      const p = prefix()
+      const client = new Redis(redisUrl())
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.gen(function*() {
+        const g = yield* gateway
+        yield* repair
+        const whole = yield* dataPlane(client, p)
+        const token = `${p}auth:token:${ControlPlane.tokenHash(g.secrets[0]!)}`
+        yield* Effect.promise(async () => {
+          for (const key of [`${p}meta:models`, `${p}meta:models_meta`, `${p}sync:rec:{${p}config:providers}`, `${p}sync:rec:{${token}}`]) {
+            await client.del(key)
+            await client.set(key, "junk")
+          }
+          await client.hset(token, "status", "suspended")
+        })
+        yield* repair
+        expect(yield* dataPlane(client, p)).toEqual(whole)
+        for (const s of g.secrets) expect(yield* authenticates(p, s)).toBe(true)
+        expect(totalDriftOf(yield* check)).toBe(0)
+        // The event path writes over them too.
+        yield* Effect.promise(() => client.set(`${p}meta:models`, "junk"))
+        const sync = yield* Projector
+        expect(yield* sync.syncModel(g.models[0]!)).toBe("written")
+        expect(yield* Effect.promise(() => client.type(`${p}meta:models`))).toBe("hash")
+      }).pipe(Effect.provide(reconcilerOn(db, p)))
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("an expired key's entry put back without its TTL (a hand edit, a restore) is found and removed", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_expired", ["outbox", "control-plane"]))

@@ -452,7 +452,11 @@ const make = (options: DataPlaneReconcilerOptions) =>
         }
         const expected = [...byField]
         const [hash, records] = yield* redis.use((c) =>
-          Promise.all([c.hgetall(l.models), Promise.all(expected.map(([field]) => c.hmget(l.modelRecord(field), "v", "id", "d")))])
+          Promise.all([
+            // Not a hash (a hand edit): every model is missing; the handlers' script replaces it.
+            c.hgetall(l.models).catch((): Record<string, string> => ({})),
+            Promise.all(expected.map(([field]) => c.hmget(l.modelRecord(field), "v", "id", "d").catch(noRecord)))
+          ])
         )
         yield* pace(expected.length + 1)
         const writes: Array<readonly [string, Model, string]> = []
@@ -504,7 +508,9 @@ const make = (options: DataPlaneReconcilerOptions) =>
           yield* pace(5)
         }
         // meta:models_meta: the checksum over every field the hash holds now (§2.4).
-        const [now, meta] = yield* redis.use((c) => Promise.all([changed ? c.hgetall(l.models) : Promise.resolve(hash), c.hget(l.modelsMeta, "checksum")]))
+        const [now, meta] = yield* redis.use((c) =>
+          Promise.all([changed ? c.hgetall(l.models) : Promise.resolve(hash), c.hget(l.modelsMeta, "checksum").catch(() => "(not a hash)")])
+        )
         yield* pace(2)
         drift.checked++
         const checksum = Contract.checksumFromPayloads(Object.entries(now))

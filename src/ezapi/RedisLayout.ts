@@ -81,10 +81,17 @@ export const layout = (options: LayoutOptions = {}): Layout => {
 }
 
 /**
+ * A key the script reads or writes as a hash that holds something else (a hand edit) is dropped
+ * first: it holds nothing a hash could, and left there it would fail every write to it (WRONGTYPE).
+ */
+const hashOrNothing = (key: string) => `if redis.call('TYPE', ${key}).ok ~= 'hash' then redis.call('DEL', ${key}) end`
+
+/**
  * Is a write (version, owner, digest) older than the record `cur` (`v`, `id`, `d`)? Shared by the
  * scripts: a newer owner wins; for one owner, a higher version; an equal version only with equal data.
  */
 const refuseOlder = (cur: string, version: string, owner: string, digest: string) => `
+${hashOrNothing(cur)}
 local cur = redis.call('HMGET', ${cur}, 'v', 'id', 'd')
 if cur[1] then
   local cv, cid = tonumber(cur[1]) or 0, tonumber(cur[2]) or 0
@@ -121,6 +128,10 @@ return 1`
  * Returns -1 when the id's field changed since it was read (the caller reads again).
  */
 const putModel = `
+${hashOrNothing("KEYS[1]")}
+${hashOrNothing("KEYS[3]")}
+${hashOrNothing("KEYS[4]")}
+if redis.call('TYPE', KEYS[5]).ok ~= 'string' then redis.call('DEL', KEYS[5]) end
 if tonumber(ARGV[4]) > 0 and tonumber(redis.call('HGET', KEYS[3], 'v') or '0') > tonumber(ARGV[3]) then return 0 end
 ${refuseOlder("KEYS[2]", "ARGV[3]", "ARGV[4]", "ARGV[5]")}
 if tonumber(ARGV[4]) > 0 then
@@ -151,13 +162,17 @@ redis.call('INCR', KEYS[5])
 return 1`
 
 /** The models hash and its generation, read together. KEYS: models, generation. */
-const readModels = `return { redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1]) }`
+const readModels = `
+local generation = redis.call('TYPE', KEYS[2]).ok == 'string' and redis.call('GET', KEYS[2]) or '0'
+return { generation, redis.call('TYPE', KEYS[1]).ok == 'hash' and redis.call('HGETALL', KEYS[1]) or {} }`
 
 /**
  * Write `meta:models_meta` unless the models changed since it was computed; publish when it
  * changed. KEYS: meta, generation. ARGV: generation, version, updated_at, source, checksum, channel, event.
  */
 const putModelsMeta = `
+${hashOrNothing("KEYS[1]")}
+if redis.call('TYPE', KEYS[2]).ok ~= 'string' then redis.call('DEL', KEYS[2]) end
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'checksum') == ARGV[5] then return 1 end
 redis.call('DEL', KEYS[1])
@@ -172,6 +187,7 @@ return 1`
  * The generation is the control plane's fence: a higher one was read later (see ControlPlane).
  */
 const putSnapshot = `
+${hashOrNothing("KEYS[3]")}
 local cur = redis.call('HMGET', KEYS[3], 'v', 'd')
 if cur[1] then
   local cv = tonumber(cur[1]) or 0
