@@ -257,6 +257,35 @@ describe("DataPlaneReconciler", () => {
       }).pipe(Effect.provide(reconcilerOn(db, p)))
     }).pipe(Effect.scoped), 60_000)
 
+  it.live("indexes overwritten with another type are rebuilt by a repair, and the events' writes work again", () =>
+    Effect.gen(function*() {
+      const db = yield* Effect.promise(() => freshDatabase("heal_index_type", ["outbox", "control-plane"]))
+      const p = prefix()
+      const client = new Redis(redisUrl())
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.gen(function*() {
+        const g = yield* gateway
+        yield* repair
+        yield* Effect.promise(async () => {
+          for (const key of [`${p}sync:key-owners`, `${p}sync:masters`]) {
+            await client.del(key)
+            await client.set(key, "junk")
+          }
+        })
+        // Only looking: it reports the lost index entries instead of failing.
+        const seen = yield* check
+        expect(family(seen, "tokens")).toMatchObject({ stale: 3 })
+        expect(family(seen, "masters")).toMatchObject({ stale: 2 })
+        yield* repair
+        expect(yield* Effect.promise(() => client.hlen(`${p}sync:key-owners`))).toBe(3)
+        expect(yield* Effect.promise(() => client.scard(`${p}sync:masters`))).toBe(2)
+        expect(totalDriftOf(yield* check)).toBe(0)
+        const sync = yield* Projector
+        expect(yield* sync.syncKey(g.keys[0]!)).toBe("written")
+        expect(yield* sync.syncMaster(g.master)).toBe("written")
+      }).pipe(Effect.provide(reconcilerOn(db, p)))
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("an expired key's entry put back without its TTL (a hand edit, a restore) is found and removed", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_expired", ["outbox", "control-plane"]))

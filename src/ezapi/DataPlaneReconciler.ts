@@ -174,7 +174,7 @@ const make = (options: DataPlaneReconcilerOptions) =>
               Promise.all([
                 Promise.all(part.map((k) => c.hgetall(l.token(k.tokenHash)).catch(notAHash))),
                 Promise.all(part.map((k) => c.hmget(l.record(l.token(k.tokenHash)), "v", "id", "d").catch(noRecord))),
-                c.hmget(l.keyIndex, ...part.map((k) => String(k.id)))
+                c.hmget(l.keyIndex, ...part.map((k) => String(k.id))).catch((): Array<string | null> => part.map(() => null))
               ])
             )
             const writes: Array<Key> = []
@@ -309,7 +309,7 @@ const make = (options: DataPlaneReconcilerOptions) =>
               Promise.all([
                 Promise.all(part.map((m) => c.hgetall(l.master(m.id)).catch(notAHash))),
                 Promise.all(part.map((m) => c.hmget(l.record(l.master(m.id)), "v", "id", "d").catch(noRecord))),
-                c.smismember(l.masterIndex, ...part.map((m) => String(m.id)))
+                c.smismember(l.masterIndex, ...part.map((m) => String(m.id))).catch((): Array<number> => part.map(() => 0))
               ])
             )
             const writes: Array<Master> = []
@@ -538,6 +538,8 @@ const make = (options: DataPlaneReconcilerOptions) =>
           // First, before any entry: a loss during this repair removes it again, and is seen again.
           const at = new Date(yield* Clock.currentTimeMillis).toISOString()
           yield* redis.use((c) => c.set(l.generationMarker, JSON.stringify({ at, by: runner })))
+          // An index overwritten with another type would fail every write to it: the repair rebuilds it.
+          yield* RedisLayout.resetIndexes(redis, l)
           // Redis forgot everything: a rebuild, as fast as it goes (the rate limit is for sweeps).
           if (armed === 0) {
             paced = () => Effect.void

@@ -433,6 +433,21 @@ export const indexKeys = (redis: RedisSinkShape, l: Layout, keys: ReadonlyArray<
     : redis.use((c) => c.hset(l.keyIndex, ...keys.flatMap((k) => [String(k.id), `${k.tokenHash}:${k.masterId}`])))
 export const unindexKey = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.hdel(l.keyIndex, String(id)))
 
+/** An index overwritten with another type (a hand edit) reads as empty; a repair replaces it (`resetIndexes`). */
+const wrongType = <A>(empty: A) => (error: unknown): A => {
+  if (error instanceof Error && error.message.startsWith("WRONGTYPE")) return empty
+  throw error
+}
+
+/** Drop an index that holds another type than its own, so that the writes after it rebuild it. */
+export const resetIndexes = (redis: RedisSinkShape, l: Layout) =>
+  redis.use((c) =>
+    Promise.all(([[l.keyIndex, "hash"], [l.masterIndex, "set"]] as const).map(async ([key, type]) => {
+      const held = await c.type(key)
+      if (held !== "none" && held !== type) await c.del(key)
+    }))
+  )
+
 /** A row id as the indexes hold it: a positive decimal integer, nothing else. */
 const rowId = (text: string): number | undefined => {
   const n = Number(text)
@@ -449,7 +464,7 @@ export const indexedKeys = (redis: RedisSinkShape, l: Layout): Effect.Effect<Rea
     const out: Array<IndexedKey> = []
     let cursor = "0"
     do {
-      const [next, flat] = yield* redis.use((c) => c.hscan(l.keyIndex, cursor, "COUNT", 1000))
+      const [next, flat] = yield* redis.use((c) => c.hscan(l.keyIndex, cursor, "COUNT", 1000).catch(wrongType<[string, Array<string>]>(["0", []])))
       for (let i = 0; i < flat.length; i += 2) {
         const [tokenHash, masterId] = flat[i + 1]!.split(":")
         const id = rowId(flat[i]!)
@@ -471,4 +486,4 @@ export const indexMasters = (redis: RedisSinkShape, l: Layout, ids: ReadonlyArra
 export const unindexMaster = (redis: RedisSinkShape, l: Layout, id: number) => redis.use((c) => c.srem(l.masterIndex, String(id)))
 /** Every master id the index holds; a member that is not an id (a hand edit) is skipped. */
 export const indexedMasters = (redis: RedisSinkShape, l: Layout) =>
-  redis.use((c) => c.smembers(l.masterIndex)).pipe(Effect.map((ids) => ids.flatMap((id) => rowId(id) ?? [])))
+  redis.use((c) => c.smembers(l.masterIndex).catch(wrongType<Array<string>>([]))).pipe(Effect.map((ids) => ids.flatMap((id) => rowId(id) ?? [])))
