@@ -177,6 +177,15 @@ export const serve = (
   Effect.gen(function*() {
     const host = options.host ?? "127.0.0.1"
     const path = options.path ?? "/metrics"
+    // Node throws from `listen` on a port it cannot use (70000, -1, NaN from an unset variable),
+    // and takes a string that is not a number for a pipe's name: either would escape as a defect
+    // or a socket file, where the caller was promised a MetricsServerError.
+    const port: unknown = options.port
+    if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65_535) {
+      return yield* new MetricsServerError({
+        message: `cannot serve metrics on ${host}:${String(port)}: the port must be an integer from 0 (a free one) to 65535`
+      })
+    }
     const runtime = yield* Effect.runtime<never>()
     const run = Runtime.runPromise(runtime)
     const body = scrape({ process: options.process })

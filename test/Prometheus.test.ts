@@ -44,6 +44,15 @@ describe("Prometheus", () => {
       expect(error.message).toContain(`cannot serve metrics on 127.0.0.1:${port}`)
     }))
 
+  it.scopedLive("serve: a port Node cannot listen on (out of range, negative, not an integer, NaN) is a typed MetricsServerError, not a defect", () =>
+    Effect.gen(function*() {
+      for (const port of [70_000, -1, 1.5, Number.NaN, "9464x" as unknown as number]) {
+        const error = yield* Prometheus.serve({ port }).pipe(Effect.flip)
+        expect(error._tag).toBe("MetricsServerError")
+        expect(error.message).toContain("the port must be an integer from 0")
+      }
+    }))
+
   it.effect("scrape leaves the process families out when asked", () =>
     Effect.gen(function*() {
       const text = yield* Prometheus.scrape({ process: false })
