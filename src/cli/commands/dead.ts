@@ -8,6 +8,11 @@ import { integer, oneLine, pad, adminLayer, text, UsageError } from "../shared.j
 /** `dead show` of an event that is still pending: not a dead letter, and not shown as one. */
 export class NotDead extends Data.TaggedError("NotDead")<{ readonly message: string }> {}
 
+// An event id is a Postgres bigint: anything else names no event, and is said so here rather than
+// sent to the database, whose "out of range for type bigint" would read as the environment failing.
+const maxId = 9_223_372_036_854_775_807n
+const isEventId = (id: string) => /^[1-9][0-9]{0,18}$/.test(id) && BigInt(id) <= maxId
+
 const selector = (input: Input): Effect.Effect<DeadSelector, UsageError> => {
   const id = input.args["ID"]
   const resourceType = text(input.options["resource-type"])
@@ -15,7 +20,7 @@ const selector = (input: Input): Effect.Effect<DeadSelector, UsageError> => {
   const given = [id !== undefined, resourceType !== undefined, all].filter(Boolean).length
   if (given !== 1) return Effect.fail(new UsageError({ message: "name exactly one of: an ID, --resource-type TYPE, --all" }))
   if (id !== undefined) {
-    return /^[1-9][0-9]{0,18}$/.test(id)
+    return isEventId(id)
       ? Effect.succeed({ _tag: "One", id })
       : Effect.fail(new UsageError({ message: `not an event id: ${oneLine(id, 40)} (ids are positive integers)` }))
   }
@@ -55,7 +60,7 @@ const show = (input: Input) =>
   Effect.gen(function*() {
     const admin = yield* Admin
     const id = input.args["ID"]!
-    if (!/^[1-9][0-9]{0,18}$/.test(id)) return yield* new UsageError({ message: `not an event id: ${oneLine(id, 40)} (ids are positive integers)` })
+    if (!isEventId(id)) return yield* new UsageError({ message: `not an event id: ${oneLine(id, 40)} (ids are positive integers)` })
     const { event, failures } = yield* admin.show(id)
     if (event.status !== "dead") {
       return yield* new NotDead({
