@@ -136,6 +136,7 @@ describe("sync-outbox CLI", () => {
       [["enqueue", "model", "delete", "--payload", "{nope"], "--payload is not valid JSON"],
       [["enqueue", "master", "update"], "needs a resource id"],
       [["enqueue", "master", "update", "--resource-id", "x"], "--resource-id must be an integer"],
+      [["dead", "list", "--limit", "99999999999999999999"], `--limit is out of range, got "99999999999999999999"`],
       [["enqueue", "master"], "missing ACTION"],
       [["enqueue", "model", "delete", "--payload", "@/nonexistent/p.json"], "cannot read /nonexistent/p.json: ENOENT"],
       [["enqueue", "model", "delete", "--bogus"], "unknown option --bogus"],

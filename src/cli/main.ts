@@ -202,6 +202,9 @@ const parse = (argv: ReadonlyArray<string>): Parsed => {
     }
     if (spec.integer === true) {
       if (!/^-?\d+$/.test(value.trim())) throw new UsageFailure(`--${name} must be an integer, got "${value}"`, found)
+      // Past 2^53 the number is no longer the one typed, and the database would refuse it as out
+      // of range: an exit 1 ("the environment failed") for what is the command line's mistake.
+      if (!Number.isSafeInteger(Number(value))) throw new UsageFailure(`--${name} is out of range, got "${value}"`, found)
       options[name] = Number(value)
     } else options[name] = value
   }
