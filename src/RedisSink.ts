@@ -96,10 +96,7 @@ const acquire = (options: RedisOptions): RedisClient => {
     retryStrategy
   }
   if (options.clusterNodes !== undefined && options.clusterNodes.length > 0) {
-    const nodes = options.clusterNodes.map((node) => {
-      const [host, port] = node.split(":")
-      return { host: host ?? "127.0.0.1", port: Number(port ?? 6379) }
-    })
+    const nodes = options.clusterNodes.map(clusterNode)
     return new Cluster(nodes, {
       enableOfflineQueue: false,
       enableAutoPipelining: false,
@@ -140,7 +137,7 @@ const make = (options: RedisOptions) =>
         // retrying. That is a configuration to fix, not an outage to wait out.
         resume(
           error instanceof Error && error.name === "ReplyError"
-            ? Effect.fail(new InvalidConfig({ message: `Redis refused the connection: ${error.message} (check REDIS_URL)` }))
+            ? Effect.fail(new InvalidConfig({ message: `Redis refused the connection: ${error.message} (check ${client instanceof Cluster ? "REDIS_CLUSTER_NODES" : "REDIS_URL"})` }))
             : Effect.void
         )
       }
@@ -159,6 +156,24 @@ const make = (options: RedisOptions) =>
     const ping = Effect.asVoid(use((c) => c.ping()))
     return { client, use, ping } satisfies RedisSinkShape
   })
+
+/**
+ * A cluster seed node: `host:port`, `host` (port 6379) or `[v6 address]:port`. Anything else is
+ * `undefined`: a port that is not one (`:abc` would be NaN, `:99999` refused by Node) or an empty
+ * entry (a trailing comma) would otherwise reach ioredis and read later as "cluster not ready".
+ */
+const clusterNodeRe = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]]+))(?::([0-9]{1,5}))?$/
+const parseClusterNode = (node: string): { readonly host: string; readonly port: number } | undefined => {
+  const match = clusterNodeRe.exec(node.trim())
+  if (match === null) return undefined
+  const port = match[3] === undefined ? 6379 : Number(match[3])
+  return port >= 1 && port <= 65_535 ? { host: match[1] ?? match[2]!, port } : undefined
+}
+const clusterNode = (node: string) => parseClusterNode(node) ?? { host: node, port: 6379 }
+
+/** Whether every entry of REDIS_CLUSTER_NODES is a seed node ioredis can connect to. */
+export const isClusterNodes = (nodes: ReadonlyArray<string>): boolean =>
+  nodes.length > 0 && nodes.every((node) => parseClusterNode(node) !== undefined)
 
 /** What ioredis can connect to: a `redis://` or `rediss://` URL, or a Unix socket's path. */
 export const isRedisUrl = (value: string): boolean => {
@@ -187,7 +202,14 @@ export class RedisSink extends Context.Tag("sync-outbox/RedisSink")<RedisSink, R
         Config.option,
         Config.map(Option.getOrUndefined)
       ),
-      clusterNodes: Config.array(Config.string(), "REDIS_CLUSTER_NODES").pipe(Config.option, Config.map(Option.getOrUndefined)),
+      clusterNodes: Config.array(Config.string(), "REDIS_CLUSTER_NODES").pipe(
+        Config.validate({
+          message: "REDIS_CLUSTER_NODES is not a list of Redis nodes; expected host:port entries separated by commas, such as 10.0.0.1:7000,10.0.0.2:7000",
+          validation: isClusterNodes
+        }),
+        Config.option,
+        Config.map(Option.getOrUndefined)
+      ),
       commandTimeout: Config.duration("SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT").pipe(Config.withDefault(Duration.seconds(2)))
     })
   ) => Layer.unwrapEffect(Effect.map(config, RedisSink.layer))

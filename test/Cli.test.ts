@@ -254,6 +254,9 @@ describe("sync-outbox CLI", () => {
     const badPort = await cli(["worker", "--metrics-port", "99999"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" })
     expect(badPort.code).toBe(2)
     expect(badPort.stderr.trim()).toBe("sync-outbox: --metrics-port must be from 0 (a free port) to 65535, got 99999")
+    const badNodes = await cli(["sync-all"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none", REDIS_CLUSTER_NODES: "127.0.0.1:abc" })
+    expect(badNodes.code).toBe(2)
+    expect(badNodes.stderr.trim()).toMatch(/^sync-outbox: REDIS_CLUSTER_NODES is not a list of Redis nodes; expected host:port/)
     const badConfig = await cli(["worker"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none", SYNC_OUTBOX_BATCH_SIZE: "0" })
     expect(badConfig.code).toBe(2)
     expect(badConfig.stderr).toContain("SYNC_OUTBOX_BATCH_SIZE")
@@ -408,6 +411,10 @@ export const layer = Handlers.layer(handle(TenantRenamed, ({ payload, resourceId
       expect(all.code).toBe(0)
       expect(all.stdout).toMatch(/written \d+/)
       expect(await redis.hget(`auth:master:${master!.id}`, "global_qps")).toBe(qps)
+      // An unreachable Redis names the variable that chose it: the cluster nodes win over REDIS_URL.
+      const noCluster = await cli(["sync-all"], { ...env, REDIS_CLUSTER_NODES: "127.0.0.1:1" })
+      expect(noCluster.code).toBe(1)
+      expect(noCluster.stderr.trim()).toMatch(/^sync-outbox: redis unavailable: .*\(check REDIS_CLUSTER_NODES\)$/)
     } finally {
       child.kill("SIGTERM")
       const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))

@@ -1,9 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Redacted, Schema } from "effect"
+import { ConfigError, ConfigProvider, Effect, Layer, Redacted, Schema } from "effect"
 import { execFileSync } from "node:child_process"
 import { Cluster, ReplyError } from "ioredis"
 import { afterAll, beforeAll } from "vitest"
 import { startRedis, type PrivateRedis } from "../scripts/services.js"
+import { isClusterNodes } from "../src/RedisSink.js"
 import { classify, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, SinkCommandError, SinkUnavailable } from "../src/index.js"
 import { countRows, eventually, freshDatabase, prefix, redisUrl, sqlLayer, workerLayer } from "./support/harness.js"
 
@@ -74,6 +75,31 @@ describe("RedisSink: start-up", () => {
       )
       expect(error._tag).toBe("SinkUnavailable")
       expect(Date.now() - started).toBeLessThan(1_900)
+    }))
+})
+
+describe("RedisSink: configuration", () => {
+  const fromEnv = (env: Record<string, string>) =>
+    Layer.build(RedisSink.layerConfig()).pipe(
+      Effect.scoped,
+      Effect.flip,
+      Effect.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
+    )
+
+  it.effect.each(["127.0.0.1:abc", "10.0.0.1:99999", "10.0.0.1:7000,", "", "10.0.0.1:7000 10.0.0.2:7000"])(
+    "REDIS_CLUSTER_NODES=%j is refused as a configuration error naming the variable, before any connection",
+    (nodes) =>
+      Effect.gen(function*() {
+        const error = yield* fromEnv({ REDIS_CLUSTER_NODES: nodes })
+        expect(ConfigError.isConfigError(error)).toBe(true)
+        expect(String(error)).toContain("REDIS_CLUSTER_NODES is not a list of Redis nodes")
+      })
+  )
+
+  it.effect("REDIS_CLUSTER_NODES takes host:port, a bare host (port 6379) and a bracketed IPv6 address", () =>
+    Effect.sync(() => {
+      expect(isClusterNodes(["10.0.0.1:7000", "redis-b", "[::1]:7001"])).toBe(true)
+      expect(isClusterNodes([])).toBe(false)
     }))
 })
 

@@ -83,7 +83,11 @@ export const describe = (error: unknown): Report => {
     }
     return { code: 1, message: text }
   }
-  if (tag === "SinkUnavailable") return { code: 1, message: `redis unavailable: ${message} (check REDIS_URL)` }
+  if (tag === "SinkUnavailable") {
+    // The variable that chose the Redis: cluster nodes win over REDIS_URL when set (RedisSink).
+    const variable = (process.env["REDIS_CLUSTER_NODES"] ?? "") === "" ? "REDIS_URL" : "REDIS_CLUSTER_NODES"
+    return { code: 1, message: `redis unavailable: ${message} (check ${variable})` }
+  }
   if (tag === "MigrationError") {
     const migration = (error as { migration?: unknown }).migration
     // A file that failed to apply is named; a check over a whole set ("outbox/*") says it all already.
