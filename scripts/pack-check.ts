@@ -7,6 +7,8 @@
  * - the quick start type-checked under `strict`, `nodenext`, `declaration` and the other strict
  *   flags a consumer may use, with the library checks on (no `skipLibCheck`);
  * - one copy of `effect` and of `ioredis` in the consumer's tree (`npm ls`);
+ * - every `exports` entry imported and required by plain node, and type-checked by a consumer
+ *   whose tsc resolves as a bundler does;
  * - the installed CLI: `--help` loads no Effect module (enforced with a resolve hook) and its
  *   time is reported; `migrate`, `enqueue --handlers`, `worker --handlers`, `status --json`.
  *
@@ -246,6 +248,38 @@ const main = async () => {
   const aliases = expectOk("the renamed names", await run("node", ["--input-type=module", "-e", `import { same } from "./typecheck/renamed.js"; console.log(same)`], { cwd: app, env, timeoutMs: 60_000 }))
   if (aliases.stdout.trim() !== "true") fail(`the deprecated aliases are not the renamed values: ${aliases.stdout}`)
   log("sync-outbox/ezapi, and the deprecated sync-outbox/sync, SyncOutbox and SyncService: one module, the same values")
+
+  // 5b. Every entry point, as plain Node loads it (import and require) and as a bundler-resolving
+  //     tsc reads it: an entry the quick start does not touch (testing, sync) breaks silently otherwise.
+  const exported = (JSON.parse(readFileSync(join(app, "node_modules/sync-outbox/package.json"), "utf8")) as { exports: Record<string, unknown> }).exports
+  const entries = Object.keys(exported).filter((k) => k !== "./package.json").map((k) => (k === "." ? "sync-outbox" : `sync-outbox/${k.slice(2)}`))
+  for (const entry of entries) {
+    const imported = await run("node", ["--input-type=module", "-e", `const m = await import(${JSON.stringify(entry)}); if (Object.keys(m).length === 0) throw new Error("no exports")`], { cwd: app, env, timeoutMs: 60_000 })
+    expectOk(`import("${entry}") in plain node`, imported)
+    const required = await run("node", ["-e", `const m = require(${JSON.stringify(entry)}); if (Object.keys(m).length === 0) throw new Error("no exports")`], { cwd: app, env, timeoutMs: 60_000 })
+    expectOk(`require("${entry}") in plain node`, required)
+  }
+  writeFileSync(join(app, "entries.ts"), entries.map((e, i) => `import * as E${i} from "${e}"
+export const e${i}: object = E${i}
+`).join(""))
+  writeFileSync(
+    join(app, "tsconfig.bundler.json"),
+    JSON.stringify({
+      compilerOptions: {
+        target: "ES2022",
+        module: "ESNext",
+        moduleResolution: "bundler",
+        strict: true,
+        exactOptionalPropertyTypes: true,
+        skipLibCheck: false,
+        noEmit: true,
+        types: ["node"]
+      },
+      files: ["handlers.ts", "main.ts", "renamed.ts", "entries.ts"]
+    }, null, 2)
+  )
+  expectOk("tsc (strict, bundler resolution, every entry)", await run("npx", ["tsc", "-p", "tsconfig.bundler.json"], { cwd: app, env, timeoutMs: 180_000 }))
+  log(`every entry point (${entries.join(", ")}): import and require in plain node, and tsc with bundler resolution`)
 
   // 6. The installed CLI.
   const cli = (args: ReadonlyArray<string>, extra: { env?: Record<string, string>; input?: string } = {}) =>
