@@ -74,6 +74,12 @@ export class DriftCounter {
 export class ReconcileError extends Data.TaggedError("ReconcileError")<{
   readonly message: string
   readonly cause?: unknown
+  /**
+   * What was compared (and repaired) before the run failed, when everything but some rows was:
+   * control-plane rows that do not decode are skipped, the rest is still checked, and `verify`
+   * shows that table beside the failure.
+   */
+  readonly report?: DriftReport | undefined
 }> {}
 
 export interface ReconcileOptions {

@@ -9,6 +9,7 @@ import { Context, Duration, Effect, Fiber, Layer, Metric, Option, Redacted, Sche
 import { execFile } from "node:child_process"
 import { join } from "node:path"
 import { Redis } from "ioredis"
+import pg from "pg"
 import { afterAll, beforeAll } from "vitest"
 import { type PrivateRedis, startRedis } from "../scripts/services.js"
 import { Convergence, ConvergenceConfig, type FamilyDrift, Metrics, Reconciler, RedisSink, totalDrift as totalDriftOf } from "../src/index.js"
@@ -511,6 +512,17 @@ describe("sync-outbox verify", () => {
       expect(manual).toMatchObject({ reason: "manual", repair: false, drift: 0, error: null })
       expect(typeof manual.durationMs).toBe("number")
       expect((await cli(["status"], env)).stdout).toMatch(/manual +\S+ ago by .*: drift 0 \(not repaired\)/)
+
+      // A control-plane row that does not decode: the rest is still compared, and shown, as drift (3).
+      const broken = new pg.Client({ connectionString: db })
+      await broken.connect()
+      await broken.query(`UPDATE cp_keys SET expires_at = 'infinity' WHERE id = (SELECT min(id) FROM cp_keys)`)
+      await broken.end()
+      const invalid = await cli(["verify", "--json"], env)
+      expect(invalid.code, invalid.stderr).toBe(3)
+      expect(invalid.stderr).toContain("do not decode")
+      expect(JSON.parse(invalid.stdout)).toMatchObject({ repair: false })
+      expect(JSON.parse(invalid.stdout).families.map((f: { family: string }) => f.family)).toEqual(["tokens", "masters", "providers", "bindings", "models"])
 
       // Usage errors stay 2.
       expect((await cli(["verify", "--fix"], env)).code).toBe(2)

@@ -559,7 +559,8 @@ const make = (options: DataPlaneReconcilerOptions) =>
             message: `control plane: ${invalid.length} row(s) do not decode and were skipped; every other entry was ${
               repair ? "compared and repaired" : "compared"
             }: ${invalid.slice(0, 3).map((e) => e.message).join("; ")}${invalid.length > 3 ? "; ..." : ""}`,
-            cause: invalid
+            cause: invalid,
+            report: { families: report, repair }
           })
         }
         return { families: report, repair }

@@ -7,7 +7,7 @@ import * as Schedule from "effect/Schedule"
 import * as Convergence from "../../Convergence.js"
 import * as Migrations from "../../Migrations.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
-import { driftOf, type DriftReport, totalDrift } from "../../Reconciler.js"
+import { driftOf, type DriftReport, ReconcileError, totalDrift } from "../../Reconciler.js"
 import { RedisSink } from "../../RedisSink.js"
 import type { Input } from "../spec.js"
 import { database, loadHandlers, pad, text, UsageError } from "../shared.js"
@@ -66,7 +66,19 @@ export const run = ({ options }: Input) =>
     const redis = yield* RedisSink
     yield* redis.ping.pipe(Effect.retry({ schedule: Schedule.spaced("20 millis"), times: 100 }))
     const started = Date.now()
-    const result = yield* Convergence.runOnce("manual", { repair }).pipe(Effect.provide(handlers.reconciler))
+    const result = yield* Convergence.runOnce("manual", { repair }).pipe(
+      Effect.provide(handlers.reconciler),
+      // Rows of the control plane that do not decode: every other entry was still compared (and
+      // repaired), so that table is shown, and the run ends as drift (3), not as the environment failing.
+      Effect.catchIf(
+        (e): e is ReconcileError & { readonly report: DriftReport } => e instanceof ReconcileError && e.report !== undefined,
+        (e) =>
+          Effect.zipRight(
+            print(e.report, json, Date.now() - started),
+            Effect.fail(new DriftFound({ message: `${e.message} (exit 3)` }))
+          )
+      )
+    )
     if (Option.isNone(result)) {
       return yield* new ReconcileBusy({ message: "another reconcile is running (a worker's sweep or rebuild, or another verify); try again shortly" })
     }
