@@ -84,18 +84,17 @@ WITH picked AS MATERIALIZED (
 ), chosen AS MATERIALIZED (
   SELECT p.id, p.ordering_key, p.coalesce FROM picked p
   WHERE (SELECT all_keys FROM claimable) OR p.ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
-), targets AS (
+), targets AS MATERIALIZED (
   -- By id rather than by key: a join on the key alone made the generic plan scan the table.
   -- A coalescing handler reads current state after this claim, so it covers every coalescing
   -- event of the key committed before now: lease them all, however far past the batch limit,
   -- but none behind a pending non-coalescing event of the key (that one comes first).
   -- Siblings another claim holds locked (it picked them, then lost the key to us) are skipped,
-  -- not waited for: two claims waiting on each other's rows would deadlock. A skipped one stays
-  -- pending and is applied by a later claim: redundant, never wrong.
-  SELECT id FROM chosen
+  -- not waited for: two claims waiting on each other's rows would deadlock.
+  SELECT id, ordering_key, coalesce FROM chosen
   UNION
-  SELECT id FROM (
-    SELECT o.id FROM sync_outbox o
+  SELECT id, ordering_key, coalesce FROM (
+    SELECT o.id, o.ordering_key, o.coalesce FROM sync_outbox o
     WHERE o.ordering_key = ANY (ARRAY(SELECT DISTINCT ordering_key FROM chosen WHERE coalesce))
       AND o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
       AND NOT EXISTS (
@@ -103,11 +102,26 @@ WITH picked AS MATERIALIZED (
         WHERE x.ordering_key = o.ordering_key AND x.status = 'pending' AND NOT x.coalesce AND x.id < o.id)
     FOR UPDATE OF o SKIP LOCKED
   ) siblings
+), skipped AS MATERIALIZED (
+  -- A key one of whose siblings was skipped, older than an event leased here, is left alone this
+  -- time: the skipped one stays pending, unleased, and a later claim would apply it after the
+  -- newer ones (an older payload over a newer one). Every pending, unleased coalescing event of
+  -- the key older than its newest target is a target unless it was skipped: one count per key.
+  -- The key goes to the next claim (another worker's, or this one's next look), whole.
+  SELECT ARRAY(
+    SELECT k.ordering_key
+    FROM (SELECT ordering_key, max(id) AS newest, count(*) - 1 AS older FROM targets WHERE coalesce GROUP BY ordering_key) k
+    WHERE (
+      SELECT count(*) FROM sync_outbox s
+      WHERE s.ordering_key = k.ordering_key AND s.status = 'pending' AND s.coalesce AND s.id < k.newest
+        AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= $2)
+    ) > k.older
+  ) AS ordering_keys
 )
 UPDATE sync_outbox o
 SET lease_owner = $1, lease_expires_at = $3
 -- An array of ids, not a join: probed in the primary key whatever the plan's estimates.
-WHERE o.id = ANY (ARRAY(SELECT id FROM targets))
+WHERE o.id = ANY (ARRAY(SELECT id FROM targets WHERE NOT (ordering_key = ANY ((SELECT ordering_keys FROM skipped)::text[]))))
   AND o.status = 'pending'
   AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
 RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,

@@ -373,6 +373,26 @@ describe("Store: claim", () => {
       expect(rows[0]).toEqual({ seen_by_snapshot: 0, free: false })
     })))
 
+  it.live("a key whose older coalescing event another claim holds locked is left alone, not leased without it (it would apply after the newer ones)", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const Latest = OutboxEvent.make({ resourceType: "latest", action: "sync", payload: Schema.Number, coalesce: true })
+      const [oldest] = yield* enqueueMany([1, 2, 3].map((n) => event(Latest, { resourceId: 7, payload: n })))
+      yield* enqueue(Latest, { resourceId: 8, payload: 1 })
+      // Another worker's claim picked the oldest event (its row is locked until that statement
+      // ends) and lost the key: it will not lease it, and a claim skips locked rows.
+      const other = new pg.Client({ connectionString: url })
+      yield* Effect.promise(() => other.connect())
+      yield* Effect.promise(() => other.query("BEGIN").then(() => other.query(`SELECT id FROM sync_outbox WHERE id = $1 FOR UPDATE`, [oldest])))
+      const leases = yield* Leases
+      const meanwhile = yield* leases.claim("w", 30_000, 10)
+      yield* Effect.promise(() => other.query("COMMIT").then(() => other.end()))
+      // Leasing payloads 2 and 3 would have applied 3, and later 1 on its own: an older event after a newer one.
+      expect(meanwhile.map((e) => [e.orderingKey, e.payload])).toEqual([["latest:8", 1]])
+      const after = yield* leases.claim("w", 30_000, 10)
+      expect(after.map((e) => e.payload)).toEqual([1, 2, 3])
+    })))
+
   it.effect("a claim reports which events have another of their key waiting behind them", () =>
     withDb(Effect.gen(function*() {
       yield* clear
