@@ -280,7 +280,9 @@ export const parseSince = (text: string): Effect.Effect<Date, InvalidJournalQuer
       if (Number.isFinite(ms)) return new Date(ms)
     } else {
       const duration = parseDuration(trimmed)
-      if (Option.isSome(duration)) return new Date((yield* Clock.currentTimeMillis) - Duration.toMillis(duration.value))
+      // A duration back past the first valid date (`1000000000 days`) is no point in time either.
+      const at = Option.isSome(duration) ? new Date((yield* Clock.currentTimeMillis) - Duration.toMillis(duration.value)) : undefined
+      if (at !== undefined && Number.isFinite(at.getTime())) return at
     }
     return yield* new InvalidJournalQuery({
       message: `--since wants an ISO date or timestamp (2026-11-30T12:00:00Z) or a duration back from now (15m, 2 hours, 7d), got "${text}"`

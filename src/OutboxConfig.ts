@@ -65,13 +65,15 @@ export const defaults: OutboxConfigShape = {
   asyncCommit: true
 }
 
-const units: Record<string, Duration.Unit> = {
-  ms: "millis", milli: "millis", millis: "millis", millisecond: "millis", milliseconds: "millis",
-  s: "seconds", sec: "seconds", second: "seconds", seconds: "seconds",
-  m: "minutes", min: "minutes", minute: "minutes", minutes: "minutes",
-  h: "hours", hour: "hours", hours: "hours",
-  d: "days", day: "days", days: "days",
-  w: "weeks", week: "weeks", weeks: "weeks"
+// Constructors rather than a `"<amount> <unit>"` string: an amount JavaScript prints with an
+// exponent (`0.0000001`, a 22-digit number) is no input `Duration.decode` accepts, and it threw.
+const units: Record<string, (amount: number) => Duration.Duration> = {
+  ms: Duration.millis, milli: Duration.millis, millis: Duration.millis, millisecond: Duration.millis, milliseconds: Duration.millis,
+  s: Duration.seconds, sec: Duration.seconds, second: Duration.seconds, seconds: Duration.seconds,
+  m: Duration.minutes, min: Duration.minutes, minute: Duration.minutes, minutes: Duration.minutes,
+  h: Duration.hours, hour: Duration.hours, hours: Duration.hours,
+  d: Duration.days, day: Duration.days, days: Duration.days,
+  w: Duration.weeks, week: Duration.weeks, weeks: Duration.weeks
 }
 
 /**
@@ -86,8 +88,13 @@ export const parseDuration = (text: string): Option.Option<Duration.Duration> =>
   const unit = match[2]!.toLowerCase()
   if (unit === "") return amount === 0 ? Option.some(Duration.zero) : Option.none()
   const known = units[unit]
-  return known === undefined || !Number.isFinite(amount) ? Option.none() : Option.some(Duration.decode(`${amount} ${known}`))
+  if (known === undefined || !Number.isFinite(amount)) return Option.none()
+  // An amount below a nanosecond is no zero the operator wrote (a zero retention journals nothing).
+  const duration = known(amount)
+  return amount > 0 && Duration.toMillis(duration) === 0 ? Option.none() : Option.some(duration)
 }
+
+const maxDuration = Duration.days(3_650)
 
 const channelRe = /^[a-z_][a-z0-9_]{0,62}$/
 
@@ -116,8 +123,13 @@ export const validate = (config: OutboxConfigShape): Effect.Effect<OutboxConfigS
   // Each rule names the field and the variable that sets it: a user of the library sees the
   // first, an operator the second.
   const named = (name: keyof OutboxConfigShape) => `${name} (SYNC_OUTBOX_${variables[name]})`
+  // Every duration is a timer or a time the worker computes (a lease's end, a retry's due time):
+  // under a millisecond, a lease would end as it is written (two workers on one key); past
+  // 3650 days, `now + it` is no valid date and every claim, or every failure's record, fails.
   const positive = (name: keyof OutboxConfigShape, d: Duration.Duration) => {
     if (!Duration.isFinite(d) || Duration.toMillis(d) <= 0) problems.push(`${named(name)} must be a positive, finite duration`)
+    else if (Duration.toMillis(d) < 1) problems.push(`${named(name)} must be at least 1 millis, got ${Duration.format(d)}`)
+    else if (Duration.greaterThan(d, maxDuration)) problems.push(`${named(name)} must be at most 3650 days, got ${Duration.format(d)}`)
   }
   const integer = (name: keyof OutboxConfigShape, n: number, min: number, max: number) => {
     if (!Number.isInteger(n) || n < min || n > max) problems.push(`${named(name)} must be an integer from ${min} to ${max}, got ${n}`)
@@ -135,7 +147,9 @@ export const validate = (config: OutboxConfigShape): Effect.Effect<OutboxConfigS
   }
   if (!Duration.isFinite(config.retention) || Duration.toMillis(config.retention) < 0) {
     problems.push(`${named("retention")} must be a finite duration, or 0 to keep no journal`)
-  } else if (Duration.greaterThan(config.retention, Duration.days(3_650))) {
+  } else if (Duration.toMillis(config.retention) > 0 && Duration.toMillis(config.retention) < 1) {
+    problems.push(`${named("retention")} must be at least 1 millis, or 0 to keep no journal, got ${Duration.format(config.retention)}`)
+  } else if (Duration.greaterThan(config.retention, maxDuration)) {
     problems.push(`${named("retention")} must be at most 3650 days, got ${Duration.format(config.retention)}`)
   }
   integer("batchSize", config.batchSize, 1, 10_000)

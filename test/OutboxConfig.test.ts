@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Layer } from "effect"
-import { Database, OutboxConfig } from "../src/index.js"
+import { Database, Journal, OutboxConfig } from "../src/index.js"
 
 const fromEnv = (env: Record<string, string>) =>
   OutboxConfig.pipe(
@@ -52,6 +52,15 @@ describe("OutboxConfig", () => {
     [{ SYNC_OUTBOX_CHANNEL: "Robert'); DROP TABLE" }, "channel (SYNC_OUTBOX_CHANNEL) must be a lower-case SQL identifier"],
     [{ SYNC_OUTBOX_INTERVAL: "1 nanos" }, "interval (SYNC_OUTBOX_INTERVAL) must be at least 10 millis"],
     [{ SYNC_OUTBOX_RETENTION: "999999999 days" }, "retention (SYNC_OUTBOX_RETENTION) must be at most 3650 days"],
+    // Amounts JavaScript prints with an exponent: a typed refusal, not a defect.
+    [{ SYNC_OUTBOX_RETENTION: "100000000000000000000000 days" }, "retention (SYNC_OUTBOX_RETENTION) must be at most 3650 days"],
+    [{ SYNC_OUTBOX_RETENTION: "0.0000001 millis" }, "expected a duration such as"],
+    [{ SYNC_OUTBOX_RETENTION: "0.5 millis" }, "retention (SYNC_OUTBOX_RETENTION) must be at least 1 millis"],
+    // A lease's end (now + lease) past the last valid date: every claim would fail, at run time.
+    [{ SYNC_OUTBOX_LEASE: "100000000 days" }, "leaseDuration (SYNC_OUTBOX_LEASE) must be at most 3650 days"],
+    [{ SYNC_OUTBOX_BACKOFF_CAP: "100000000 days" }, "backoffCap (SYNC_OUTBOX_BACKOFF_CAP) must be at most 3650 days"],
+    // A lease that ends as it is written lets a second worker take the key at once.
+    [{ SYNC_OUTBOX_LEASE: "2 nanos", SYNC_OUTBOX_CALL_TIMEOUT: "1 nanos" }, "leaseDuration (SYNC_OUTBOX_LEASE) must be at least 1 millis"],
     [{ SYNC_OUTBOX_ENABLED: "maybe" }, "ENABLED"],
     [{ SYNC_OUTBOX_ASYNC_COMMIT: "sometimes" }, "ASYNC_COMMIT"]
   ] as const)("a bad value fails at startup with InvalidConfig naming it: %o", ([env, fragment]) =>
@@ -59,6 +68,14 @@ describe("OutboxConfig", () => {
       const error = yield* Effect.flip(fromEnv(env))
       expect(error._tag).toBe("InvalidConfig")
       expect(error.message).toContain(fragment)
+    }))
+
+  it.effect("journal queries read durations the same way: a huge or tiny amount is a typed refusal, not a defect", () =>
+    Effect.gen(function*() {
+      for (const since of ["100000000000000000000000 days", "0.0000001 millis", "1000000000 days"]) {
+        const error = yield* Effect.flip(Journal.parseSince(since))
+        expect(error._tag).toBe("InvalidJournalQuery")
+      }
     }))
 
   it.effect("layer() validates overrides too", () =>
