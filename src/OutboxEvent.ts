@@ -125,6 +125,21 @@ const findNotJson = (value: unknown, path: string): string | undefined => {
   return undefined
 }
 
+/**
+ * The ordering key is indexed (`sync_outbox_key_idx`), and an index entry holds some 2,700 bytes
+ * at most: a longer key that does not compress failed the insert, and so aborted the caller's
+ * transaction. Refused before it, with a bound any key under it meets whether it compresses or not.
+ */
+const maxOrderingKeyBytes = 2_000
+const tooLongKey = (key: string): string | undefined => {
+  // Three bytes at most per UTF-16 unit (a lone surrogate is refused before this).
+  if (key.length * 3 <= maxOrderingKeyBytes) return undefined
+  const bytes = new TextEncoder().encode(key).length
+  return bytes <= maxOrderingKeyBytes
+    ? undefined
+    : `the ordering key is ${bytes.toLocaleString("en-US")} bytes; at most ${maxOrderingKeyBytes.toLocaleString("en-US")} fit Postgres's index on it (hash a long key)`
+}
+
 const validResourceId = (id: number | null | undefined): id is number | null | undefined =>
   id === null || id === undefined || (Number.isSafeInteger(id) && id > 0)
 
@@ -162,7 +177,8 @@ export const encode = <A, I>(
       }
       // The ordering key is usually built from the payload, and is stored as text.
       const problem = findUnstorable(event.payload, "payload") ?? findUnstorable(event.orderingKey, "the ordering key") ??
-        (event.orderingKey.trim() === "" ? "the ordering key is empty: events of every resource would share it" : undefined)
+        (event.orderingKey.trim() === "" ? "the ordering key is empty: events of every resource would share it" : undefined) ??
+        tooLongKey(event.orderingKey)
       return problem === undefined ? Either.right(event) : Either.left(invalid(problem))
     }
     const encodedNow = Schema.encodeEither(type.payload)(input.payload)

@@ -2,6 +2,7 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { PgClient } from "@effect/sql-pg"
 import { Duration, Effect, Layer, Metric, ParseResult, Redacted, Schema, TestClock } from "effect"
+import { randomBytes } from "node:crypto"
 import pg from "pg"
 import { beforeAll } from "vitest"
 import { Admin, enqueue, enqueueMany, enqueueWith, event, Leases, Metrics, OutboxConfig, type OutboxConfigShape, OutboxEvent, Store } from "../src/index.js"
@@ -181,6 +182,23 @@ describe("Store: enqueue", () => {
       const error = yield* enqueue(Keyless, { payload: "x" }).pipe(Effect.flip)
       expect(error._tag).toBe("InvalidPayload")
       expect(error.message).toMatch(/ordering key is empty/)
+    })))
+
+  it.live("an ordering key too long for Postgres's index on it is InvalidPayload before any insert: the caller's transaction goes on", () =>
+    withDb(Effect.gen(function*() {
+      yield* clear
+      const sql = yield* SqlClient.SqlClient
+      // 2,800 characters that do not compress: past the index's limit for one entry (some 2,700 bytes).
+      const key = randomBytes(1_400).toString("hex")
+      const outcome = yield* sql.withTransaction(Effect.gen(function*() {
+        const error = yield* enqueue(SetValue, { payload: { key, value: "v" } }).pipe(Effect.flip)
+        // The transaction is still usable: the next statement runs, and the commit keeps it.
+        yield* enqueue(SetValue, { payload: { key: "short", value: "v" } })
+        return error
+      }))
+      expect(outcome._tag).toBe("InvalidPayload")
+      expect(outcome.message).toMatch(/the ordering key is 2,806 bytes/)
+      expect(yield* countRows()).toBe(1)
     })))
 
   it.live("an ordering key built from a payload with a NUL is InvalidPayload too", () =>
