@@ -106,6 +106,18 @@ export const handleBatch = <A, I, E, R>(
       results[0] === undefined ? Effect.dieMessage("the batch handler returned no outcome for the event") : results[0])
 })
 
+/** A value as a message shows it: its JSON, cut short (a handler's stray reply may be large). */
+const shortly = (value: unknown): string => {
+  let text: string | undefined
+  try {
+    text = JSON.stringify(value)
+  } catch {
+    text = undefined
+  }
+  text ??= String(value)
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text
+}
+
 const pairKey = (resourceType: string, action: string) => `${resourceType}\u0000${action}`
 
 export interface ApplyAllOptions {
@@ -267,8 +279,13 @@ export const make = <R>(handlers: ReadonlyArray<Handler<R>>): Effect.Effect<Hand
                 ? fromExit(result)
                 : ApplyOutcome.Defect({
                   error: new HandlerDefect({
+                    // Which mistake it was: a count that was wrong reads otherwise than a value that is no Exit.
                     message: `the batch handler for ${key.replace("\u0000", "/")} returned ${
-                      Array.isArray(exit.value) ? `${exit.value.length} outcomes for ${at.length} events` : "no array of Exits"
+                      !Array.isArray(exit.value)
+                        ? "no array of Exits"
+                        : exit.value.length !== at.length
+                        ? `${exit.value.length} outcomes for ${at.length} events`
+                        : `${shortly(result)}, not an Exit, for event ${j + 1} of ${at.length}`
                     }`
                   })
                 })

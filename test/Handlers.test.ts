@@ -48,6 +48,8 @@ const registry = Handlers.layer(
     Effect.gen(function*() {
       if (events.some((e) => e.payload === "throw-all")) throw new Error("the batch handler threw")
       if (events.some((e) => e.payload === "short")) return [Exit.void]
+      // A value where an Exit belongs (a handler that returned its Redis replies, say).
+      if (events.some((e) => e.payload === "not-an-exit")) return events.map((e) => (e.payload === "not-an-exit" ? "OK" : Exit.void)) as any
       return yield* Effect.forEach(events, (e) => Effect.exit(behave(e.payload)))
     })),
   handle(Needy, () => Effect.void)
@@ -90,6 +92,9 @@ describe("Handlers: one typed outcome per event, whatever the handler does", () 
       const short = yield* applyAll(["ok", "short", "ok"].map((p) => claimed(Batched, p)))
       expect(tags(short)).toEqual(["Applied", "Defect", "Defect"])
       expect(defectMessage(short[1])).toContain("returned 1 outcomes for 3 events")
+      const junk = yield* applyAll(["ok", "not-an-exit"].map((p) => claimed(Batched, p)))
+      expect(tags(junk)).toEqual(["Applied", "Defect"])
+      expect(defectMessage(junk[1])).toBe(`the batch handler for batched/set returned "OK", not an Exit, for event 2 of 2`)
     }).pipe(Effect.provide(registry)))
 
   it.effect("a type that needs a resource id, given none, is a permanent MissingResourceId and its handler never runs", () =>
