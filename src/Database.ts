@@ -10,6 +10,7 @@ import { type SqlClient, SqlError } from "@effect/sql"
 import { Config, Context, Duration, Effect, Layer, Redacted } from "effect"
 import pg from "pg"
 import { InvalidConfig } from "./Errors.js"
+import { durationConfig } from "./OutboxConfig.js"
 
 export interface DatabaseOptions {
   readonly url: Redacted.Redacted
@@ -114,7 +115,7 @@ export const layerConfig = (
   config: Config.Config<DatabaseOptions> = Config.all({
     url: urlConfig(),
     maxConnections: Config.integer("SYNC_OUTBOX_DB_MAX_CONNECTIONS").pipe(Config.withDefault(10)),
-    statementTimeout: Config.duration("SYNC_OUTBOX_DB_STATEMENT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
+    statementTimeout: durationConfig("SYNC_OUTBOX_DB_STATEMENT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
   })
 ) => Layer.unwrapEffect(Effect.map(Effect.flatMap(config, validate), layer))
 

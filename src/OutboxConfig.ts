@@ -67,7 +67,12 @@ export const defaults: OutboxConfigShape = {
 
 // Constructors rather than a `"<amount> <unit>"` string: an amount JavaScript prints with an
 // exponent (`0.0000001`, a 22-digit number) is no input `Duration.decode` accepts, and it threw.
+const nanosPer = (perUnit: number) => (amount: number) => Duration.nanos(BigInt(Math.round(amount * perUnit)))
+
 const units: Record<string, (amount: number) => Duration.Duration> = {
+  ns: nanosPer(1), nano: nanosPer(1), nanos: nanosPer(1), nanosecond: nanosPer(1), nanoseconds: nanosPer(1),
+  us: nanosPer(1_000), "µs": nanosPer(1_000), micro: nanosPer(1_000), micros: nanosPer(1_000), microsecond: nanosPer(1_000),
+  microseconds: nanosPer(1_000),
   ms: Duration.millis, milli: Duration.millis, millis: Duration.millis, millisecond: Duration.millis, milliseconds: Duration.millis,
   s: Duration.seconds, sec: Duration.seconds, second: Duration.seconds, seconds: Duration.seconds,
   m: Duration.minutes, min: Duration.minutes, minute: Duration.minutes, minutes: Duration.minutes,
@@ -77,22 +82,42 @@ const units: Record<string, (amount: number) => Duration.Duration> = {
 }
 
 /**
- * A non-negative duration as an operator writes it: `0`, `7 days`, `250 millis`, `12h`, `90s`.
+ * A non-negative duration as an operator writes it: `0`, `7 days`, `250 millis`, `12h`, `90s`, and
+ * Go's compound form (`1m30s`, `1h15m`, `300ms`: the Go service's settings were Go durations).
  * Unlike `Config.duration` it accepts a bare `0` and refuses a negative value instead of
  * clamping it to zero.
  */
 export const parseDuration = (text: string): Option.Option<Duration.Duration> => {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text)
-  if (match === null) return Option.none()
-  const amount = Number(match[1])
-  const unit = match[2]!.toLowerCase()
-  if (unit === "") return amount === 0 ? Option.some(Duration.zero) : Option.none()
-  const known = units[unit]
-  if (known === undefined || !Number.isFinite(amount)) return Option.none()
-  // An amount below a nanosecond is no zero the operator wrote (a zero retention journals nothing).
-  const duration = known(amount)
-  return amount > 0 && Duration.toMillis(duration) === 0 ? Option.none() : Option.some(duration)
+  const trimmed = text.trim()
+  if (/^0+(?:\.0+)?$/.test(trimmed)) return Option.some(Duration.zero)
+  if (!/^(?:\d+(?:\.\d+)?\s*[a-zµ]+\s*)+$/i.test(trimmed)) return Option.none()
+  let total = Duration.zero
+  for (const [, amountText, unitText] of trimmed.matchAll(/(\d+(?:\.\d+)?)\s*([a-zµ]+)/gi)) {
+    const amount = Number(amountText)
+    const known = units[unitText!.toLowerCase()]
+    if (known === undefined || !Number.isFinite(amount)) return Option.none()
+    // An amount below a nanosecond is no zero the operator wrote (a zero retention journals nothing).
+    const duration = known(amount)
+    if (amount > 0 && Duration.toNanos(duration).pipe(Option.getOrElse(() => 1n)) === 0n) return Option.none()
+    total = Duration.sum(total, duration)
+  }
+  return Option.some(total)
 }
+
+/**
+ * A duration setting read with `parseDuration`: `5s` and `1m30s` (Go's form, as the Go service's
+ * settings were written) as well as Effect's `5 seconds`.
+ */
+export const durationConfig = (name: string): Config.Config<Duration.Duration> =>
+  Config.string(name).pipe(
+    Config.mapOrFail((text) =>
+      Option.match(parseDuration(text), {
+        onNone: () =>
+          Either.left(ConfigError.InvalidData([], `expected a duration such as "5s", "1m30s", "30 seconds" or "250 millis", got "${text}"`)),
+        onSome: Either.right
+      })
+    )
+  )
 
 const maxDuration = Duration.days(3_650)
 
@@ -169,18 +194,18 @@ export const validate = (config: OutboxConfigShape): Effect.Effect<OutboxConfigS
 /** Environment names: SYNC_OUTBOX_ENABLED, SYNC_OUTBOX_INTERVAL, SYNC_OUTBOX_BATCH_SIZE, ... */
 export const config: Config.Config<OutboxConfigShape> = Config.all({
   enabled: Config.boolean("ENABLED").pipe(Config.withDefault(defaults.enabled)),
-  interval: Config.duration("INTERVAL").pipe(Config.withDefault(defaults.interval)),
+  interval: durationConfig("INTERVAL").pipe(Config.withDefault(defaults.interval)),
   batchSize: Config.integer("BATCH_SIZE").pipe(Config.withDefault(defaults.batchSize)),
   maxRetries: Config.integer("MAX_RETRIES").pipe(Config.withDefault(defaults.maxRetries)),
-  leaseDuration: Config.duration("LEASE").pipe(Config.withDefault(defaults.leaseDuration)),
-  backoffBase: Config.duration("BACKOFF_BASE").pipe(Config.withDefault(defaults.backoffBase)),
-  backoffCap: Config.duration("BACKOFF_CAP").pipe(Config.withDefault(defaults.backoffCap)),
+  leaseDuration: durationConfig("LEASE").pipe(Config.withDefault(defaults.leaseDuration)),
+  backoffBase: durationConfig("BACKOFF_BASE").pipe(Config.withDefault(defaults.backoffBase)),
+  backoffCap: durationConfig("BACKOFF_CAP").pipe(Config.withDefault(defaults.backoffCap)),
   concurrency: Config.integer("CONCURRENCY").pipe(Config.withDefault(defaults.concurrency)),
   channel: Config.string("CHANNEL").pipe(Config.withDefault(defaults.channel)),
   pollOnly: Config.boolean("POLL_ONLY").pipe(Config.withDefault(defaults.pollOnly)),
-  callTimeout: Config.duration("CALL_TIMEOUT").pipe(Config.withDefault(defaults.callTimeout)),
-  probeBase: Config.duration("PROBE_BASE").pipe(Config.withDefault(defaults.probeBase)),
-  probeCap: Config.duration("PROBE_CAP").pipe(Config.withDefault(defaults.probeCap)),
+  callTimeout: durationConfig("CALL_TIMEOUT").pipe(Config.withDefault(defaults.callTimeout)),
+  probeBase: durationConfig("PROBE_BASE").pipe(Config.withDefault(defaults.probeBase)),
+  probeCap: durationConfig("PROBE_CAP").pipe(Config.withDefault(defaults.probeCap)),
   retention: Config.string("RETENTION").pipe(
     Config.mapOrFail((text) =>
       Option.match(parseDuration(text), {

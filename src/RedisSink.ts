@@ -8,6 +8,7 @@ import { Config, Context, Duration, Effect, Layer, Option, Redacted } from "effe
 import { Cluster, Redis } from "ioredis"
 import { InvalidConfig, SinkCommandError, SinkUnavailable } from "./Errors.js"
 import * as InFlight from "./InFlight.js"
+import { durationConfig } from "./OutboxConfig.js"
 
 export type RedisClient = Redis | Cluster
 
@@ -210,7 +211,7 @@ export class RedisSink extends Context.Tag("sync-outbox/RedisSink")<RedisSink, R
         Config.option,
         Config.map(Option.getOrUndefined)
       ),
-      commandTimeout: Config.duration("SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT").pipe(Config.withDefault(Duration.seconds(2)))
+      commandTimeout: durationConfig("SYNC_OUTBOX_REDIS_COMMAND_TIMEOUT").pipe(Config.withDefault(Duration.seconds(2)))
     })
   ) => Layer.unwrapEffect(Effect.map(config, RedisSink.layer))
 }

@@ -42,6 +42,28 @@ describe("OutboxConfig", () => {
       expect(Duration.toMillis(config.backoffCap)).toBe(10_000)
     }))
 
+  it.effect("reads durations as Go writes them (the Go service's settings were Go durations), and as Effect does", () =>
+    Effect.gen(function*() {
+      const config = yield* fromEnv({
+        SYNC_OUTBOX_INTERVAL: "5s",
+        SYNC_OUTBOX_LEASE: "1m30s",
+        SYNC_OUTBOX_BACKOFF_BASE: "250ms",
+        SYNC_OUTBOX_BACKOFF_CAP: "1h15m",
+        SYNC_OUTBOX_CALL_TIMEOUT: "10 seconds",
+        SYNC_OUTBOX_PROBE_BASE: "1500us",
+        SYNC_OUTBOX_PROBE_CAP: "2.5s"
+      })
+      expect(Duration.toMillis(config.interval)).toBe(5_000)
+      expect(Duration.toMillis(config.leaseDuration)).toBe(90_000)
+      expect(Duration.toMillis(config.backoffBase)).toBe(250)
+      expect(Duration.toMillis(config.backoffCap)).toBe(75 * 60_000)
+      expect(Duration.toMillis(config.callTimeout)).toBe(10_000)
+      expect(Duration.toMillis(config.probeBase)).toBe(1.5)
+      expect(Duration.toMillis(config.probeCap)).toBe(2_500)
+      const error = yield* Effect.flip(fromEnv({ SYNC_OUTBOX_LEASE: "1 fortnight" }))
+      expect(error.message).toContain(`expected a duration such as "5s", "1m30s", "30 seconds" or "250 millis", got "1 fortnight"`)
+    }))
+
   it.effect.each([
     [{ SYNC_OUTBOX_BATCH_SIZE: "many" }, "BATCH_SIZE"],
     [{ SYNC_OUTBOX_BATCH_SIZE: "0" }, "batchSize (SYNC_OUTBOX_BATCH_SIZE) must be an integer from 1"],
