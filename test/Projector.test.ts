@@ -5,7 +5,7 @@ import { Redis } from "ioredis"
 import { existsSync, readFileSync, writeFileSync } from "node:fs"
 import { afterAll, beforeAll } from "vitest"
 import { startRedis } from "../scripts/services.js"
-import { enqueue, Metrics, type OutboxEvent, RedisSink, Store } from "../src/index.js"
+import { enqueue, Metrics, type OutboxEvent, OutboxEvent as OutboxEventModule, RedisSink, Store } from "../src/index.js"
 import { Contract, ControlPlane, DataPlane, Events, RedisLayout, Snapshots, Dispatch, syncNowOrEnqueue, Projector } from "../src/ezapi/index.js"
 import * as fixture from "./support/fixture.js"
 import { countRows, eventually, freshDatabase, prefix, realSleep, redisUrl, sqlLayer, workerLayer } from "./support/harness.js"
@@ -228,6 +228,19 @@ describe("Projector through the outbox: one test per key family of the contract"
         for (const e of events) expect(e).toEqual({ resource: expect.any(String), version: expect.any(String), timestamp: expect.any(Number) })
       }).pipe(Effect.provide(syncWorker(p)))
       subscriber.disconnect()
+    }))
+})
+
+describe("Model events' ordering keys", () => {
+  it.effect("a model is ordered by its name; a name too long for the outbox's key index by its digest, the same for the same name", () =>
+    Effect.gen(function*() {
+      const keyOf = (name: string) => Effect.map(OutboxEventModule.encode(Events.ModelDelete, { payload: { name } }), (e) => e.orderingKey)
+      expect(yield* keyOf("gpt-4o")).toBe("model:gpt-4o")
+      const long = "m".repeat(200 * 1024)
+      const key = yield* keyOf(long)
+      expect(key).toMatch(/^model:sha256:[0-9a-f]{64}$/)
+      expect(yield* Effect.map(OutboxEventModule.encode(Events.ModelUpdate, { resourceId: 9, payload: { name: long } }), (e) => e.orderingKey)).toBe(key)
+      expect(yield* keyOf(`${long}n`)).not.toBe(key)
     }))
 })
 

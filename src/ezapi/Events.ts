@@ -8,6 +8,7 @@
  * that bypass ordering (`sync-all`, `syncNowOrEnqueue`, `snapshot:all` beside `snapshot:providers`)
  * cannot put older data back.
  */
+import { createHash } from "node:crypto"
 import { Schema } from "effect"
 import * as OutboxEvent from "../OutboxEvent.js"
 
@@ -32,6 +33,13 @@ const master = (action: (typeof MasterActions)[number]) =>
   OutboxEvent.make({ resourceType: "master", action, payload: NoPayload, coalesce: true, requiresResourceId: true })
 const key = (action: (typeof KeyActions)[number]) =>
   OutboxEvent.make({ resourceType: "key", action, payload: KeyPayload, coalesce: true, requiresResourceId: true })
+/**
+ * A model's ordering key is its name. The outbox refuses keys over 2,000 bytes (Postgres's index on
+ * the key holds little more), so a longer name is keyed by its digest: the same name, the same key.
+ */
+const modelKey = (name: string) =>
+  new TextEncoder().encode(name).length <= 1_024 ? `model:${name}` : `model:sha256:${createHash("sha256").update(name, "utf8").digest("hex")}`
+
 const model = (action: (typeof ModelActions)[number]) =>
   OutboxEvent.make({
     resourceType: "model",
@@ -39,7 +47,7 @@ const model = (action: (typeof ModelActions)[number]) =>
     payload: ModelPayload,
     coalesce: true,
     requiresResourceId: true,
-    orderingKey: ({ payload, resourceId }) => (payload?.name ? `model:${payload.name}` : `model:#${resourceId}`)
+    orderingKey: ({ payload, resourceId }) => (payload?.name ? modelKey(payload.name) : `model:#${resourceId}`)
   })
 const snapshot = (resourceType: string, action: string, which: "providers" | "bindings" | "all") =>
   OutboxEvent.make({ resourceType, action, payload: NoPayload, coalesce: true, orderingKey: () => `snapshot:${which}` })
@@ -65,7 +73,7 @@ export const ModelDelete = OutboxEvent.make({
   action: "delete",
   payload: ModelDeletePayload,
   coalesce: true,
-  orderingKey: ({ payload }) => `model:${payload.name}`
+  orderingKey: ({ payload }) => modelKey(payload.name)
 })
 
 export const ProviderGroupSyncProviders = snapshot("provider_group", "sync_providers", "providers")
