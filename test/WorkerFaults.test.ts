@@ -4,7 +4,7 @@
  */
 import { SqlClient, SqlError } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Layer, Logger, Redacted, Ref, Schema } from "effect"
+import { Duration, Effect, Exit, Layer, Logger, LogLevel, Redacted, Ref, Schema } from "effect"
 import pg from "pg"
 import { beforeAll } from "vitest"
 import { Database, enqueue, handle, handleBatch, Handlers, Leases, Listener, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
@@ -114,6 +114,52 @@ describe("Worker faults", () => {
         }
       }).pipe(Effect.provide(worker), Effect.provide(logger))
     }), 30_000)
+
+  it.live("outcomes that cannot be written are retried quietly: one warning when it starts, one line when they are written", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const { lines, logger } = captureLogs()
+      const Blocked = OutboxEvent.make({ resourceType: "blocked_note", action: "set", payload: Schema.String })
+      const worker = Worker.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(
+          Store.layer,
+          Listener.off,
+          Handlers.layer(handle(Blocked, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload}`, "ok")))))
+        )),
+        Layer.provideMerge(Layer.mergeAll(OutboxConfig.layer({ interval: Duration.millis(100) }), sqlLayer(url), redisLayer())),
+        Layer.orDie
+      )
+      const sql = yield* SqlClient.SqlClient
+      // The completion's DELETE fails while the switch is on, as it would against a Postgres that is restarting.
+      yield* sql.unsafe(`CREATE TABLE IF NOT EXISTS blocked_deletes (on_ boolean);
+        CREATE OR REPLACE FUNCTION block_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.resource_type = 'blocked_note' AND EXISTS (SELECT 1 FROM blocked_deletes) THEN RAISE EXCEPTION 'deletes are blocked'; END IF;
+          RETURN OLD;
+        END $$;
+        DROP TRIGGER IF EXISTS block_delete ON sync_outbox;
+        CREATE TRIGGER block_delete BEFORE DELETE ON sync_outbox FOR EACH ROW EXECUTE FUNCTION block_delete();
+        TRUNCATE sync_outbox CASCADE; INSERT INTO blocked_deletes VALUES (true);`)
+      yield* Effect.gen(function*() {
+        yield* enqueue(Blocked, { payload: "k" })
+        yield* eventually(Effect.sync(() => lines.filter((l) => l.includes("recording outcomes failed"))), (l) => l.length >= 1, { timeout: 10_000 })
+        // Attempts go on meanwhile (20 ms, doubling, then every 500 ms): several within two seconds.
+        yield* realSleep(2_000)
+        yield* sql`DELETE FROM blocked_deletes`
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 10_000 })
+        const warnings = lines.filter((l) => l.startsWith("WARN"))
+        expect(warnings).toHaveLength(1)
+        expect(warnings[0]).toMatch(/^WARN sync-outbox: recording outcomes failed, retrying for up to half a lease: .*deletes are blocked/)
+        const recorded = lines.filter((l) => l.includes("outcomes recorded after"))
+        expect(recorded).toHaveLength(1)
+        expect(Number(/after (\d+) attempts/.exec(recorded[0]!)![1])).toBeGreaterThan(3)
+      }).pipe(
+        Effect.provide(worker),
+        Effect.provide(Logger.minimumLogLevel(LogLevel.Info)),
+        Effect.provide(logger),
+        Effect.ensuring(sql.unsafe(`DROP TRIGGER IF EXISTS block_delete ON sync_outbox; DROP TABLE IF EXISTS blocked_deletes`).pipe(Effect.orDie))
+      )
+    }).pipe(Effect.provide(sqlLayer(url))), 30_000)
 
   it.live("sync_outbox_enqueue without the id its type requires is dead at once with MissingResourceId, never applied", () =>
     Effect.gen(function*() {

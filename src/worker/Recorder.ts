@@ -146,11 +146,22 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
         })
         // Retried from the first failure on the schedule, whose bound (half a lease) counts from
         // that failure: an outcome written after its lease ran out could be applied again elsewhere.
-        const write = once.pipe(
-          Effect.tapError((error) => Effect.logWarning(`sync-outbox: recording outcomes failed, retrying: ${oneLine(error)}`)),
-          Effect.retry(retrySchedule),
-          Effect.zipRight(counted)
-        )
+        // One warning per incident, not one per attempt (a Postgres restart is some thirty of
+        // them): the attempts after the first are debug lines, and the end of it is said once.
+        const write = Effect.suspend(() => {
+          let failed = 0
+          return once.pipe(
+            Effect.tapError((error) =>
+              ++failed === 1
+                ? Effect.logWarning(`sync-outbox: recording outcomes failed, retrying for up to half a lease: ${oneLine(error)}`)
+                : Effect.logDebug(`sync-outbox: recording outcomes failed again (attempt ${failed}): ${oneLine(error)}`)
+            ),
+            Effect.retry(retrySchedule),
+            Effect.zipRight(Effect.suspend(() =>
+              failed === 0 ? counted : Effect.zipRight(Effect.logInfo(`sync-outbox: outcomes recorded after ${failed + 1} attempts`), counted)
+            ))
+          )
+        })
         return { write, unavailable }
       })
 
