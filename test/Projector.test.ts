@@ -268,6 +268,42 @@ describe("Revocation reaches the data plane", () => {
       }).pipe(Effect.provide(syncWorker(p)))
     }))
 
+  it.live("a suspension that also made the key's row undecodable fails closed: the key stops authenticating until its row is fixed", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const master = yield* ControlPlane.createMaster({ name: "m" })
+        const s = secret()
+        const id = yield* ControlPlane.createKey({ masterId: master, secret: s, scopes: ["chat"] })
+        const other = secret()
+        yield* ControlPlane.createKey({ masterId: master, secret: other })
+        yield* drained
+        expect(yield* authenticated(p, s)).toBe(true)
+        // One statement of the operator's own SQL, with its event: the suspension, and a value the
+        // entity refuses. The event cannot write the row; leaving the entry would keep a suspended
+        // key authenticating.
+        yield* sql.withTransaction(Effect.zipRight(
+          sql`UPDATE cp_keys SET status = 'suspended', scopes = '{chat,NULL}' WHERE id = ${id}`,
+          enqueue(Events.KeyUpdate, { resourceId: id, payload: null })
+        ))
+        yield* eventually(authenticate(p, s), (r) => r._tag === "Refused", { timeout: 15_000 })
+        expect(yield* authenticate(p, s)).toEqual({ _tag: "Refused", reason: "unknown_token" })
+        // The event itself fails, typed, where an operator sees it.
+        yield* eventually(
+          sql<{ last_error: string | null }>`SELECT last_error FROM sync_outbox WHERE resource_type = 'key' AND resource_id = ${id}`,
+          (rows) => rows.some((r) => r.last_error?.includes("InvalidRow") === true),
+          { timeout: 15_000 }
+        )
+        expect(yield* authenticated(p, other)).toBe(true)
+        // Fixed: the row's next version is written again, suspended as it is.
+        yield* ControlPlane.updateKey(id, { scopes: ["chat"] })
+        yield* eventually(authenticate(p, s), (r) => r._tag === "Refused" && r.reason === "key_suspended", { timeout: 15_000 })
+        yield* ControlPlane.updateKey(id, { status: "active" })
+        yield* eventually(authenticated(p, s), (ok) => ok, { timeout: 15_000 })
+      }).pipe(Effect.provide(syncWorker(p)))
+    }))
+
   it.live("a master deleted behind the outbox's back: sync_all removes its keys", () =>
     Effect.gen(function*() {
       const p = prefix()
@@ -308,6 +344,8 @@ describe("Revocation reaches the data plane", () => {
         // The key after the bad one was still written: its suspension reached the data plane.
         expect(yield* authenticate(p, revoked)).toEqual({ _tag: "Refused", reason: "key_suspended" })
         expect(yield* authenticated(p, kept)).toBe(true)
+        // The bad one fails closed: it no longer authenticates as it last did.
+        expect(yield* authenticate(p, bad)).toEqual({ _tag: "Refused", reason: "unknown_token" })
       }).pipe(Effect.provide(direct_(p, db)))
     }))
 

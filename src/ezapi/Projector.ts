@@ -89,9 +89,28 @@ const make = (options: ProjectorOptions) =>
         return yield* counted(result)
       })
 
+    /**
+     * A key row that does not decode cannot be written, and what the event carried is unknown: a
+     * suspension, a revocation. Its entry is removed (fenced, with a tombstone, as a deletion), so
+     * the key fails closed: it stops authenticating until its row is fixed (an UPDATE, a newer
+     * version), rather than authenticating as it last did. The event still fails as `InvalidRow`.
+     */
+    const failClosed = (id: number, hint: string | undefined, invalid: ControlPlane.InvalidRow) =>
+      Effect.gen(function*() {
+        const known = hint ?? (yield* RedisLayout.indexedKeyHash(redis, l, id))
+        if (known !== undefined) {
+          const version = yield* fresh
+          yield* RedisLayout.removeEntry(redis, l, l.token(known), { version, owner: id }, tombstoneMs)
+          yield* RedisLayout.unindexKey(redis, l, id)
+        }
+        return yield* Effect.fail(invalid)
+      })
+
     const syncKey = (id: number, hint?: string) =>
       Effect.gen(function*() {
-        const row = yield* withSql(ControlPlane.getKey(id))
+        const row = yield* withSql(ControlPlane.getKey(id)).pipe(
+          Effect.catchIf((e): e is ControlPlane.InvalidRow => e instanceof ControlPlane.InvalidRow, (e) => failClosed(id, hint, e))
+        )
         if (Option.isNone(row)) {
           const known = hint ?? (yield* RedisLayout.indexedKeyHash(redis, l, id))
           if (known === undefined) return "absent" as const
