@@ -12,6 +12,11 @@ export interface Proxy {
   readonly cut: () => Promise<void>
   /** Accept connections but never forward a byte, as a hung server would. */
   readonly blackhole: () => void
+  /**
+   * The connections open now stop forwarding (never closed, never answered), as a flow a
+   * firewall dropped would; new connections are forwarded as usual.
+   */
+  readonly stall: () => void
   readonly restore: () => Promise<void>
   readonly close: () => Promise<void>
 }
@@ -65,6 +70,9 @@ export const startProxy = async (targetPort: number): Promise<Proxy> => {
     blackhole: () => {
       mode = "blackhole"
       // Existing connections stop answering too.
+      for (const socket of sockets) socket.pause()
+    },
+    stall: () => {
       for (const socket of sockets) socket.pause()
     },
     restore: async () => {

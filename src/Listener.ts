@@ -32,6 +32,9 @@ export interface ListenerOptions {
   readonly paranoidChecking?: Duration.DurationInput | undefined
 }
 
+// The least time a connect or a query of the listener may take before it counts as failed.
+const minimumCallBoundMs = 5_000
+
 const reconnectDelay = (attempt: number) => Math.min(25 * 2 ** Math.max(0, attempt - 1), 1_000)
 
 export class Listener extends Context.Tag("sync-outbox/Listener")<Listener, ListenerShape>() {
@@ -60,12 +63,24 @@ const make = (options: ListenerOptions) =>
     const connectOnce = Effect.acquireRelease(
       Effect.tryPromise({
         try: async (): Promise<Subscriber> => {
+          const paranoidMs = Duration.toMillis(options.paranoidChecking ?? Duration.seconds(5))
+          // Every connect and every query of the subscriber (LISTEN, the paranoid check) is bounded.
+          // Without a bound, a connection that stops answering without closing (a server that hung,
+          // a flow a firewall dropped: TCP keeps it "open" for many minutes) left the paranoid
+          // check waiting forever: no reconnect, no wake-up, and the state still "listening".
+          // A check that fails by timing out reconnects, like one that fails outright.
+          const boundMs = Math.max(paranoidMs, minimumCallBoundMs)
           const subscriber = createSubscriber(
-            { connectionString: Redacted.value(options.url), application_name: "sync-outbox-listener" },
+            {
+              connectionString: Redacted.value(options.url),
+              application_name: "sync-outbox-listener",
+              connectionTimeoutMillis: boundMs,
+              query_timeout: boundMs
+            },
             {
               retryTimeout: Infinity,
               retryInterval: reconnectDelay,
-              paranoidChecking: Duration.toMillis(options.paranoidChecking ?? Duration.seconds(5)),
+              paranoidChecking: paranoidMs,
               parse: (payload: string) => payload,
               serialize: (payload: unknown) => String(payload)
             }

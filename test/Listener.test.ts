@@ -79,6 +79,28 @@ describe("Listener", () => {
       expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
     }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }))), 30_000)
 
+  it.scopedLive("a connection that stops answering without closing is given up by the timed-out paranoid check, and replaced", () =>
+    Effect.gen(function*() {
+      const target = new URL(url)
+      const proxy = yield* Effect.acquireRelease(Effect.promise(() => startProxy(Number(target.port || 5432))), (p) => Effect.promise(p.close))
+      const viaProxy = new URL(url)
+      viaProxy.host = `127.0.0.1:${proxy.port}`
+      yield* Effect.gen(function*() {
+        const listener = yield* Listener
+        yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
+        const fiber = yield* collect(1)
+        // The listening connection hangs (TCP would keep it "open" for many minutes); the server is fine.
+        proxy.stall()
+        // The next check waits out its bound (5 s at least), then a new connection listens.
+        expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
+        yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
+        const next = yield* collect(1)
+        yield* realSleep(50)
+        yield* notify(url)
+        expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+      }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(viaProxy.toString()), channel: "sync_outbox", paranoidChecking: "500 millis" })))
+    }).pipe(Effect.timeout("30 seconds")), 40_000)
+
   it.scopedLive("Listener.off (poll-only) never wakes anyone and says so", () =>
     Effect.gen(function*() {
       const listener = yield* Listener
