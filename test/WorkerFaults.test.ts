@@ -9,6 +9,7 @@ import pg from "pg"
 import { beforeAll } from "vitest"
 import { Database, enqueue, handle, handleBatch, Handlers, Leases, Listener, OutboxConfig, OutboxEvent, RedisSink, Store, Worker } from "../src/index.js"
 import { countRows, eventually, freshDatabase, prefix, realSleep, redisLayer, sqlLayer, workerLayer } from "./support/harness.js"
+import { startProxy } from "./support/proxy.js"
 
 let url: string
 beforeAll(async () => {
@@ -160,6 +161,37 @@ describe("Worker faults", () => {
         Effect.ensuring(sql.unsafe(`DROP TRIGGER IF EXISTS block_delete ON sync_outbox; DROP TABLE IF EXISTS blocked_deletes`).pipe(Effect.orDie))
       )
     }).pipe(Effect.provide(sqlLayer(url))), 30_000)
+
+  it.live("Postgres refused for seconds mid-run is one 'worker loop failed' warning and one line when the loop runs again, not a warning per restart", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const { lines, logger } = captureLogs()
+      const target = new URL(url)
+      const proxy = yield* Effect.acquireRelease(Effect.promise(() => startProxy(Number(target.port || 5432))), (x) => Effect.promise(x.close))
+      const viaProxy = new URL(url)
+      viaProxy.host = `127.0.0.1:${proxy.port}`
+      yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox CASCADE`)
+      yield* Effect.gen(function*() {
+        const worker = yield* Worker
+        yield* eventually(worker.loop.get, (s) => s === "running")
+        yield* Effect.promise(proxy.cut)
+        // Every restart of the loop fails while Postgres is refused (they are 2 s apart at most).
+        yield* Effect.provide(enqueue(Note, { payload: "during" }), sqlLayer(url))
+        yield* realSleep(6_000)
+        yield* Effect.promise(proxy.restore)
+        yield* eventually(Effect.provide(countRows(), sqlLayer(url)), (n) => n === 0, { timeout: 20_000 })
+        const failed = lines.filter((l) => l.includes("worker loop failed"))
+        expect(failed).toHaveLength(1)
+        expect(failed[0]).toMatch(/^WARN sync-outbox: worker loop failed, restarting: SqlError: .+$/)
+        const again = lines.filter((l) => l.includes("worker loop running again"))
+        expect(again).toHaveLength(1)
+        expect(Number(/after (\d+) failure/.exec(again[0]!)?.[1])).toBeGreaterThanOrEqual(3)
+        expect(yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.get(`${p}during`)))).toBe("ok")
+      }).pipe(
+        Effect.provide(workerLayer({ url: viaProxy.toString(), handlers: Handlers.layer(noteHandler(p)), config: { interval: Duration.millis(200) } })),
+        Effect.provide(logger)
+      )
+    }).pipe(Effect.scoped, Effect.provide(sqlLayer(url))), 40_000)
 
   it.live("sync_outbox_enqueue without the id its type requires is dead at once with MissingResourceId, never applied", () =>
     Effect.gen(function*() {

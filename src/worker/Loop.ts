@@ -282,10 +282,19 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   const setState = (state: LoopState, error: string | null) =>
     Effect.zipRight(Ref.set(options.error, error), SubscriptionRef.set(options.state, state))
 
+  // Failures since the loop last drained: an outage of Postgres fails every restart (one every
+  // 2 s at most), so a warning for each would be hundreds of lines per incident. The first of a
+  // streak is a warning, the rest are debug lines (each still counted in loop errors, and the
+  // heartbeat shows the latest), and the first drain that succeeds says how many there were.
+  let failedInARow = 0
   const loop = Effect.gen(function*() {
     yield* setState("running", null)
     while (!(yield* isStopping)) {
       const claimed = yield* drain
+      if (failedInARow > 0) {
+        yield* Effect.logInfo(`sync-outbox: worker loop running again after ${failedInARow} failure(s) in a row`)
+        failedInARow = 0
+      }
       if (yield* isStopping) break
       yield* idle(claimed)
     }
@@ -303,10 +312,13 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         const line = causeLine(cause)
         yield* Metric.increment(Metrics.loopErrors)
         yield* setState("restarting", line)
+        failedInARow++
         // A defect is a bug: its stack is worth the lines. A failure is an incident: one line.
         yield* Cause.isDie(cause)
           ? Effect.logError("sync-outbox: worker loop died, restarting", cause)
-          : Effect.logWarning(`sync-outbox: worker loop failed, restarting: ${line}`)
+          : failedInARow === 1
+          ? Effect.logWarning(`sync-outbox: worker loop failed, restarting: ${line}`)
+          : Effect.logDebug(`sync-outbox: worker loop failed again (${failedInARow} in a row), restarting: ${line}`)
       })
     ),
     Effect.retry({ schedule: recoverSchedule, while: (cause) => !Cause.isInterruptedOnly(cause) }),
