@@ -44,6 +44,13 @@ const makePool = (options: DatabaseOptions) =>
       // An idle client's socket dying (Postgres restarted) is reported here; the pool already
       // dropped that client, and an unhandled "error" would crash the process.
       pool.on("error", () => undefined)
+      // A client handed back while a query of its own is still on the wire (the query timeout
+      // gave up on a connection that stopped answering: a hung server, a dropped flow) is closed,
+      // not pooled again. @effect/sql-pg releases a client without the query's error, so the pool
+      // kept it, handed it out again first, and every later query on it timed out too, forever.
+      pool.on("release", (error: Error | undefined, client: pg.PoolClient) => {
+        if (error === undefined && hasQueryOnTheWire(client)) void client.end().catch(() => undefined)
+      })
       yield* Effect.tryPromise({
         try: () => pool.query("SELECT 1"),
         catch: (cause) => {
@@ -118,6 +125,12 @@ export const layerConfig = (
     statementTimeout: durationConfig("SYNC_OUTBOX_DB_STATEMENT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
   })
 ) => Layer.unwrapEffect(Effect.map(Effect.flatMap(config, validate), layer))
+
+// pg's own state (pg-pool reads its private fields the same way): a reply still awaited.
+const hasQueryOnTheWire = (client: pg.PoolClient): boolean => {
+  const active = (client as unknown as { readonly _getActiveQuery?: () => unknown })._getActiveQuery
+  return typeof active === "function" && active.call(client) != null
+}
 
 const describe = (cause: unknown): string =>
   cause instanceof Error ? (cause.message || (cause as { code?: string }).code || cause.name) : String(cause)

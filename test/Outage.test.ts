@@ -1,10 +1,10 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Data, Duration, Effect, Fiber, Ref, Schedule, Schema, Stream } from "effect"
+import { Data, Duration, Effect, Fiber, Redacted, Ref, Schedule, Schema, Stream } from "effect"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll } from "vitest"
 import { startRedis, type PrivateRedis } from "../scripts/services.js"
-import { enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Worker, type BreakerState } from "../src/index.js"
+import { Database, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Worker, type BreakerState } from "../src/index.js"
 import { countRows, eventually, freshDatabase, prefix, realSleep, redisUrl, SetValue, setValueHandler, sqlLayer, workerLayer } from "./support/harness.js"
 import { startProxy } from "./support/proxy.js"
 
@@ -160,6 +160,25 @@ describe("Redis outages", () => {
 })
 
 describe("Postgres faults", () => {
+  it.scopedLive("a pool connection that stops answering is closed once its query times out: the next query gets a working one", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Effect.acquireRelease(Effect.promise(() => startProxy(Number(new URL(url).port || 5432))), (p) => Effect.promise(p.close))
+      const viaProxy = new URL(url)
+      viaProxy.host = `127.0.0.1:${proxy.port}`
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`SELECT 1`
+        // The pooled connection hangs (never closed, never answered); new connections are fine.
+        proxy.stall()
+        const hung = yield* Effect.either(sql`SELECT 1`)
+        expect(hung._tag).toBe("Left")
+        for (let i = 0; i < 3; i++) {
+          const rows = yield* sql<{ one: number }>`SELECT 1 AS one`.pipe(Effect.timeout("10 seconds"))
+          expect(rows).toEqual([{ one: 1 }])
+        }
+      }).pipe(Effect.provide(Database.layer({ url: Redacted.make(viaProxy.toString()), statementTimeout: Duration.seconds(1) })))
+    }), 30_000)
+
   it.scopedLive("the listener's backend and every pool connection terminated: the worker carries on by itself", () =>
     Effect.gen(function*() {
       const p = prefix()
