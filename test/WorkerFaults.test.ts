@@ -124,7 +124,8 @@ describe("Worker faults", () => {
       const worker = Worker.layer.pipe(
         Layer.provideMerge(Layer.mergeAll(
           Store.layer,
-          Listener.off,
+          // NOTIFY brings the event in; nothing notifies again once its outcome is given up on.
+          Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }),
           Handlers.layer(handle(Blocked, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload}`, "ok")))))
         )),
         Layer.provideMerge(Layer.mergeAll(OutboxConfig.layer({ interval: Duration.millis(100) }), sqlLayer(url), redisLayer())),
@@ -161,6 +162,54 @@ describe("Worker faults", () => {
         Effect.ensuring(sql.unsafe(`DROP TRIGGER IF EXISTS block_delete ON sync_outbox; DROP TABLE IF EXISTS blocked_deletes`).pipe(Effect.orDie))
       )
     }).pipe(Effect.provide(sqlLayer(url))), 30_000)
+
+  it.live("outcomes given up on (longer than half a lease) are claimed again once their leases end, not at the next poll", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const { lines, logger } = captureLogs()
+      const Blocked = OutboxEvent.make({ resourceType: "blocked_late", action: "set", payload: Schema.String })
+      let applies = 0
+      const worker = Worker.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(
+          Store.layer,
+          // NOTIFY brings the event in; nothing notifies again once its outcome is given up on.
+          Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }),
+          Handlers.layer(handle(Blocked, ({ payload }) =>
+            Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload}`, String(++applies))))))
+        )),
+        // A poll far longer than the test: only the worker's own timers can bring the row back.
+        Layer.provideMerge(Layer.mergeAll(
+          OutboxConfig.layer({ interval: Duration.seconds(120), leaseDuration: Duration.seconds(2), callTimeout: Duration.millis(500) }),
+          sqlLayer(url),
+          redisLayer()
+        )),
+        Layer.orDie
+      )
+      const sql = yield* SqlClient.SqlClient
+      yield* sql.unsafe(`CREATE TABLE IF NOT EXISTS blocked_late_deletes (on_ boolean);
+        CREATE OR REPLACE FUNCTION block_late_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.resource_type = 'blocked_late' AND EXISTS (SELECT 1 FROM blocked_late_deletes) THEN RAISE EXCEPTION 'deletes are blocked'; END IF;
+          RETURN OLD;
+        END $$;
+        DROP TRIGGER IF EXISTS block_late_delete ON sync_outbox;
+        CREATE TRIGGER block_late_delete BEFORE DELETE ON sync_outbox FOR EACH ROW EXECUTE FUNCTION block_late_delete();
+        TRUNCATE sync_outbox CASCADE; INSERT INTO blocked_late_deletes VALUES (true);`)
+      yield* Effect.gen(function*() {
+        yield* enqueue(Blocked, { payload: "k" })
+        yield* eventually(Effect.sync(() => lines.filter((l) => l.includes("outcomes could not be recorded"))), (l) => l.length >= 1, {
+          timeout: 20_000
+        })
+        yield* sql`DELETE FROM blocked_late_deletes`
+        // Its lease (2 s) ends; the worker claims it again at once, two minutes before its next poll.
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 8_000 })
+        expect(applies).toBe(2)
+      }).pipe(
+        Effect.provide(worker),
+        Effect.provide(logger),
+        Effect.ensuring(sql.unsafe(`DROP TRIGGER IF EXISTS block_late_delete ON sync_outbox; DROP TABLE IF EXISTS blocked_late_deletes`).pipe(Effect.orDie))
+      )
+    }).pipe(Effect.provide(sqlLayer(url))), 40_000)
 
   it.live("Postgres refused for seconds mid-run is one 'worker loop failed' warning and one line when the loop runs again, not a warning per restart", () =>
     Effect.gen(function*() {

@@ -157,6 +157,9 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
                 : Effect.logDebug(`sync-outbox: recording outcomes failed again (attempt ${failed}): ${oneLine(error)}`)
             ),
             Effect.retry(retrySchedule),
+            // Given up: those rows stay leased until their leases end, and only then can be claimed
+            // again. The loop is told to look by then, not left to find them at its next poll.
+            Effect.tapError(() => Effect.flatMap(Clock.currentTimeMillis, (now) => noteRetry(now + leaseMs + 1))),
             Effect.zipRight(Effect.suspend(() =>
               failed === 0 ? counted : Effect.zipRight(Effect.logInfo(`sync-outbox: outcomes recorded after ${failed + 1} attempts`), counted)
             ))
