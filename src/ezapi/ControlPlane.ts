@@ -80,10 +80,11 @@ const bindingColumns = `id::float8 AS id, namespace, public_model AS "publicMode
   selector_type AS "selectorType", selector_value AS "selectorValue", status, updated_at AS "updatedAt", version::float8 AS version`
 
 /** Every row decoded, or the first that does not decode as an `InvalidRow` naming it (entity, id, field). */
-const decodeRows = <A, I>(schema: Schema.Schema<A, I>, entity: string) => (rows: ReadonlyArray<unknown>) => {
-  const page = decodeEach(schema, entity)(rows as ReadonlyArray<Record<string, unknown>>)
-  return page.invalid.length > 0 ? Effect.fail(page.invalid[0]!) : Effect.succeed(page.rows)
-}
+const decodeRows = <A, I>(schema: Schema.Schema<A, I>, entity: string) => (rows: ReadonlyArray<unknown>) =>
+  allDecoded(decodeEach(schema, entity)(rows as ReadonlyArray<Record<string, unknown>>))
+
+const allDecoded = <A>(page: Decoded<A>): Effect.Effect<ReadonlyArray<A>, InvalidRow> =>
+  page.invalid.length > 0 ? Effect.fail(page.invalid[0]!) : Effect.succeed(page.rows)
 
 // -------------------------------------------------------------------------------------------
 // Reads
@@ -124,16 +125,10 @@ export const allKeyIds = Effect.flatMap(SqlClient.SqlClient, (sql) =>
 ).pipe(Effect.map((rows) => rows.map((r) => r.id)))
 
 /** Keys with an id above `afterId`, by id, at most `limit`: a reconciler reads the table in pages. */
-export const keysAfter = (afterId: number, limit: number) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql.unsafe(`SELECT ${keyColumns} FROM cp_keys k WHERE k.id > $1 ORDER BY k.id LIMIT $2`, [afterId, limit]).withoutTransform
-  ).pipe(Effect.flatMap(decodeRows(Key, "key")))
+export const keysAfter = (afterId: number, limit: number) => Effect.flatMap(keyPageAfter(afterId, limit), allDecoded)
 
 /** Masters with an id above `afterId`, by id, at most `limit`. */
-export const mastersAfter = (afterId: number, limit: number) =>
-  Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql.unsafe(`SELECT ${masterColumns} FROM cp_masters WHERE id > $1 ORDER BY id LIMIT $2`, [afterId, limit]).withoutTransform
-  ).pipe(Effect.flatMap(decodeRows(Master, "master")))
+export const mastersAfter = (afterId: number, limit: number) => Effect.flatMap(masterPageAfter(afterId, limit), allDecoded)
 
 /** `keysAfter`, each row decoded on its own (see `Decoded`). */
 export const keyPageAfter = (afterId: number, limit: number) =>
@@ -167,9 +162,7 @@ export const keysByHash = (tokenHashes: ReadonlyArray<string>) =>
     sql.unsafe(`SELECT ${keyColumns} FROM cp_keys k WHERE k.token_hash = ANY($1)`, [tokenHashes]).withoutTransform
   ).pipe(Effect.flatMap(decodeRows(Key, "key")))
 
-export const allModels = Effect.flatMap(SqlClient.SqlClient, (sql) =>
-  sql.unsafe(`SELECT ${modelColumns} FROM cp_models ORDER BY id`).withoutTransform
-).pipe(Effect.flatMap(decodeRows(Model, "model")))
+export const allModels = Effect.suspend(() => Effect.flatMap(allModelsDecoded, allDecoded))
 
 /** `allModels`, each row decoded on its own (see `Decoded`), with the name of every row. */
 export const allModelsDecoded = Effect.flatMap(SqlClient.SqlClient, (sql) =>
