@@ -158,8 +158,11 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
             ),
             Effect.retry(retrySchedule),
             // Given up: those rows stay leased until their leases end, and only then can be claimed
-            // again. The loop is told to look by then, not left to find them at its next poll.
-            Effect.tapError(() => Effect.flatMap(Clock.currentTimeMillis, (now) => noteRetry(now + leaseMs + 1))),
+            // again. The loop is told to look by then, not left to find them at its next poll; it
+            // is woken too, since it may be asleep already with a wait computed before this note.
+            Effect.tapError(() =>
+              Effect.zipRight(Effect.flatMap(Clock.currentTimeMillis, (now) => noteRetry(now + leaseMs + 1)), options.wake)
+            ),
             Effect.zipRight(Effect.suspend(() =>
               failed === 0 ? counted : Effect.zipRight(Effect.logInfo(`sync-outbox: outcomes recorded after ${failed + 1} attempts`), counted)
             ))
