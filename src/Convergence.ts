@@ -9,6 +9,7 @@ import { SqlClient, type SqlError } from "@effect/sql"
 import { Clock, Config, ConfigError, Context, Either, Duration, Effect, Layer, Metric, Option, Random, Schedule } from "effect"
 import { hostname } from "node:os"
 import { InvalidConfig } from "./Errors.js"
+import { parseDuration } from "./OutboxConfig.js"
 import * as Metrics from "./Metrics.js"
 import { type DriftReport, Reconciler, type ReconcileError, totalDrift } from "./Reconciler.js"
 
@@ -36,11 +37,13 @@ const optionalDuration = (name: string, fallback: Option.Option<Duration.Duratio
     Config.mapOrFail((text): Either.Either<Option.Option<Duration.Duration>, ConfigError.ConfigError> => {
       if (Option.isNone(text)) return Either.right(fallback)
       const value = text.value.trim()
-      if (value === "off" || value === "0") return Either.right(Option.none<Duration.Duration>())
-      const decoded = Duration.decodeUnknown(value)
-      return Option.isSome(decoded) && Duration.isFinite(decoded.value) && Duration.toMillis(decoded.value) > 0
+      if (value === "off") return Either.right(Option.none<Duration.Duration>())
+      // Read as every other duration setting is (Go's `5m` as well as Effect's `5 minutes`).
+      const decoded = parseDuration(value)
+      if (Option.isSome(decoded) && Duration.toMillis(decoded.value) === 0) return Either.right(Option.none<Duration.Duration>())
+      return Option.isSome(decoded) && Duration.isFinite(decoded.value) && Duration.toMillis(decoded.value) >= 1
         ? Either.right(Option.some(decoded.value))
-        : Either.left(ConfigError.InvalidData([name], `expected a duration such as "5 minutes", or "off", got "${value}"`))
+        : Either.left(ConfigError.InvalidData([name], `expected a duration such as "5m", "5 minutes", or "off", got "${value}"`))
     })
   )
 

@@ -108,12 +108,14 @@ export const parseDuration = (text: string): Option.Option<Duration.Duration> =>
  * A duration setting read with `parseDuration`: `5s` and `1m30s` (Go's form, as the Go service's
  * settings were written) as well as Effect's `5 seconds`.
  */
-export const durationConfig = (name: string): Config.Config<Duration.Duration> =>
+export const durationConfig = (
+  name: string,
+  examples = `"5s", "1m30s", "30 seconds" or "250 millis"`
+): Config.Config<Duration.Duration> =>
   Config.string(name).pipe(
     Config.mapOrFail((text) =>
       Option.match(parseDuration(text), {
-        onNone: () =>
-          Either.left(ConfigError.InvalidData([], `expected a duration such as "5s", "1m30s", "30 seconds" or "250 millis", got "${text}"`)),
+        onNone: () => Either.left(ConfigError.InvalidData([], `expected a duration such as ${examples}, got "${text}"`)),
         onSome: Either.right
       })
     )
@@ -206,16 +208,7 @@ export const config: Config.Config<OutboxConfigShape> = Config.all({
   callTimeout: durationConfig("CALL_TIMEOUT").pipe(Config.withDefault(defaults.callTimeout)),
   probeBase: durationConfig("PROBE_BASE").pipe(Config.withDefault(defaults.probeBase)),
   probeCap: durationConfig("PROBE_CAP").pipe(Config.withDefault(defaults.probeCap)),
-  retention: Config.string("RETENTION").pipe(
-    Config.mapOrFail((text) =>
-      Option.match(parseDuration(text), {
-        onNone: () =>
-          Either.left(ConfigError.InvalidData([], `expected a duration such as "7 days", "12h" or 0, got "${text}"`)),
-        onSome: Either.right
-      })
-    ),
-    Config.withDefault(defaults.retention)
-  ),
+  retention: durationConfig("RETENTION", `"7 days", "12h" or 0`).pipe(Config.withDefault(defaults.retention)),
   asyncCommit: Config.boolean("ASYNC_COMMIT").pipe(Config.withDefault(defaults.asyncCommit))
 }).pipe(Config.nested("SYNC_OUTBOX"))
 
