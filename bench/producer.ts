@@ -7,13 +7,17 @@
  * (its JIT, its pool's first connections) otherwise falls behind the schedule in its first
  * second and what is measured is its own queue.
  *
- *   tsx bench/producer.ts <ours|bare> <databaseUrl> <rate> <n> <warm>
+ * `ours` enqueues in an Effect service's way (`sql.withTransaction(enqueue(...))`); `ours-pg` in a
+ * plain `pg` client's transaction (`enqueueWith`), the way the bare producer writes: the two apart
+ * are what the caller's own Effect transaction costs, not the outbox.
+ *
+ *   tsx bench/producer.ts <ours|ours-pg|bare> <databaseUrl> <rate> <n> <warm>
  */
 import { SqlClient } from "@effect/sql"
 import { Effect, Redacted, Runtime, Schema } from "effect"
 import { performance } from "node:perf_hooks"
 import pg from "pg"
-import { Database, enqueue, OutboxEvent } from "../src/index.js"
+import { Database, enqueue, enqueueWith, OutboxEvent } from "../src/index.js"
 
 const [mode, url, rateArg, nArg, warmArg] = process.argv.slice(2)
 const rate = Number(rateArg)
@@ -59,13 +63,14 @@ if (mode === "ours") {
     }).pipe(Effect.scoped, Effect.provide(Database.layer({ url: Redacted.make(url!), maxConnections: 20 })))
   )
 } else {
-  // Like our producer, the bare one writes inside a transaction of its own.
+  // Like our producer, the bare one writes inside a transaction of its own; `ours-pg` is ours on the same client.
   const pool = new pg.Pool({ connectionString: url, max: 20 })
   await run(async (k) => {
     const client = await pool.connect()
     try {
       await client.query("BEGIN")
-      await client.query(`INSERT INTO bare_queue (k, v) VALUES ($1, 'x')`, [k])
+      if (mode === "ours-pg") await Effect.runPromise(enqueueWith(client, Item, { payload: { k, v: "x" } }))
+      else await client.query(`INSERT INTO bare_queue (k, v) VALUES ($1, 'x')`, [k])
       await client.query("COMMIT")
     } finally {
       client.release()
