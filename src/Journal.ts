@@ -268,6 +268,8 @@ export const refreshMetrics: Effect.Effect<JournalStats, SqlError.SqlError, SqlC
 const idRe = /^[1-9][0-9]{0,18}$/
 const maxBigint = 9_223_372_036_854_775_807n
 
+const firstDay = Date.parse("0001-01-01T00:00:00Z")
+
 /**
  * A point in time as an operator gives it: an ISO 8601 date or timestamp (`2026-11-30`,
  * `2026-11-30T12:00:00Z`), or a duration back from now (`15m`, `2 hours`, `7d`).
@@ -280,9 +282,10 @@ export const parseSince = (text: string): Effect.Effect<Date, InvalidJournalQuer
       if (Number.isFinite(ms)) return new Date(ms)
     } else {
       const duration = parseDuration(trimmed)
-      // A duration back past the first valid date (`1000000000 days`) is no point in time either.
+      // A duration back past the year 1 (`99999999 days`) is no point in time either: Postgres
+      // would refuse it as out of range, an error of the database's for the operator's typo.
       const at = Option.isSome(duration) ? new Date((yield* Clock.currentTimeMillis) - Duration.toMillis(duration.value)) : undefined
-      if (at !== undefined && Number.isFinite(at.getTime())) return at
+      if (at !== undefined && at.getTime() >= firstDay) return at
     }
     return yield* new InvalidJournalQuery({
       message: `--since wants an ISO date or timestamp (2026-11-30T12:00:00Z) or a duration back from now (15m, 2 hours, 7d), got "${text}"`
