@@ -9,7 +9,7 @@ import { SqlClient, type SqlError } from "@effect/sql"
 import { Clock, Config, ConfigError, Context, Either, Duration, Effect, Layer, Metric, Option, Random, Schedule } from "effect"
 import { hostname } from "node:os"
 import { InvalidConfig } from "./Errors.js"
-import { parseDuration } from "./OutboxConfig.js"
+import { integerConfig, parseDuration } from "./OutboxConfig.js"
 import * as Metrics from "./Metrics.js"
 import { type DriftReport, Reconciler, type ReconcileError, totalDrift } from "./Reconciler.js"
 
@@ -51,7 +51,7 @@ const optionalDuration = (name: string, fallback: Option.Option<Duration.Duratio
 export const config: Config.Config<ConvergenceConfigShape> = Config.all({
   interval: optionalDuration("RECONCILE_INTERVAL", defaults.interval),
   lossCheckInterval: optionalDuration("LOSS_CHECK_INTERVAL", defaults.lossCheckInterval),
-  rate: Config.integer("RECONCILE_RATE").pipe(Config.withDefault(defaults.rate))
+  rate: integerConfig("RECONCILE_RATE").pipe(Config.withDefault(defaults.rate))
 }).pipe(Config.nested("SYNC_OUTBOX"))
 
 export const validate = (c: ConvergenceConfigShape): Effect.Effect<ConvergenceConfigShape, InvalidConfig> => {

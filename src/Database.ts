@@ -10,7 +10,7 @@ import { type SqlClient, SqlError } from "@effect/sql"
 import { Config, Context, Duration, Effect, Layer, Redacted } from "effect"
 import pg from "pg"
 import { InvalidConfig } from "./Errors.js"
-import { durationConfig } from "./OutboxConfig.js"
+import { durationConfig, integerConfig } from "./OutboxConfig.js"
 
 export interface DatabaseOptions {
   readonly url: Redacted.Redacted
@@ -121,7 +121,7 @@ export const urlConfig = (name = "DATABASE_URL"): Config.Config<Redacted.Redacte
 export const layerConfig = (
   config: Config.Config<DatabaseOptions> = Config.all({
     url: urlConfig(),
-    maxConnections: Config.integer("SYNC_OUTBOX_DB_MAX_CONNECTIONS").pipe(Config.withDefault(10)),
+    maxConnections: integerConfig("SYNC_OUTBOX_DB_MAX_CONNECTIONS").pipe(Config.withDefault(10)),
     statementTimeout: durationConfig("SYNC_OUTBOX_DB_STATEMENT_TIMEOUT").pipe(Config.withDefault(Duration.seconds(10)))
   })
 ) => Layer.unwrapEffect(Effect.map(Effect.flatMap(config, validate), layer))

@@ -121,6 +121,20 @@ export const durationConfig = (
     )
   )
 
+/**
+ * An integer setting, in decimal digits. Effect's `Config.integer` reads the text as a JavaScript
+ * number: an empty variable (`SYNC_OUTBOX_BATCH_SIZE=`, as compose files leave them) is 0, and
+ * `0x10` or `1e3` pass as 16 and 1000; here they are refusals that quote what was given.
+ */
+export const integerConfig = (name: string): Config.Config<number> =>
+  Config.string(name).pipe(
+    Config.mapOrFail((text) =>
+      /^\s*[+-]?\d{1,15}\s*$/.test(text)
+        ? Either.right(Number(text))
+        : Either.left(ConfigError.InvalidData([], `expected an integer in decimal digits, got "${text}"`))
+    )
+  )
+
 const maxDuration = Duration.days(3_650)
 
 const channelRe = /^[a-z_][a-z0-9_]{0,62}$/
@@ -197,12 +211,12 @@ export const validate = (config: OutboxConfigShape): Effect.Effect<OutboxConfigS
 export const config: Config.Config<OutboxConfigShape> = Config.all({
   enabled: Config.boolean("ENABLED").pipe(Config.withDefault(defaults.enabled)),
   interval: durationConfig("INTERVAL").pipe(Config.withDefault(defaults.interval)),
-  batchSize: Config.integer("BATCH_SIZE").pipe(Config.withDefault(defaults.batchSize)),
-  maxRetries: Config.integer("MAX_RETRIES").pipe(Config.withDefault(defaults.maxRetries)),
+  batchSize: integerConfig("BATCH_SIZE").pipe(Config.withDefault(defaults.batchSize)),
+  maxRetries: integerConfig("MAX_RETRIES").pipe(Config.withDefault(defaults.maxRetries)),
   leaseDuration: durationConfig("LEASE").pipe(Config.withDefault(defaults.leaseDuration)),
   backoffBase: durationConfig("BACKOFF_BASE").pipe(Config.withDefault(defaults.backoffBase)),
   backoffCap: durationConfig("BACKOFF_CAP").pipe(Config.withDefault(defaults.backoffCap)),
-  concurrency: Config.integer("CONCURRENCY").pipe(Config.withDefault(defaults.concurrency)),
+  concurrency: integerConfig("CONCURRENCY").pipe(Config.withDefault(defaults.concurrency)),
   channel: Config.string("CHANNEL").pipe(Config.withDefault(defaults.channel)),
   pollOnly: Config.boolean("POLL_ONLY").pipe(Config.withDefault(defaults.pollOnly)),
   callTimeout: durationConfig("CALL_TIMEOUT").pipe(Config.withDefault(defaults.callTimeout)),

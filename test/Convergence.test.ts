@@ -173,7 +173,7 @@ describe("Convergence", () => {
       const goForm = yield* configFrom({ SYNC_OUTBOX_RECONCILE_INTERVAL: "1m30s", SYNC_OUTBOX_LOSS_CHECK_INTERVAL: "0" })
       expect(Option.map(goForm.interval, Duration.toMillis)).toEqual(Option.some(90_000))
       expect(Option.isNone(goForm.lossCheckInterval)).toBe(true)
-      for (const bad of [{ SYNC_OUTBOX_RECONCILE_INTERVAL: "soon" }, { SYNC_OUTBOX_RECONCILE_RATE: "0" }, { SYNC_OUTBOX_LOSS_CHECK_INTERVAL: "-1 seconds" }]) {
+      for (const bad of [{ SYNC_OUTBOX_RECONCILE_INTERVAL: "soon" }, { SYNC_OUTBOX_RECONCILE_RATE: "0" }, { SYNC_OUTBOX_RECONCILE_RATE: "5e3" }, { SYNC_OUTBOX_LOSS_CHECK_INTERVAL: "-1 seconds" }]) {
         const error = yield* Effect.flip(configFrom(bad))
         expect(error).toBeInstanceOf(InvalidConfig)
       }

@@ -67,6 +67,10 @@ describe("OutboxConfig", () => {
   it.effect.each([
     [{ SYNC_OUTBOX_BATCH_SIZE: "many" }, "BATCH_SIZE"],
     [{ SYNC_OUTBOX_BATCH_SIZE: "0" }, "batchSize (SYNC_OUTBOX_BATCH_SIZE) must be an integer from 1"],
+    // Read as JavaScript numbers, these were 0, 16 and 1000: an integer is decimal digits.
+    [{ SYNC_OUTBOX_BATCH_SIZE: "" }, `expected an integer in decimal digits, got ""`],
+    [{ SYNC_OUTBOX_CONCURRENCY: "0x10" }, `expected an integer in decimal digits, got "0x10"`],
+    [{ SYNC_OUTBOX_MAX_RETRIES: "1e3" }, `expected an integer in decimal digits, got "1e3"`],
     [{ SYNC_OUTBOX_MAX_RETRIES: "-3" }, "maxRetries"],
     [{ SYNC_OUTBOX_INTERVAL: "soon" }, "INTERVAL"],
     [{ SYNC_OUTBOX_BACKOFF_BASE: "10 seconds", SYNC_OUTBOX_BACKOFF_CAP: "1 second" }, "backoffCap (SYNC_OUTBOX_BACKOFF_CAP) must not be below backoffBase (SYNC_OUTBOX_BACKOFF_BASE)"],
@@ -123,5 +127,22 @@ describe("OutboxConfig", () => {
       )
       expect(error._tag).toBe("InvalidConfig")
       expect(error.message).toContain(fragment)
+    }))
+
+  it.effect("an empty or non-decimal pool size is a ConfigError quoting it, not a pool of 0 or 16", () =>
+    Effect.gen(function*() {
+      for (const text of ["", "0x10"]) {
+        const error = yield* Layer.build(Database.layerConfig()).pipe(
+          Effect.scoped,
+          Effect.flip,
+          Effect.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries({
+            DATABASE_URL: "postgres://nobody@127.0.0.1:1/none",
+            SYNC_OUTBOX_DB_MAX_CONNECTIONS: text
+          })))))
+        )
+        expect(error._tag).toBe("ConfigError")
+        expect(String(error)).toContain(`SYNC_OUTBOX_DB_MAX_CONNECTIONS`)
+        expect(String(error)).toContain(`got "${text}"`)
+      }
     }))
 })
