@@ -89,6 +89,13 @@ const acquire = (options: RedisOptions): RedisClient => {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     commandTimeout,
+    // A connection that stops answering without closing (a flow a firewall or NAT dropped, a
+    // failover behind a virtual IP: TCP keeps it "open" for hours) is destroyed once a command has
+    // waited this long for any byte, and ioredis connects afresh. Without it, `commandTimeout`
+    // only failed each command: the breaker's probe timed out on that same dead socket forever,
+    // while a new connection would have been served. Just past the command timeout, so that a
+    // slow command reports as timed out itself.
+    socketTimeout: commandTimeout + 500,
     connectTimeout,
     // Off: ioredis's auto-pipelining can throw from a callback (an uncaught TypeError that ends
     // the process) when a pipeline meets a command defined after it was made or a connection that

@@ -92,6 +92,31 @@ describe("Redis outages", () => {
       )
     }), 30_000)
 
+  it.scopedLive("a Redis connection that stops answering without closing (a dropped flow) is replaced: the breaker closes by itself and the backlog drains, no attempt counted", () =>
+    Effect.gen(function*() {
+      const proxy = yield* Effect.acquireRelease(Effect.promise(() => startProxy(redisPort())), (p) => Effect.promise(p.close))
+      const p = prefix()
+      yield* Effect.gen(function*() {
+        yield* clear
+        const breaker = yield* recordBreaker
+        yield* enqueueMany(setEvents(p, 0, 10))
+        yield* eventually(countRows(), (n) => n === 0)
+        // The worker's connection goes silent and stays so (nothing closes it); Redis itself is
+        // fine and a new connection is served. Without a socket timeout the probe waited on that
+        // dead socket for as long as TCP keeps it open (hours): the breaker never closed.
+        proxy.stall()
+        yield* enqueueMany(setEvents(p, 10, 50))
+        yield* eventually(Ref.get(breaker), (s) => s.includes("open"), { timeout: 5_000 })
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 10_000 })
+        expect(yield* Ref.get(breaker)).toEqual(["closed", "open", "closed"])
+        expect(yield* attemptsCounted).toEqual({ counted: 0, failures: 0, dead: 0 })
+        const values = yield* Effect.promise(() => direct.mget(Array.from({ length: 60 }, (_, i) => `${p}${i}`)))
+        expect(values.filter((v) => v === "v")).toHaveLength(60)
+      }).pipe(
+        Effect.provide(workerLayer({ url, redis: proxy.url("redis"), handlers: Handlers.layer(setValueHandler) }))
+      )
+    }), 30_000)
+
   it.scopedLive("Redis killed and restarted mid-batch: nothing lost, no attempt counted", () =>
     Effect.gen(function*() {
       // A private Redis that persists every write, so "nothing lost" can be checked after the kill.
