@@ -339,6 +339,59 @@ export const layer = Handlers.layer(handle(TenantRenamed, ({ payload, resourceId
     }
   }, 300_000)
 
+  it("a handler that leaves a promise to reject unawaited does not end the worker: the rejection is logged, every event is applied, SIGTERM exits 0", async () => {
+    const url = await freshDatabase("cli_stray", ["outbox"])
+    const p = prefix()
+    const dir = join(scratch, "stray")
+    mkdirSync(dir, { recursive: true })
+    const module = join(dir, "handlers.js")
+    // The un-awaited call (a second command beside the awaited write) fails: Node's default
+    // ended the process on it, with the event still leased and no attempt counted.
+    writeFileSync(
+      module,
+      `import { Effect, Schema } from "effect"
+import { handle, Handlers, OutboxEvent, RedisSink } from "sync-outbox"
+export const Touched = OutboxEvent.make({ resourceType: "touched", action: "set", requiresResourceId: true, payload: Schema.Struct({}) })
+export const eventTypes = [Touched]
+export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
+  Effect.flatMap(RedisSink, (redis) => redis.use((c) => {
+    void Promise.reject(new Error("stray rejection " + resourceId))
+    return c.set(${JSON.stringify(p)} + ":touched:" + resourceId, "1")
+  }))))
+`
+    )
+    const env = { DATABASE_URL: url, REDIS_URL: redisUrl() }
+    const child = spawn("node", [bin, "worker", "--handlers", module], { env: { ...process.env, ...env }, cwd: root })
+    let out = ""
+    child.stdout.on("data", (d) => (out += String(d)))
+    child.stderr.on("data", (d) => (out += String(d)))
+    const redis = new Redis(redisUrl())
+    const keys = [1, 2, 3].map((id) => `${p}:touched:${id}`)
+    try {
+      for (const id of [1, 2, 3]) {
+        await query(url, "SELECT sync_outbox_enqueue('touched', 'set', $1, '{}')", [id])
+      }
+      const deadline = Date.now() + 60_000
+      const logged = /level=ERROR .*a promise rejected with nothing to handle it .*stray rejection \d/
+      let values: Array<string | null> = []
+      // The log line comes through a pipe: it may reach us after Redis shows the writes.
+      while (Date.now() < deadline && child.exitCode === null) {
+        values = await redis.mget(keys)
+        if (values.every((v) => v === "1") && logged.test(out)) break
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      expect(values, out).toEqual(["1", "1", "1"])
+      expect(child.exitCode, out).toBeNull()
+      expect(out).toMatch(logged)
+    } finally {
+      child.kill("SIGTERM")
+      const code = child.exitCode ?? await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
+      await redis.del(...keys)
+      redis.disconnect()
+      expect(code, out).toBe(0)
+    }
+  }, 300_000)
+
   it("worker applies events, serves /metrics (scraped and parsed), shows in status, drains on SIGTERM; sync-all resyncs", async () => {
     const url = await freshDatabase("cli_worker", ["outbox", "control-plane"])
     const p = prefix()

@@ -1,6 +1,7 @@
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import { oneLine } from "../../Errors.js"
 import * as Migrations from "../../Migrations.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
 import * as Prometheus from "../../Prometheus.js"
@@ -25,6 +26,7 @@ export const run = ({ options }: Input) =>
     }
     yield* Effect.scoped(
       Effect.gen(function*() {
+        yield* survivingStrayRejections
         if (port !== undefined) {
           const host = text(options["metrics-host"]) ?? "127.0.0.1"
           const address = yield* Prometheus.serve({ port, host }).pipe(Effect.provide(Admin.layer))
@@ -42,3 +44,23 @@ export const run = ({ options }: Input) =>
       }).pipe(Effect.provide(Layer.mergeAll(WorkerEnv.layer(handlers.layer, { reconciler: handlers.reconciler }), OutboxConfig.layerConfig())))
     )
   })
+
+/**
+ * A promise that rejects with nobody to handle it (a handler's command not awaited, such as
+ * `c.expire(key, 60)` beside the awaited write, during a Redis outage) ends a Node process by
+ * default. Here it would end the worker with nothing recorded: the event, still leased, comes back
+ * after its lease with no attempt counted, to end the next worker the same way, for ever. The
+ * worker owns this process: such a rejection is logged as the error it is, and the worker goes on.
+ */
+const survivingStrayRejections = Effect.acquireRelease(
+  Effect.sync(() => {
+    const onRejection = (reason: unknown) => {
+      Effect.runFork(Effect.logError(
+        `sync-outbox: a promise rejected with nothing to handle it (a call not awaited in a handler?); the worker carries on: ${oneLine(reason)}`
+      ))
+    }
+    process.on("unhandledRejection", onRejection)
+    return onRejection
+  }),
+  (onRejection) => Effect.sync(() => process.off("unhandledRejection", onRejection))
+)
