@@ -60,7 +60,8 @@ const makePool = (options: DatabaseOptions) =>
       })
       return pool
     }),
-    (pool) => Effect.promise(() => pool.end().catch(() => undefined)).pipe(Effect.timeoutOption(Duration.seconds(2)))
+    // Interruptible inside: a release runs uninterruptibly, where a timeout would wait for its effect.
+    (pool) => Effect.interruptible(Effect.promise(() => pool.end().catch(() => undefined))).pipe(Effect.timeoutOption(Duration.seconds(2)))
   )
 
 export const layer = (

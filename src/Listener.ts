@@ -104,8 +104,9 @@ const make = (options: ListenerOptions) =>
         },
         catch: (cause) => cause
       }),
+      // Interruptible inside: a release runs uninterruptibly, where a timeout would wait for its effect.
       (subscriber) =>
-        Effect.promise(() => subscriber.close().catch(() => undefined)).pipe(Effect.timeoutOption(Duration.seconds(2)))
+        Effect.interruptible(Effect.promise(() => subscriber.close().catch(() => undefined))).pipe(Effect.timeoutOption(Duration.seconds(2)))
     )
 
     // The first connect is retried for as long as the layer lives: a worker that starts before

@@ -127,8 +127,9 @@ const make = (options: RedisOptions) =>
         return client
       }),
       (client) =>
-        // quit() waits for Redis; when Redis is down that would hang shutdown, so bound it.
-        Effect.promise(() => client.quit().catch(() => undefined)).pipe(
+        // quit() waits for Redis; when Redis is down that would hang shutdown, so bound it
+        // (interruptibly: a release runs uninterruptibly, where a timeout would wait for its effect).
+        Effect.interruptible(Effect.promise(() => client.quit().catch(() => undefined))).pipe(
           Effect.timeoutOption(Duration.millis(500)),
           Effect.ensuring(Effect.sync(() => client.disconnect()))
         )

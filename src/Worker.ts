@@ -75,7 +75,11 @@ const make = Effect.gen(function*() {
     Deferred.succeed(stopping, undefined).pipe(
       Effect.zipRight(wake),
       // In-flight handlers finish (they are bounded by callTimeout); then the loop ends by itself.
-      Effect.zipRight(loop.await.pipe(Effect.timeout(Duration.sum(config.callTimeout, Duration.seconds(1))), Effect.ignore))
+      // The wait is interruptible, or the timeout could not end it: a finalizer runs
+      // uninterruptibly, and a timeout there waits for its effect whatever the time (with Postgres
+      // away, the loop writing its outcomes down kept shutdown for half a lease). Past the bound,
+      // the scope interrupts the loop.
+      Effect.zipRight(Effect.interruptible(loop.await).pipe(Effect.timeout(Duration.sum(config.callTimeout, Duration.seconds(1))), Effect.ignore))
     )
   )
   return shape

@@ -163,6 +163,52 @@ describe("Worker faults", () => {
       )
     }).pipe(Effect.provide(sqlLayer(url))), 30_000)
 
+  it.live("shutdown while outcomes cannot be written is bounded by the call timeout, not held for half a lease", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const { lines, logger } = captureLogs()
+      const Stuck = OutboxEvent.make({ resourceType: "stuck_note", action: "set", payload: Schema.String })
+      const worker = Worker.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(
+          Store.layer,
+          Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }),
+          Handlers.layer(handle(Stuck, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}${payload}`, "ok")))))
+        )),
+        Layer.provideMerge(Layer.mergeAll(
+          // Writing down would be retried for up to 30 s; shutdown is meant to take the call timeout and a second.
+          OutboxConfig.layer({ leaseDuration: Duration.seconds(60), callTimeout: Duration.seconds(1) }),
+          sqlLayer(url),
+          redisLayer()
+        )),
+        Layer.orDie
+      )
+      const sql = yield* SqlClient.SqlClient
+      // The completion's DELETE fails while the switch is on, as it would against a Postgres that is away.
+      yield* sql.unsafe(`CREATE TABLE IF NOT EXISTS stuck_deletes (on_ boolean);
+        CREATE OR REPLACE FUNCTION stuck_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.resource_type = 'stuck_note' AND EXISTS (SELECT 1 FROM stuck_deletes) THEN RAISE EXCEPTION 'deletes are blocked'; END IF;
+          RETURN OLD;
+        END $$;
+        DROP TRIGGER IF EXISTS stuck_delete ON sync_outbox;
+        CREATE TRIGGER stuck_delete BEFORE DELETE ON sync_outbox FOR EACH ROW EXECUTE FUNCTION stuck_delete();
+        TRUNCATE sync_outbox CASCADE; INSERT INTO stuck_deletes VALUES (true);`)
+      let stopAt = 0
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(worker)
+        yield* enqueue(Stuck, { payload: "k" })
+        yield* eventually(Effect.sync(() => lines.some((l) => l.includes("recording outcomes failed"))), (seen) => seen, { timeout: 10_000 })
+        stopAt = Date.now()
+      })).pipe(
+        Effect.provide(logger),
+        Effect.ensuring(sql.unsafe(`DROP TRIGGER IF EXISTS stuck_delete ON sync_outbox; DROP TABLE IF EXISTS stuck_deletes`).pipe(Effect.orDie))
+      )
+      // A timeout inside a finalizer waited for its effect: the stop took the whole 30 s.
+      expect(Date.now() - stopAt).toBeLessThan(6_000)
+      // The row is still leased: it comes back when its lease ends, applied again then (at least once).
+      expect(yield* countRows()).toBe(1)
+    }).pipe(Effect.provide(sqlLayer(url))), 60_000)
+
   it.live("outcomes given up on (longer than half a lease) are claimed again once their leases end, not at the next poll", () =>
     Effect.gen(function*() {
       const p = prefix()

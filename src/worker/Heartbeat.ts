@@ -45,11 +45,12 @@ export const start = (options: HeartbeatOptions): Effect.Effect<void, never, Sco
       }).pipe(Effect.timeout(config.callTimeout))
     }).pipe(Effect.catchAllCause((cause) => Effect.logDebug(`sync-outbox: heartbeat failed: ${causeLine(cause)}`)))
     // Finalizers run in reverse: whatever the caller added later (the loop) stops first, then the beats, then the row goes.
+    // Interruptible inside, or the bound would not hold in a finalizer (see Worker).
     yield* Effect.addFinalizer(() =>
-      gate.withPermits(1)(Effect.suspend(() => {
+      Effect.interruptible(gate.withPermits(1)(Effect.suspend(() => {
         unregistered = true
         return leases.unregister(owner)
-      })).pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore)
+      }))).pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore)
     )
     yield* beat
     yield* Effect.forkScoped(Effect.repeat(beat, Schedule.spaced(config.interval)))

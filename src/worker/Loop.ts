@@ -47,6 +47,8 @@ export interface LoopOptions {
 const slowClaimMs = 1_000
 // How often, at most, a drain's first claim waits for a look at the outbox's size.
 const outgrownLookMs = 250
+// How long a failed or interrupted drain waits, at most, to hand back the claim it made ahead.
+const giveBackBound = Duration.seconds(2)
 
 /**
  * A claim cut short by Postgres's statement_timeout (57014), pg's client-side query timeout, or
@@ -263,8 +265,17 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       if (events.length < config.batchSize && !(yield* breaker.isOpen)) return claimed
     }
   }).pipe(
-    // The loop failed (it restarts): what was claimed ahead goes back rather than wait out its lease.
-    Effect.onError(() => Effect.flatMap(takeNext, (ahead) => (ahead === undefined ? Effect.void : giveBack(ahead))).pipe(Effect.ignore))
+    // The loop failed (it restarts) or was interrupted (shutdown): what was claimed ahead goes
+    // back rather than wait out its lease. Bounded, and interruptible inside: this runs as a
+    // finalizer, and writing down (the batch before, then the give-back) retries for up to half a
+    // lease while Postgres is away; shutdown then outlasted its own bound by that much (30 s with
+    // a 60 s lease). Cut short, those rows come back when their leases expire.
+    Effect.onError(() =>
+      Effect.interruptible(Effect.flatMap(takeNext, (ahead) => (ahead === undefined ? Effect.void : giveBack(ahead)))).pipe(
+        Effect.timeout(giveBackBound),
+        Effect.ignore
+      )
+    )
   )
 
   /** Sleep until a wake-up, the earliest due retry, or the poll interval. */

@@ -207,7 +207,8 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
         yield* recordNow
       }).pipe(
         // Shutting down: record it now, still leased until expiry, rather than lose the attempt.
-        Effect.onInterrupt(() => recordNow.pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore)),
+        // Interruptible inside, or the bound would not hold in this finalizer (see Worker).
+        Effect.onInterrupt(() => Effect.interruptible(recordNow).pipe(Effect.timeout(Duration.seconds(2)), Effect.ignore)),
         Effect.catchAllCause((cause) =>
           Effect.logWarning(`sync-outbox: the timeout of event ${event.id} could not be recorded; it comes back when its lease expires: ${causeLine(cause)}`)
         )
