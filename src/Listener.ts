@@ -4,7 +4,7 @@
  * claim. pg-listen never gives up reconnecting (`retryTimeout: Infinity`), payloads are passed
  * through unparsed, and the first connect is retried on a schedule, not given up either.
  */
-import { Context, Duration, Effect, Layer, PubSub, Redacted, Schedule, Stream, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Layer, PubSub, Redacted, Runtime, Schedule, Stream, SubscriptionRef } from "effect"
 import type pg from "pg"
 import * as pgListen from "pg-listen"
 import type { Options as PgListenOptions, Subscriber } from "pg-listen"
@@ -59,6 +59,17 @@ const make = (options: ListenerOptions) =>
     const setState = (next: ListenerState) => {
       Effect.runFork(SubscriptionRef.set(state, next))
     }
+    // Logged through the layer's own runtime: the application's logger, not the default one.
+    const log = Runtime.runFork(yield* Effect.runtime<never>())
+    // A lost connection is said once, when it goes, and once when it is back: a Postgres restart
+    // under an idle worker (its pool reconnects as quietly) otherwise left no trace at all.
+    let lost = false
+    const lose = () => {
+      setState("reconnecting")
+      if (lost) return
+      lost = true
+      log(Effect.logWarning("sync-outbox listener: connection lost, reconnecting (notifications sent meanwhile are caught up by a claim once it is back)"))
+    }
 
     const connectOnce = Effect.acquireRelease(
       Effect.tryPromise({
@@ -86,8 +97,8 @@ const make = (options: ListenerOptions) =>
             }
           )
           // Without a listener, an "error" event would throw; errors here are reconnects in progress.
-          subscriber.events.on("error", () => setState("reconnecting"))
-          subscriber.events.on("reconnect", () => setState("reconnecting"))
+          subscriber.events.on("error", lose)
+          subscriber.events.on("reconnect", lose)
           try {
             await subscriber.connect()
             await subscriber.listenTo(options.channel)
@@ -99,6 +110,10 @@ const make = (options: ListenerOptions) =>
           subscriber.events.on("connected", () => {
             setState("listening")
             publish("connected")
+            if (lost) {
+              lost = false
+              log(Effect.logInfo("sync-outbox listener: reconnected"))
+            }
           })
           return subscriber
         },

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Redacted, Stream, SubscriptionRef } from "effect"
+import { Chunk, Effect, Fiber, Logger, Redacted, Stream, SubscriptionRef } from "effect"
 import pg from "pg"
 import { beforeAll } from "vitest"
 import { Listener } from "../src/index.js"
@@ -78,6 +78,33 @@ describe("Listener", () => {
       yield* notify(url)
       expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
     }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }))), 30_000)
+
+  it.live("a killed backend is one warning when the connection goes and one line when it is back, not silence", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const logger = Logger.add(Logger.make(({ logLevel, message }) => {
+        lines.push(`${logLevel.label} ${(Array.isArray(message) ? message : [message]).map(String).join(" ")}`)
+      }))
+      yield* Effect.gen(function*() {
+        const listener = yield* Listener
+        yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
+        const fiber = yield* collect(1)
+        yield* realSleep(50)
+        yield* Effect.promise(async () => {
+          const c = new pg.Client({ connectionString: url })
+          await c.connect()
+          await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE application_name = 'sync-outbox-listener' AND datname = current_database()`)
+          await c.end()
+        })
+        expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
+        yield* eventually(Effect.sync(() => lines.filter((l) => l.includes("sync-outbox listener"))), (l) => l.length >= 2, { timeout: 5_000 })
+        expect(lines.filter((l) => l.includes("sync-outbox listener"))).toEqual([
+          expect.stringMatching(/^WARN sync-outbox listener: connection lost, reconnecting/),
+          "INFO sync-outbox listener: reconnected"
+        ])
+      }).pipe(Effect.scoped, Effect.provide(Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" })), Effect.provide(logger))
+    }), 30_000)
 
   it.scopedLive("a connection that stops answering without closing is given up by the timed-out paranoid check, and replaced", () =>
     Effect.gen(function*() {
