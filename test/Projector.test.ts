@@ -304,6 +304,34 @@ describe("Revocation reaches the data plane", () => {
       }).pipe(Effect.provide(syncWorker(p)))
     }))
 
+  it.live("an expiry past JavaScript's last date (year 275761, read as an Invalid Date) is InvalidRow: never expires_at NaN, the key fails closed", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const db = yield* Effect.promise(() => freshDatabase("invalid_date", ["outbox", "control-plane"]))
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const sync = yield* Projector
+        const master = yield* ControlPlane.createMaster({ name: "far" })
+        const s = secret()
+        const id = yield* ControlPlane.createKey({ masterId: master, secret: s })
+        yield* sync.syncMaster(master)
+        yield* sync.syncKey(id)
+        expect(yield* authenticated(p, s)).toBe(true)
+        // Postgres takes it; node-postgres reads it as an Invalid Date.
+        yield* sql`UPDATE cp_keys SET expires_at = '275761-01-01' WHERE id = ${id}`
+        const failure = yield* Effect.flip(sync.syncKey(id))
+        expect(failure._tag).toBe("InvalidRow")
+        expect(failure.message).toContain(`key ${id}: expiresAt`)
+        expect(yield* authenticate(p, s)).toEqual({ _tag: "Refused", reason: "unknown_token" })
+        // The same in a snapshot row: left out, named, never `"ban_until":null`.
+        const group = yield* ControlPlane.createProviderGroup({ name: "far", type: "openai", models: ["m"] })
+        const apiKey = yield* ControlPlane.createApiKey({ groupId: group, apiKey: "sk-far" })
+        yield* sql`UPDATE cp_api_keys SET ban_until = '275761-01-01' WHERE id = ${apiKey}`
+        expect((yield* Effect.flip(sync.syncProviders)).message).toContain(`api_key ${apiKey}: banUntil`)
+        expect(yield* Effect.promise(() => direct.hexists(`${p}config:providers`, String(apiKey)))).toBe(0)
+      }).pipe(Effect.provide(direct_(p, db)))
+    }))
+
   it.live("a master deleted behind the outbox's back: sync_all removes its keys", () =>
     Effect.gen(function*() {
       const p = prefix()

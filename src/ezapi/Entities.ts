@@ -7,6 +7,13 @@ import { Schema } from "effect"
 const Id = Schema.Number.pipe(Schema.int(), Schema.positive())
 const Version = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
 const Strings = Schema.Array(Schema.String)
+/**
+ * A time the data plane can hold: Postgres keeps timestamps past JavaScript's last date (year
+ * 275760), which node-postgres reads as an Invalid Date. `DateFromSelf` lets that through, and it
+ * reached Redis as `expires_at: NaN` (no TTL: a key that never expires, in a field no decimal
+ * reader accepts). Refused here, as `infinity` is, it is the row's `InvalidRow`: a key fails closed.
+ */
+const Time = Schema.ValidDateFromSelf
 
 export class Master extends Schema.Class<Master>("Master")({
   id: Id,
@@ -30,10 +37,10 @@ export class Key extends Schema.Class<Key>("Key")({
   modelLimits: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
   allowIps: Strings,
   denyIps: Strings,
-  expiresAt: Schema.NullOr(Schema.DateFromSelf),
+  expiresAt: Schema.NullOr(Time),
   quotaLimit: Schema.NullOr(Schema.Number),
   quotaUsed: Schema.Number,
-  quotaResetAt: Schema.NullOr(Schema.DateFromSelf),
+  quotaResetAt: Schema.NullOr(Time),
   /** The master's epoch when the key was issued: the key is revoked once the master's epoch exceeds it. */
   issuedAtEpoch: Schema.Number,
   version: Version
@@ -76,7 +83,7 @@ export class ApiKey extends Schema.Class<ApiKey>("ApiKey")({
   weight: Schema.Number,
   status: Schema.Literal("active", "auto_disabled", "manual_disabled"),
   autoBan: Schema.Boolean,
-  banUntil: Schema.NullOr(Schema.DateFromSelf),
+  banUntil: Schema.NullOr(Time),
   version: Version
 }) {}
 
@@ -89,6 +96,6 @@ export class Binding extends Schema.Class<Binding>("Binding")({
   selectorType: Schema.Literal("exact", "regex", "normalize_exact"),
   selectorValue: Schema.String,
   status: Schema.Literal("active", "suspended"),
-  updatedAt: Schema.DateFromSelf,
+  updatedAt: Time,
   version: Version
 }) {}
