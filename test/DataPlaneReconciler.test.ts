@@ -394,6 +394,32 @@ describe("DataPlaneReconciler", () => {
       }).pipe(Effect.provide(reconcilerOn(db, p)))
     }).pipe(Effect.scoped), 60_000)
 
+  it.live("two names for one model field: the newer row deleted in SQL is drift, and the repair gives the field back to the older row", () =>
+    Effect.gen(function*() {
+      const db = yield* Effect.promise(() => freshDatabase("heal_model_heir", ["outbox", "control-plane"]))
+      const p = prefix()
+      const client = new Redis(redisUrl())
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.gen(function*() {
+        const older = yield* ControlPlane.createModel({ name: "gpt-4o", contextWindow: 1 })
+        const newer = yield* ControlPlane.createModel({ name: "default.gpt-4o", contextWindow: 2 })
+        yield* repair
+        const context = Effect.promise(() => client.hget(`${p}meta:models`, "default.gpt-4o")).pipe(
+          Effect.map((json) => (json === null ? undefined : JSON.parse(json).context_window))
+        )
+        expect(yield* context).toBe(2)
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`DELETE FROM cp_models WHERE id = ${newer}`
+        // The field's record names a row that is gone: not "newer", drift.
+        const seen = yield* check
+        expect(family(seen, "models")).toMatchObject({ stale: 1 })
+        expect(family(seen, "models").examples.stale[0]).toContain(`model ${older}, held by model ${newer}, gone`)
+        yield* repair
+        expect(yield* context).toBe(1)
+        expect(totalDriftOf(yield* check)).toBe(0)
+      }).pipe(Effect.provide(reconcilerOn(db, p)))
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("a repair never undoes a newer event: entries newer than its read are left, and concurrent creates all survive", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_fence", ["outbox", "control-plane"]))

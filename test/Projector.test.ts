@@ -531,6 +531,45 @@ describe("Models: renames and bookkeeping", () => {
     }))
 })
 
+describe("Models: several names for one field", () => {
+  it.live("gpt-4o and default.gpt-4o: the newer row holds the field; when it is deleted or renamed away the older one takes it back", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      yield* Effect.gen(function*() {
+        const field = `default.dup-${p}`
+        const context = Effect.map(hgetall(`${p}meta:models`), (h) => h[field] === undefined ? undefined : JSON.parse(h[field]!).context_window)
+        yield* ControlPlane.createModel({ name: `dup-${p}`, contextWindow: 1 })
+        const newer = yield* ControlPlane.createModel({ name: field, contextWindow: 2 })
+        yield* drained
+        expect(yield* context).toBe(2)
+        // The newer one is deleted: the field is the older row's again, not nobody's.
+        yield* ControlPlane.deleteModel(newer)
+        yield* drained
+        expect(yield* context).toBe(1)
+        // The gone row's late writes (a retried delete, a write read before the delete) stay refused.
+        yield* enqueue(Events.ModelDelete, { resourceId: newer, payload: { name: field } })
+        yield* drained
+        expect(yield* context).toBe(1)
+        const redis = yield* RedisSink
+        const l = RedisLayout.layout({ prefix: p })
+        const value = JSON.stringify({ name: field, context_window: 2 })
+        expect(yield* RedisLayout.writeModel(redis, l, field, { version: 1e12, owner: newer }, value, 60_000)).toBe("stale")
+        expect(yield* context).toBe(1)
+        // Again with a rename: a newer row takes the field, then leaves it under another name.
+        const third = yield* ControlPlane.createModel({ name: `default .dup-${p}`, contextWindow: 3 })
+        yield* drained
+        expect(yield* context).toBe(3)
+        yield* ControlPlane.updateModel(third, { name: `moved-${p}` })
+        yield* drained
+        expect(yield* context).toBe(1)
+        expect(JSON.parse((yield* hgetall(`${p}meta:models`))[`default.moved-${p}`]!).context_window).toBe(3)
+        // meta:models_meta follows.
+        const models = yield* hgetall(`${p}meta:models`)
+        expect((yield* hgetall(`${p}meta:models_meta`))["checksum"]).toBe(Contract.checksumFromPayloads(Object.entries(models)))
+      }).pipe(Effect.provide(syncWorker(p)))
+    }))
+})
+
 describe("Snapshots are fenced: an older one never replaces a newer one", () => {
   it.live("a snapshot read before a change, written after the newer one, is refused; so is equal generation with other data", () =>
     Effect.gen(function*() {

@@ -162,6 +162,19 @@ export const keysByHash = (tokenHashes: ReadonlyArray<string>) =>
     sql.unsafe(`SELECT ${keyColumns} FROM cp_keys k WHERE k.token_hash = ANY($1)`, [tokenHashes]).withoutTransform
   ).pipe(Effect.flatMap(decodeRows(Key, "key")))
 
+/**
+ * The models that may file under `field` (`ns.public_model`), newest first: every name holding its
+ * public model, which the caller narrows by parsing (`Snapshots.modelField`). Rows that do not
+ * decode are left out.
+ */
+export const modelsMaybeUnder = (field: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.unsafe<Record<string, unknown>>(
+      `SELECT ${modelColumns} FROM cp_models WHERE strpos(name, $1) > 0 ORDER BY id DESC`,
+      [field.slice(field.indexOf(".") + 1)]
+    ).withoutTransform
+  ).pipe(Effect.map((raw) => decodeEach(Model, "model")(raw).rows))
+
 export const allModels = Effect.suspend(() => Effect.flatMap(allModelsDecoded, allDecoded))
 
 /** `allModels`, each row decoded on its own (see `Decoded`), with the name of every row. */

@@ -459,12 +459,22 @@ const make = (options: DataPlaneReconcilerOptions) =>
           ])
         )
         yield* pace(expected.length + 1)
-        const writes: Array<readonly [string, Model, string]> = []
+        // Fields held by a newer row than the one expected: newer (created since the read), unless
+        // that row is gone (deleted, its removal applied or not): then the field is the expected
+        // row's, and the repair takes it over from the gone one.
+        const goneOwners = new Set<number>()
+        for (const [i, [, m]] of expected.entries()) {
+          const owner = Number(records[i]![1] ?? 0) || 0
+          if (owner > m.id && !(yield* withSql(ControlPlane.rowExists("cp_models", owner)))) goneOwners.add(owner)
+        }
+        const writes: Array<readonly [string, Model, string, number]> = []
         expected.forEach(([field, m], i) => {
           drift.checked++
           const value = Snapshots.modelValue(field, m)
           const record = records[i]!
-          if (record[0] != null) {
+          const recordOwner = Number(record[1] ?? 0) || 0
+          const gone = recordOwner > m.id && goneOwners.has(recordOwner) ? recordOwner : 0
+          if (record[0] != null && gone === 0) {
             const version = Number(record[0])
             const owner = Number(record[1] ?? 0)
             if (owner > m.id || (owner === m.id && version > m.version)) return
@@ -476,13 +486,15 @@ const make = (options: DataPlaneReconcilerOptions) =>
             ? "stale"
             : "same"
           if (verdict === "same") return
-          drift.found(verdict, `${l.models}[${field}] (model ${m.id})`)
-          writes.push([field, m, value])
+          drift.found(verdict, `${l.models}[${field}] (model ${m.id}${gone > 0 ? `, held by model ${gone}, gone` : ""})`)
+          writes.push([field, m, value, gone])
         })
         let changed = false
         if (repair) {
-          const written = yield* Effect.forEach(writes, ([field, m, value]) =>
-            RedisLayout.writeModel(redis, l, field, { version: m.version, owner: m.id }, value, sync.tombstoneMs), { concurrency: "unbounded" })
+          const written = yield* Effect.forEach(writes, ([field, m, value, gone]) =>
+            RedisLayout.writeModel(redis, l, field, { version: m.version, owner: m.id }, value, sync.tombstoneMs, gone), {
+              concurrency: "unbounded"
+            })
           drift.repaired += written.filter((r) => r === "written").length
           changed = writes.length > 0
           yield* pace(writes.length * 2)

@@ -161,15 +161,41 @@ const make = (options: ProjectorOptions) =>
 
     const afterModels = Effect.flatMap(now, (at) => RedisLayout.refreshModelsMeta(redis, l, at))
 
-    const writeOneModel = (m: Model) =>
+    /**
+     * The newest model other than `except` that files under `field`: several names do (`gpt-4o`,
+     * `default.gpt-4o`, ` gpt-4o`), and when the one that held the field goes (deleted, renamed),
+     * the field is the next one's, not nobody's.
+     */
+    const heirOf = (field: string, except: number) =>
+      withSql(ControlPlane.modelsMaybeUnder(field)).pipe(
+        Effect.map((rows) => rows.find((m) => m.id !== except && Snapshots.modelField(m.name) === field))
+      )
+
+    /**
+     * `heir`: written as another model's heir, so its own rename is not followed (the sweep does):
+     * one step, never a chain.
+     */
+    const writeOneModel = (m: Model, heir = false): Effect.Effect<ProjectorResult, ProjectorError> =>
       Effect.gen(function*() {
         const field = yield* fieldOf(m)
-        const result = yield* RedisLayout.writeModel(redis, l, field, { version: m.version, owner: m.id }, Snapshots.modelValue(field, m), tombstoneMs)
+        // Held by a newer row that is gone (deleted, with or without its event): it fences nothing now.
+        const owner = yield* RedisLayout.modelOwner(redis, l, field)
+        const gone = owner > m.id && !(yield* withSql(ControlPlane.rowExists("cp_models", owner))) ? owner : 0
+        const previous = heir ? null : yield* redis.use((c) => c.hget(l.modelIdRecord(m.id), "f").catch(() => null))
+        const result = yield* RedisLayout.writeModel(redis, l, field, { version: m.version, owner: m.id }, Snapshots.modelValue(field, m), tombstoneMs, gone)
+        // Renamed: the script removed its old field; another model of that name takes it.
+        if (result === "written" && previous !== null && previous !== "" && previous !== field) {
+          const next = yield* heirOf(previous, m.id)
+          if (next !== undefined) yield* writeOneModel(next, true)
+        }
         return yield* counted(result)
       })
 
     const removeModelField = (field: string, owner: number) =>
       Effect.gen(function*() {
+        // Another model files under the same field: it is that model's now.
+        const next = yield* heirOf(field, owner)
+        if (next !== undefined) return yield* writeOneModel(next, true)
         const version = yield* fresh
         const by = owner > 0 ? owner : yield* RedisLayout.modelOwner(redis, l, field)
         return yield* removed(yield* RedisLayout.writeModel(redis, l, field, { version, owner: by }, null, tombstoneMs))

@@ -124,14 +124,27 @@ return 1`
 /**
  * Put or remove one model field. KEYS: models, field record, id record, record of the field the
  * id had (as read before the call), generation.
- * ARGV: mode, field, version, owner id (0: unknown), digest, json, that previous field ('' none), tombstone ttl ms.
+ * ARGV: mode, field, version, owner id (0: unknown), digest, json, that previous field ('' none),
+ * tombstone ttl ms, gone owner (0: none).
  * Returns -1 when the id's field changed since it was read (the caller reads again).
+ *
+ * Several names file under one field (`gpt-4o`, `default.gpt-4o`): the newest row owns it, and an
+ * older one's write is refused. Once that owner's row is gone (the caller checked: ids are never
+ * reused), it fences nothing any more: a write naming it as the gone owner replaces its record,
+ * which then remembers it, so that its late writes and removals stay refused.
  */
 const putModel = `
 ${hashOrNothing("KEYS[1]")}
+${hashOrNothing("KEYS[2]")}
 ${hashOrNothing("KEYS[3]")}
 ${hashOrNothing("KEYS[4]")}
 if redis.call('TYPE', KEYS[5]).ok ~= 'string' then redis.call('DEL', KEYS[5]) end
+local gone = redis.call('HGET', KEYS[2], 'gone')
+if gone == ARGV[4] then return 0 end
+if tonumber(ARGV[9]) > 0 and redis.call('HGET', KEYS[2], 'id') == ARGV[9] then
+  redis.call('DEL', KEYS[2])
+  gone = ARGV[9]
+end
 if tonumber(ARGV[4]) > 0 and tonumber(redis.call('HGET', KEYS[3], 'v') or '0') > tonumber(ARGV[3]) then return 0 end
 ${refuseOlder("KEYS[2]", "ARGV[3]", "ARGV[4]", "ARGV[5]")}
 if tonumber(ARGV[4]) > 0 then
@@ -158,6 +171,7 @@ else
     redis.call('PEXPIRE', KEYS[3], ARGV[8])
   end
 end
+if gone then redis.call('HSET', KEYS[2], 'gone', gone) end
 redis.call('INCR', KEYS[5])
 return 1`
 
@@ -316,7 +330,8 @@ export const removeEntry = (
 
 /**
  * Put (json) or remove (null) the model field `field` for model `owner` (0: unknown). When the
- * model had another field (renamed), that field goes in the same step.
+ * model had another field (renamed), that field goes in the same step. `gone`: the field's
+ * recorded owner, when the caller found its row gone (see `putModel`).
  */
 export const writeModel = (
   redis: RedisSinkShape,
@@ -324,7 +339,8 @@ export const writeModel = (
   field: string,
   at: Versioned,
   json: string | null,
-  tombstoneMs: number
+  tombstoneMs: number,
+  gone = 0
 ): Effect.Effect<WriteResult, Fail> =>
   Effect.gen(function*() {
     for (let attempt = 0; attempt < 5; attempt++) {
@@ -343,7 +359,8 @@ export const writeModel = (
           json === null ? "removed" : digest(json),
           json ?? "",
           previous,
-          tombstoneMs
+          tombstoneMs,
+          gone
         )
       )
       if (n !== -1) return result(n)
@@ -353,7 +370,9 @@ export const writeModel = (
 
 /** The owner recorded for a model field, if any. */
 export const modelOwner = (redis: RedisSinkShape, l: Layout, field: string) =>
-  redis.use((c) => c.hget(l.modelRecord(field), "id")).pipe(Effect.map((id) => (id === null ? 0 : Number(id))))
+  redis.use((c) => c.hget(l.modelRecord(field), "id").catch(wrongType<string | null>(null))).pipe(
+    Effect.map((id) => (id === null ? 0 : Number(id) || 0))
+  )
 
 /**
  * Recompute `meta:models_meta` from the models hash (§2.4: `ChecksumFromPayloads` over every
