@@ -304,6 +304,39 @@ describe("Revocation reaches the data plane", () => {
       }).pipe(Effect.provide(syncWorker(p)))
     }))
 
+  it.live("a master suspension that also made its row undecodable fails closed: its keys stop authenticating until the row is fixed", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const master = yield* ControlPlane.createMaster({ name: "m" })
+        const s = secret()
+        yield* ControlPlane.createKey({ masterId: master, secret: s })
+        const other = secret()
+        yield* ControlPlane.createKey({ masterId: yield* ControlPlane.createMaster({ name: "other" }), secret: other })
+        yield* drained
+        expect(yield* authenticated(p, s)).toBe(true)
+        // The operator's own SQL with its event: the suspension, and a value the entity refuses.
+        yield* sql.withTransaction(Effect.zipRight(
+          sql`UPDATE cp_masters SET status = 'suspended', namespaces = '{default,NULL}' WHERE id = ${master}`,
+          enqueue(Events.MasterUpdate, { resourceId: master, payload: null })
+        ))
+        yield* eventually(authenticate(p, s), (r) => r._tag === "Refused", { timeout: 15_000 })
+        expect(yield* authenticate(p, s)).toEqual({ _tag: "Refused", reason: "master_missing" })
+        yield* eventually(
+          sql<{ last_error: string | null }>`SELECT last_error FROM sync_outbox WHERE resource_type = 'master' AND resource_id = ${master}`,
+          (rows) => rows.some((r) => r.last_error?.includes("InvalidRow") === true),
+          { timeout: 15_000 }
+        )
+        expect(yield* authenticated(p, other)).toBe(true)
+        // Fixed: written again, suspended as it is; then reactivated.
+        yield* ControlPlane.updateMaster(master, { namespaces: ["default"] })
+        yield* eventually(authenticate(p, s), (r) => r._tag === "Refused" && r.reason === "master_suspended", { timeout: 15_000 })
+        yield* ControlPlane.updateMaster(master, { status: "active" })
+        yield* eventually(authenticated(p, s), (ok) => ok, { timeout: 15_000 })
+      }).pipe(Effect.provide(syncWorker(p)))
+    }))
+
   it.live("an expiry past JavaScript's last date (year 275761, read as an Invalid Date) is InvalidRow: never expires_at NaN, the key fails closed", () =>
     Effect.gen(function*() {
       const p = prefix()

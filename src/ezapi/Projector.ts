@@ -133,9 +133,22 @@ const make = (options: ProjectorOptions) =>
         return yield* writeKey(k)
       }).pipe(Effect.withSpan("sync.key", { attributes: { id } }))
 
+    /**
+     * A master row that does not decode: as for a key (`failClosed`), what its event carried is
+     * unknown (a suspension, an epoch bump revoking its keys), so its entry is removed, fenced and
+     * tombstoned: its keys stop authenticating (no master) until the row is fixed. The event
+     * still fails as `InvalidRow`.
+     */
+    const masterFailsClosed = (id: number, invalid: ControlPlane.InvalidRow) =>
+      Effect.flatMap(fresh, (version) => RedisLayout.removeEntry(redis, l, l.master(id), { version, owner: id }, tombstoneMs)).pipe(
+        Effect.zipRight(Effect.fail(invalid))
+      )
+
     const syncMaster = (id: number): Effect.Effect<ProjectorResult, ProjectorError> =>
       Effect.gen(function*() {
-        const row = yield* withSql(ControlPlane.getMaster(id))
+        const row = yield* withSql(ControlPlane.getMaster(id)).pipe(
+          Effect.catchIf((e): e is ControlPlane.InvalidRow => e instanceof ControlPlane.InvalidRow, (e) => masterFailsClosed(id, e))
+        )
         if (Option.isSome(row)) {
           const m = row.value
           const result = yield* RedisLayout.writeEntry(redis, l, l.master(id), { version: m.version, owner: id }, Snapshots.masterFields(m))
