@@ -365,6 +365,33 @@ describe("Revocation reaches the data plane", () => {
       }).pipe(Effect.provide(direct_(p, db)))
     }))
 
+  it.live("a list item holding the comma the data plane splits on (scope read,admin) is InvalidRow: the key fails closed, never granted admin", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const db = yield* Effect.promise(() => freshDatabase("comma_list", ["outbox", "control-plane"]))
+      yield* Effect.gen(function*() {
+        const sync = yield* Projector
+        const master = yield* ControlPlane.createMaster({ name: "m" })
+        yield* sync.syncMaster(master)
+        const s = secret()
+        const id = yield* ControlPlane.createKey({ masterId: master, secret: s, scopes: ["read"] })
+        yield* sync.syncKey(id)
+        expect(yield* hgetall(`${p}auth:token:${Contract.hashToken(s)}`)).toMatchObject({ scopes: "read" })
+        for (const patch of [{ scopes: ["read,admin"] }, { allowIps: ["10.0.0.0/8,0.0.0.0/0"] }, { modelLimits: { "gpt-4o,o1": {} } }]) {
+          yield* ControlPlane.updateKey(id, { scopes: ["read"], allowIps: [], modelLimits: {}, ...patch })
+          const failure = yield* Effect.flip(sync.syncKey(id))
+          expect(failure._tag).toBe("InvalidRow")
+          expect(failure.message).toContain("comma-separated")
+          expect(yield* authenticate(p, s)).toEqual({ _tag: "Refused", reason: "unknown_token" })
+          yield* ControlPlane.updateKey(id, { scopes: ["read"], allowIps: [], modelLimits: {} })
+          yield* sync.syncKey(id)
+          expect(yield* authenticated(p, s)).toBe(true)
+        }
+        yield* ControlPlane.updateMaster(master, { namespaces: ["default,team-b"] })
+        expect((yield* Effect.flip(sync.syncMaster(master))).message).toContain("comma-separated")
+      }).pipe(Effect.provide(direct_(p, db)))
+    }))
+
   it.live("a master deleted behind the outbox's back: sync_all removes its keys", () =>
     Effect.gen(function*() {
       const p = prefix()

@@ -3,10 +3,22 @@
  * schemas, so a row that breaks the contract is a typed failure, not a bad Redis write.
  */
 import { Schema } from "effect"
+import * as Inferred from "./Inferred.js"
 
 const Id = Schema.Number.pipe(Schema.int(), Schema.positive())
 const Version = Schema.Number.pipe(Schema.int(), Schema.nonNegative())
 const Strings = Schema.Array(Schema.String)
+/**
+ * A list the auth hashes hold as one comma-separated field (§2.5: `scopes`, the IP lists, the
+ * limited models' names; §2.6 `namespaces`): an item holding the separator would be read back as
+ * two (a scope `read,admin` grants `admin` on the data plane), so it is refused, and the row is
+ * its `InvalidRow` (a key or master then fails closed).
+ */
+const separated = (separator: string) =>
+  Schema.String.pipe(Schema.filter((s) => !s.includes(separator), {
+    message: () => `must not contain "${separator}": the data plane reads this list comma-separated`
+  }))
+const FlatList = Schema.Array(separated(Inferred.listSeparator))
 /**
  * A time the data plane can hold: Postgres keeps timestamps past JavaScript's last date (year
  * 275760), which node-postgres reads as an Invalid Date. `DateFromSelf` lets that through, and it
@@ -23,7 +35,7 @@ export class Master extends Schema.Class<Master>("Master")({
   epoch: Schema.Number,
   globalQps: Schema.Number,
   defaultNamespace: Schema.String,
-  namespaces: Strings,
+  namespaces: Schema.Array(separated(Inferred.namespacesSeparator)),
   version: Version
 }) {}
 
@@ -33,10 +45,15 @@ export class Key extends Schema.Class<Key>("Key")({
   tokenHash: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{64}$/)),
   group: Schema.String,
   status: Schema.Literal("active", "suspended"),
-  scopes: Strings,
-  modelLimits: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
-  allowIps: Strings,
-  denyIps: Strings,
+  scopes: FlatList,
+  // Checked as a whole: a refined key schema would drop such a key silently (a limit lifted).
+  modelLimits: Schema.Record({ key: Schema.String, value: Schema.Unknown }).pipe(
+    Schema.filter((limits) => Object.keys(limits).every((name) => !name.includes(Inferred.listSeparator)), {
+      message: () => `a model name must not contain "${Inferred.listSeparator}": the data plane reads this list comma-separated`
+    })
+  ),
+  allowIps: FlatList,
+  denyIps: FlatList,
   expiresAt: Schema.NullOr(Time),
   quotaLimit: Schema.NullOr(Schema.Number),
   quotaUsed: Schema.Number,
