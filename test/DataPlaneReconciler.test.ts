@@ -420,6 +420,32 @@ describe("DataPlaneReconciler", () => {
       }).pipe(Effect.provide(reconcilerOn(db, p)))
     }).pipe(Effect.scoped), 60_000)
 
+  it.live("a meta hash that lost a field besides its checksum (version, timestamp, updated_at, source) is stale, and repaired", () =>
+    Effect.gen(function*() {
+      const db = yield* Effect.promise(() => freshDatabase("heal_meta", ["outbox", "control-plane"]))
+      const p = prefix()
+      const client = new Redis(redisUrl())
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.disconnect()))
+      yield* Effect.gen(function*() {
+        yield* gateway
+        yield* repair
+        const providersMeta = yield* Effect.promise(() => client.hgetall(`${p}meta:providers_meta`))
+        const modelsMeta = yield* Effect.promise(() => client.hgetall(`${p}meta:models_meta`))
+        yield* Effect.promise(() => client.hdel(`${p}meta:providers_meta`, "version", "timestamp"))
+        yield* Effect.promise(() => client.hdel(`${p}meta:models_meta`, "version", "source"))
+        const seen = yield* check
+        expect(family(seen, "providers")).toMatchObject({ stale: 1 })
+        expect(family(seen, "providers").examples.stale).toEqual([`${p}meta:providers_meta`])
+        expect(family(seen, "models")).toMatchObject({ stale: 1 })
+        expect(family(seen, "models").examples.stale).toEqual([`${p}meta:models_meta`])
+        yield* repair
+        expect(Object.keys(yield* Effect.promise(() => client.hgetall(`${p}meta:providers_meta`))).sort()).toEqual(Object.keys(providersMeta).sort())
+        const models = yield* Effect.promise(() => client.hgetall(`${p}meta:models_meta`))
+        expect({ ...models, updated_at: "" }).toEqual({ ...modelsMeta, updated_at: "" })
+        expect(totalDriftOf(yield* check)).toBe(0)
+      }).pipe(Effect.provide(reconcilerOn(db, p)))
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("a repair never undoes a newer event: entries newer than its read are left, and concurrent creates all survive", () =>
     Effect.gen(function*() {
       const db = yield* Effect.promise(() => freshDatabase("heal_fence", ["outbox", "control-plane"]))

@@ -410,8 +410,9 @@ const make = (options: DataPlaneReconcilerOptions) =>
           const record = which === "providers" ? providersRecord : bindingsRecord
           if (which === "providers") {
             drift.checked++
-            if (meta["checksum"] === undefined) drift.found("missing", l.providersMeta)
-            else if (meta["checksum"] !== snapshot.checksum) drift.found("stale", l.providersMeta)
+            if (Object.keys(meta).length === 0) drift.found("missing", l.providersMeta)
+            // Every field the data plane reads (§2.4), not the checksum alone: one lost by a hand edit is stale.
+            else if (meta["checksum"] !== snapshot.checksum || !meta["version"] || !meta["timestamp"]) drift.found("stale", l.providersMeta)
           }
           // The fence's record: without it an older rebuild still in flight could replace this one.
           if (snapshot.entries.length > 0 && record !== snapshot.checksum && drift.missing + drift.stale + drift.orphaned === 0) {
@@ -521,13 +522,17 @@ const make = (options: DataPlaneReconcilerOptions) =>
         }
         // meta:models_meta: the checksum over every field the hash holds now (§2.4).
         const [now, meta] = yield* redis.use((c) =>
-          Promise.all([changed ? c.hgetall(l.models) : Promise.resolve(hash), c.hget(l.modelsMeta, "checksum").catch(() => "(not a hash)")])
+          Promise.all([
+            changed ? c.hgetall(l.models) : Promise.resolve(hash),
+            c.hgetall(l.modelsMeta).catch((): Record<string, string> => ({ checksum: "(not a hash)" }))
+          ])
         )
         yield* pace(2)
         drift.checked++
         const checksum = Contract.checksumFromPayloads(Object.entries(now))
-        if (meta !== checksum) {
-          drift.found(meta === null ? "missing" : "stale", l.modelsMeta)
+        // Every field §2.4 requires, not the checksum alone: one lost by a hand edit is stale.
+        if (meta["checksum"] !== checksum || !meta["version"] || !meta["updated_at"] || !meta["source"]) {
+          drift.found(Object.keys(meta).length === 0 ? "missing" : "stale", l.modelsMeta)
           if (repair) {
             yield* RedisLayout.refreshModelsMeta(redis, l, new Date(yield* Clock.currentTimeMillis))
             drift.repaired++

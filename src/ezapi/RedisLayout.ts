@@ -188,7 +188,9 @@ const putModelsMeta = `
 ${hashOrNothing("KEYS[1]")}
 if redis.call('TYPE', KEYS[2]).ok ~= 'string' then redis.call('DEL', KEYS[2]) end
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'checksum') == ARGV[5] then return 1 end
+-- Already there, whole: every field the contract requires, not the checksum alone (a hand edit).
+local cur = redis.call('HMGET', KEYS[1], 'checksum', 'version', 'updated_at', 'source')
+if cur[1] == ARGV[5] and cur[2] == ARGV[2] and cur[3] and cur[4] == ARGV[4] then return 1 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'updated_at', ARGV[3], 'source', ARGV[4], 'checksum', ARGV[5])
 redis.call('PUBLISH', ARGV[6], ARGV[7])
