@@ -168,6 +168,14 @@ describe("§3.5 selector resolution", () => {
     expect(resolve("regex", "\\Agpt-4o\\z", "x", ["gpt-4o", "gpt-4o-mini"])).toEqual({ _tag: "Resolved", model: "gpt-4o" })
     expect(resolve("regex", "(?P<v>mini)", "x", ["gpt-4o", "gpt-4o-mini"])).toEqual({ _tag: "Resolved", model: "gpt-4o-mini" })
   })
+  it("regex: a pattern that backtracks without end in JS (RE2 is linear) is unresolved within its budget, not a frozen process", () => {
+    const started = Date.now()
+    const result = resolve("regex", "(a+)+$", "x", ["gpt-4o", `${"a".repeat(40)}!`])
+    expect(result).toMatchObject({ _tag: "Unresolved" })
+    expect(Date.now() - started).toBeLessThan(2_000)
+    // The next resolution runs as usual.
+    expect(resolve("regex", "mini", "x", ["gpt-4o", "gpt-4o-mini"])).toEqual({ _tag: "Resolved", model: "gpt-4o-mini" })
+  })
   it("normalize_exact: exactly one hit, the original trimmed model", () => {
     expect(resolve("normalize_exact", "kimi2", "x", ["Moonshot/Kimi2 "])).toEqual({ _tag: "Resolved", model: "Moonshot/Kimi2" })
     expect(resolve("normalize_exact", "gemini 1.5 flash", "x", ["Gemini-1.5-Flash"])._tag).toBe("Unresolved")

@@ -5,6 +5,7 @@
  * vectors (test/Contract.test.ts). The inferred points are in `Inferred.ts`.
  */
 import { createHash } from "node:crypto"
+import { createContext, Script } from "node:vm"
 
 /** §3.1 `tokenhash.HashToken`: sha256 of the raw token bytes, lowercase hex; no trimming. */
 export const hashToken = (token: string): string => createHash("sha256").update(token, "utf8").digest("hex")
@@ -86,6 +87,31 @@ export const compileRe2 = (pattern: string): RegExp | undefined => {
 }
 
 /**
+ * How long one regex selector may take over a group's models. RE2 runs in linear time; a JS
+ * RegExp backtracks, and a pattern such as `(a+)+$` over `aaaa…!` would run for minutes, blocking
+ * the worker's whole process (every event, lease and heartbeat) on one binding row. Past this
+ * budget the selector is unresolved (`config_error`), as a pattern RE2 refuses is.
+ */
+export const regexBudgetMs = 50
+
+const regexRun = new Script("models.filter((m) => m !== '' && re.test(m))")
+const regexContext = createContext({ re: /$^/, models: [] as ReadonlyArray<string> })
+
+/** The trimmed models `re` matches, or `undefined` past `regexBudgetMs`. */
+const regexHits = (re: RegExp, models: ReadonlyArray<string>): ReadonlyArray<string> | undefined => {
+  regexContext["re"] = re
+  regexContext["models"] = models
+  try {
+    return [...(regexRun.runInContext(regexContext, { timeout: regexBudgetMs }) as ReadonlyArray<string>)]
+  } catch (error) {
+    if ((error as { code?: unknown }).code === "ERR_SCRIPT_EXECUTION_TIMEOUT") return undefined
+    throw error
+  } finally {
+    regexContext["models"] = []
+  }
+}
+
+/**
  * §3.5 `routing.ResolveUpstreamModel`: which of a provider group's models a selector picks.
  * `exact` (or `""`): the first model equal after trimming; `regex`: unanchored, exactly one hit;
  * `normalize_exact`: exactly one hit by `normalizeModelId`. An empty value means the public model.
@@ -107,7 +133,8 @@ export const resolveUpstreamModel = (
     case "regex": {
       const re = compileRe2(wanted)
       if (re === undefined) return unresolved(`invalid regex ${wanted}`)
-      const hits = providerModels.map(trim).filter((m) => m !== "" && re.test(m))
+      const hits = regexHits(re, providerModels.map(trim))
+      if (hits === undefined) return unresolved(`regex ${wanted} took over ${regexBudgetMs} ms (it backtracks; RE2 would not)`)
       return hits.length === 1 ? resolved(hits[0]!) : unresolved(`regex ${wanted} matched ${hits.length} models`)
     }
     case "normalize_exact": {
