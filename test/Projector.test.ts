@@ -591,6 +591,27 @@ describe("Models: renames and bookkeeping", () => {
     }))
 })
 
+describe("Models: values JSON cannot hold", () => {
+  it.live("a cost_per_token of NaN (Postgres's numeric takes it, and its >= 0 check passes) is InvalidRow, never \"cost_per_token\":null", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const db = yield* Effect.promise(() => freshDatabase("model_nan", ["outbox", "control-plane"]))
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const sync = yield* Projector
+        const id = yield* ControlPlane.createModel({ name: "priced", costPerToken: 0.5 })
+        yield* sync.syncModel(id)
+        for (const cost of ["NaN", "Infinity"]) {
+          yield* sql`UPDATE cp_models SET cost_per_token = ${cost}::numeric WHERE id = ${id}`
+          const failure = yield* Effect.flip(sync.syncModel(id))
+          expect(failure._tag).toBe("InvalidRow")
+          expect(failure.message).toContain(`model ${id}: costPerToken`)
+          expect(JSON.parse((yield* hgetall(`${p}meta:models`))["default.priced"]!).cost_per_token).toBe(0.5)
+        }
+      }).pipe(Effect.provide(direct_(p, db)))
+    }))
+})
+
 describe("Models: several names for one field", () => {
   it.live("gpt-4o and default.gpt-4o: the newer row holds the field; when it is deleted or renamed away the older one takes it back", () =>
     Effect.gen(function*() {

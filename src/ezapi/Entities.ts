@@ -68,7 +68,8 @@ export class Model extends Schema.Class<Model>("Model")({
   name: Schema.String,
   kind: Schema.Literal("chat", "embedding", "rerank", "other"),
   contextWindow: Schema.Number,
-  costPerToken: Schema.Number,
+  /** `numeric` takes `NaN` (and passes `>= 0`) and `Infinity`: JSON has neither (they came out as `null`). */
+  costPerToken: Schema.Number.pipe(Schema.finite()),
   maxOutputTokens: Schema.Number,
   supportsStreaming: Schema.Boolean,
   supportsTools: Schema.Boolean,
