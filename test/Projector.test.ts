@@ -392,6 +392,25 @@ describe("Revocation reaches the data plane", () => {
       }).pipe(Effect.provide(direct_(p, db)))
     }))
 
+  it.live("quota_limit and quota_used are written exactly: the bigint maximum is 9223372036854775807, not 9223372036854776000 (past int64)", () =>
+    Effect.gen(function*() {
+      const p = prefix()
+      const db = yield* Effect.promise(() => freshDatabase("quota_bigint", ["outbox", "control-plane"]))
+      yield* Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const sync = yield* Projector
+        const master = yield* ControlPlane.createMaster({ name: "m" })
+        const s = secret()
+        const id = yield* ControlPlane.createKey({ masterId: master, secret: s })
+        yield* sql`UPDATE cp_keys SET quota_limit = 9223372036854775807, quota_used = 9007199254740993 WHERE id = ${id}`
+        yield* sync.syncKey(id)
+        expect(yield* hgetall(`${p}auth:token:${Contract.hashToken(s)}`)).toMatchObject({
+          quota_limit: "9223372036854775807",
+          quota_used: "9007199254740993"
+        })
+      }).pipe(Effect.provide(direct_(p, db)))
+    }))
+
   it.live("a master deleted behind the outbox's back: sync_all removes its keys", () =>
     Effect.gen(function*() {
       const p = prefix()

@@ -66,7 +66,7 @@ const masterColumns = `id::float8 AS id, name, "group", status, epoch, global_qp
   default_namespace AS "defaultNamespace", namespaces, version::float8 AS version`
 const keyColumns = `k.id::float8 AS id, k.master_id::float8 AS "masterId", k.token_hash AS "tokenHash", k."group", k.status,
   k.scopes, k.model_limits AS "modelLimits", k.allow_ips AS "allowIps", k.deny_ips AS "denyIps", k.expires_at AS "expiresAt",
-  k.quota_limit::float8 AS "quotaLimit", k.quota_used::float8 AS "quotaUsed", k.quota_reset_at AS "quotaResetAt",
+  k.quota_limit::text AS "quotaLimit", k.quota_used::text AS "quotaUsed", k.quota_reset_at AS "quotaResetAt",
   k.issued_at_epoch AS "issuedAtEpoch", k.version::float8 AS version`
 const modelColumns = `id::float8 AS id, name, kind, context_window AS "contextWindow", cost_per_token::float8 AS "costPerToken",
   max_output_tokens AS "maxOutputTokens", supports_streaming AS "supportsStreaming", supports_tools AS "supportsTools",

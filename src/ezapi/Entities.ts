@@ -55,8 +55,13 @@ export class Key extends Schema.Class<Key>("Key")({
   allowIps: FlatList,
   denyIps: FlatList,
   expiresAt: Schema.NullOr(Time),
-  quotaLimit: Schema.NullOr(Schema.Number),
-  quotaUsed: Schema.Number,
+  /**
+   * `bigint` columns, read exactly (as decimal text): through a JS number, 9223372036854775807 (the
+   * usual "no limit") reached Redis as 9223372036854776000, past int64, which the balancer's
+   * integer parsing refuses.
+   */
+  quotaLimit: Schema.NullOr(Schema.BigInt),
+  quotaUsed: Schema.BigInt,
   quotaResetAt: Schema.NullOr(Time),
   /** The master's epoch when the key was issued: the key is revoked once the master's epoch exceeds it. */
   issuedAtEpoch: Schema.Number,
