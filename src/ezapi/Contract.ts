@@ -97,8 +97,28 @@ export const regexBudgetMs = 50
 const regexRun = new Script("models.filter((m) => m !== '' && re.test(m))")
 const regexContext = createContext({ re: /$^/, models: [] as ReadonlyArray<string> })
 
+/**
+ * Results by pattern and models: a budgeted run costs a fraction of a millisecond, and every
+ * bindings rebuild resolves the same selectors again. Bounded; cleared when full. The regex
+ * is compiled from the pattern alone, so pattern, flags and models decide the result.
+ */
+const regexCache = new Map<string, ReadonlyArray<string>>()
+
 /** The trimmed models `re` matches, or `undefined` past `regexBudgetMs`. */
 const regexHits = (re: RegExp, models: ReadonlyArray<string>): ReadonlyArray<string> | undefined => {
+  const key = JSON.stringify([re.source, re.flags, models])
+  const cached = regexCache.get(key)
+  if (cached !== undefined) return cached
+  const hits = regexHitsNow(re, models)
+  // A run past the budget is not kept: it may have been a slow moment, not the pattern.
+  if (hits !== undefined) {
+    if (regexCache.size >= 10_000) regexCache.clear()
+    regexCache.set(key, hits)
+  }
+  return hits
+}
+
+const regexHitsNow = (re: RegExp, models: ReadonlyArray<string>): ReadonlyArray<string> | undefined => {
   regexContext["re"] = re
   regexContext["models"] = models
   try {
