@@ -286,6 +286,10 @@ const sweep = (every: Duration.Duration, rate: number) =>
 export const layer: Layer.Layer<never, never, Reconciler | ConvergenceConfig | SqlClient.SqlClient> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* ConvergenceConfig
+    // Read here, at start, although only the loops below use it: a `reconciler` loaded untyped
+    // (the CLI's `--handlers` module) that does not provide one would otherwise kill those
+    // forked loops on their first look, unseen, while the worker says "reconciler on".
+    yield* Reconciler
     if (Option.isSome(config.lossCheckInterval)) yield* Effect.forkScoped(watchForLoss(config.lossCheckInterval.value))
     if (Option.isSome(config.interval)) yield* Effect.forkScoped(sweep(config.interval.value, config.rate))
   })

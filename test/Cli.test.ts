@@ -392,6 +392,41 @@ export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
     }
   }, 300_000)
 
+  it("a handlers module whose layers lack what they promise, need what the worker lacks, or never finish loading: exit 2, 2, 2, 1 with the fix, never an unexpected line or a silent 0", async () => {
+    const url = await freshDatabase("cli_bad_layers", ["outbox"])
+    const dir = join(scratch, "bad-layers")
+    mkdirSync(dir, { recursive: true })
+    const event = `const E = OutboxEvent.make({ resourceType: "plan", action: "update", payload: Schema.Unknown })
+export const eventTypes = [E]
+`
+    const head = `import { Context, Effect, Layer, Schema } from "effect"\nimport { handle, Handlers, OutboxEvent } from "sync-outbox"\n${event}`
+    const modules = {
+      // A layer, but not a Handlers one.
+      empty: `${head}export const layer = Layer.empty\n`,
+      // Handlers that need a service of the application's the module did not provide.
+      needs: `${head}class MyDb extends Context.Tag("app/MyDb")() {}
+export const layer = Handlers.layer(handle(E, () => Effect.void)).pipe(Layer.provide(Layer.effectDiscard(MyDb)))\n`,
+      // A reconciler that provides no Reconciler: the worker said "reconciler on" and never reconciled.
+      noReconciler: `${head}export const layer = Handlers.layer(handle(E, () => Effect.void))\nexport const reconciler = Layer.empty\n`,
+      // A top-level await that never settles, holding nothing: node would end the process with 0.
+      hangs: `await new Promise(() => {})\nexport const layer = 1\n`
+    }
+    for (const [name, text] of Object.entries(modules)) writeFileSync(join(dir, `${name}.js`), text)
+    const env = { DATABASE_URL: url, REDIS_URL: redisUrl() }
+    const run = (name: string, command: ReadonlyArray<string> = ["worker"]) => cli([...command, "--handlers", join(dir, `${name}.js`)], env)
+    const expectOne = (result: Result, code: number, text: string) => {
+      expect(result.code, result.stderr).toBe(code)
+      expect(result.stderr).toContain(text)
+      expect(result.stderr).not.toContain("unexpected")
+      expect(result.stderr.trim().split("\n")).toHaveLength(1)
+    }
+    expectOne(await run("empty"), 2, "the module's `layer` does not provide Handlers")
+    expectOne(await run("needs"), 2, "need the service app/MyDb, which the worker does not provide")
+    expectOne(await run("noReconciler"), 2, "the module's `reconciler` does not provide Reconciler")
+    expectOne(await run("noReconciler", ["verify"]), 2, "the module's `reconciler` does not provide Reconciler")
+    expectOne(await run("hangs"), 1, "the command cannot finish")
+  }, 300_000)
+
   it("worker applies events, serves /metrics (scraped and parsed), shows in status, drains on SIGTERM; sync-all resyncs", async () => {
     const url = await freshDatabase("cli_worker", ["outbox", "control-plane"])
     const p = prefix()

@@ -103,6 +103,28 @@ const configNames = (message: string) =>
   message.replace(/\(?Invalid data at ([A-Z0-9_.]+): "(.*?)"\)?(?=$|\s*(?:and|or)?\s*\()/g, (_, path: string, detail: string) =>
     `${path.replace(/\./g, "_")}: ${detail}`)
 
+/**
+ * "Service not found" is a defect our own code cannot raise (its layers are type-checked): it
+ * comes from a `--handlers` module's layers, which the CLI loads untyped. Either its `layer` (or
+ * `reconciler`) does not provide what it is exported as, or it needs a service of the
+ * application's that the worker does not offer. Both are the module's mistake (exit 2), and
+ * both have a fix worth saying.
+ */
+const missingService = (message: string): Report | undefined => {
+  const service = /^Service not found: (\S+)/.exec(message)?.[1]
+  if (service === undefined) return undefined
+  if (service === "sync-outbox/Handlers" || service === "sync-outbox/Reconciler") {
+    const [exported, built] = service === "sync-outbox/Handlers"
+      ? ["layer", "Handlers.layer(handle(...))"]
+      : ["reconciler", "Layer.succeed(Reconciler, ...)"]
+    return { code: 2, message: `handlers: the module's \`${exported}\` does not provide ${service.slice("sync-outbox/".length)}: export ${built}` }
+  }
+  return {
+    code: 2,
+    message: `handlers: the module's layers need the service ${service}, which the worker does not provide (it provides SqlClient, PgClient, PgPool, RedisSink and OutboxConfig): provide it inside the module, e.g. with Layer.provide`
+  }
+}
+
 const report = (cause: Cause.Cause<unknown>, stopIsSuccess: boolean): number => {
   // SIGTERM or Ctrl-C: the way to stop a worker or a watch (a clean stop); a one-shot command cut
   // short did not finish.
@@ -114,7 +136,7 @@ const report = (cause: Cause.Cause<unknown>, stopIsSuccess: boolean): number => 
     // A handlers module that registers one (resource type, action) twice is the user's mistake.
     : /registered twice/.test(messageOf(defect))
     ? { code: 2, message: `handlers: ${messageOf(defect)}` }
-    : { code: 1, message: `unexpected: ${Cause.pretty(cause).split("\n")[0]}` }
+    : missingService(messageOf(defect)) ?? { code: 1, message: `unexpected: ${Cause.pretty(cause).split("\n")[0]}` }
   // A message of several lines (a schema's paths) keeps them, indented under the first.
   const [first, ...rest] = message.split("\n")
   process.stderr.write(`sync-outbox: ${first}\n${rest.map((line) => `  ${line.trimStart()}\n`).join("")}`)
@@ -135,11 +157,23 @@ export const runMain = (program: Effect.Effect<void, unknown>, options: { readon
     signalled = true
     Effect.runFork(Fiber.interrupt(fiber))
   }
+  // Node ends a process whose event loop has nothing left to wait on, with code 0, even if the
+  // command has not finished: a promise that never settles and holds no handle (a handlers
+  // module whose top-level await never resolves) would end `worker` silently "successfully".
+  // The loop emptying while the command still runs means it can never finish: say so, exit 1.
+  const onEmptyLoop = () => {
+    process.stderr.write(
+      "sync-outbox: the command cannot finish: it waits on a promise that never settles, with nothing left running (e.g. a handlers module whose top-level await never resolves)\n"
+    )
+    process.exit(1)
+  }
   process.on("SIGINT", onSignal)
   process.on("SIGTERM", onSignal)
+  process.once("beforeExit", onEmptyLoop)
   fiber.addObserver((exit) => {
     process.off("SIGINT", onSignal)
     process.off("SIGTERM", onSignal)
+    process.off("beforeExit", onEmptyLoop)
     const code = Exit.isSuccess(exit) ? 0 : report(exit.cause, options.stopIsSuccess)
     process.exitCode = code
     // Everything the command opened is closed by now; a library's stray handle must not keep the
