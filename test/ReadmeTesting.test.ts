@@ -38,4 +38,25 @@ describe("README", () => {
     const block = section.slice(section.indexOf("```ts\n") + 6, section.indexOf("```\n", section.indexOf("```ts\n") + 6))
     expect(block).toBe(`import { expect, it } from "@effect/vitest"\n${example}`)
   })
+
+  it("names the vitest and @effect/vitest a user installs, at versions this repository's own tests run on (npm's latest are for effect 4)", () => {
+    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8")
+    const section = readme.slice(readme.indexOf("## Testing your outbox code"), readme.indexOf("## Configuration"))
+    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+      devDependencies: Record<string, string>
+    }
+    // `^1.2` as npm reads it: the same major, at least that minor; under 1.0, the same minor.
+    const caretAllows = (range: string, version: string) => {
+      const [major, minor] = range.replace(/^\^/, "").split(".").map(Number)
+      const [vMajor, vMinor] = version.replace(/^\D*/, "").split(".").map(Number)
+      return vMajor === major && (major === 0 ? vMinor === minor : vMinor! >= minor!)
+    }
+    for (const name of ["vitest", "@effect/vitest"]) {
+      const named = new RegExp(`npm i -D[^\\n]*\\s${name.replace("/", "\\/")}@(\\^[0-9.]+)`, "m").exec(section)
+      expect(named, `README's testing section installs ${name} with a version`).not.toBeNull()
+      expect(caretAllows(named![1]!, pkg.devDependencies[name]!), `${name}@${named![1]} vs ours ${pkg.devDependencies[name]}`).toBe(true)
+    }
+    // The first test on PGlite outlives vitest's default 5 s on a busy machine: the README says so.
+    expect(section).toMatch(/testTimeout/)
+  })
 })
