@@ -425,6 +425,7 @@ export const layer = Handlers.layer(handle(E, () => Effect.void)).pipe(Layer.pro
     expectOne(await run("noReconciler"), 2, "the module's `reconciler` does not provide Reconciler")
     expectOne(await run("noReconciler", ["verify"]), 2, "the module's `reconciler` does not provide Reconciler")
     expectOne(await run("hangs"), 1, "the command cannot finish")
+    expectOne(await run("hangs", ["enqueue", "--help"]), 1, "--help cannot finish")
   }, 300_000)
 
   it("worker applies events, serves /metrics (scraped and parsed), shows in status, drains on SIGTERM; sync-all resyncs", async () => {

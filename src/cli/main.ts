@@ -260,11 +260,20 @@ const main = async (argv: ReadonlyArray<string>) => {
       process.stdout.write(`${version()}\n`)
       return
     case "Help": {
+      // `enqueue --help` loads the handlers module: one whose top-level await never settles
+      // would leave node nothing to wait on, and it would end with 0 and no help (see runMain).
+      const stuck = () => {
+        process.stderr.write("sync-outbox: --help cannot finish: loading the handlers module waits on a promise that never settles\n")
+        process.exit(1)
+      }
+      process.once("beforeExit", stuck)
       try {
         process.stdout.write(await parsed.text())
       } catch (error) {
         process.stderr.write(`sync-outbox: ${error instanceof Error ? error.message : String(error)}\n`)
         process.exitCode = 2
+      } finally {
+        process.off("beforeExit", stuck)
       }
       return
     }
