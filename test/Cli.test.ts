@@ -257,6 +257,12 @@ describe("sync-outbox CLI", () => {
     const badNodes = await cli(["sync-all"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none", REDIS_CLUSTER_NODES: "127.0.0.1:abc" })
     expect(badNodes.code).toBe(2)
     expect(badNodes.stderr.trim()).toMatch(/^sync-outbox: REDIS_CLUSTER_NODES is not a list of Redis nodes; expected host:port/)
+    // `--handlers "$HANDLERS"` with HANDLERS unset ran the built-in ez-api sync instead of the user's handlers.
+    for (const args of [["worker", "--handlers", ""], ["worker", "--handlers="], ["dead", "list", "--resource-type", " "]]) {
+      const empty = await cli(args, { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" })
+      expect(empty.code, args.join(" ")).toBe(2)
+      expect(empty.stderr.trim()).toMatch(/^sync-outbox: --(handlers|resource-type) needs a value \((MODULE|TYPE)\), got an empty one$/)
+    }
     const badConfig = await cli(["worker"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none", SYNC_OUTBOX_BATCH_SIZE: "0" })
     expect(badConfig.code).toBe(2)
     expect(badConfig.stderr).toContain("SYNC_OUTBOX_BATCH_SIZE")

@@ -200,6 +200,9 @@ const parse = (argv: ReadonlyArray<string>): Parsed => {
       value = next
       i++
     }
+    // `--handlers "$HANDLERS"` with the variable unset: an empty value would mean "the default"
+    // further on (for --handlers, the built-in ez-api sync instead of the user's handlers).
+    if (value.trim() === "") throw new UsageFailure(`--${name} needs a value (${spec.value}), got an empty one`, found)
     if (spec.integer === true) {
       if (!/^-?\d+$/.test(value.trim())) throw new UsageFailure(`--${name} must be an integer, got "${value}"`, found)
       // Past 2^53 the number is no longer the one typed, and the database would refuse it as out
