@@ -6,7 +6,7 @@
  * run of each kind is recorded in `sync_outbox_reconciles` for `status` in other processes.
  */
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Clock, Config, ConfigError, Context, Either, Duration, Effect, Layer, Metric, Option, Random, Schedule } from "effect"
+import { Cause, Clock, Config, ConfigError, Context, Either, Duration, Effect, Layer, Metric, Option, Random, Schedule } from "effect"
 import { hostname } from "node:os"
 import { InvalidConfig } from "./Errors.js"
 import { integerConfig, parseDuration } from "./OutboxConfig.js"
@@ -229,6 +229,7 @@ const watchForLoss = (every: Duration.Duration) =>
     // and one count per incident, however many checks it spans.
     let incident = false
     let rebuildFailureSaid = false
+    let diedInARow = 0
     const check = Effect.gen(function*() {
       const lost = yield* reconciler.detectLoss
       if (Option.isNone(lost)) {
@@ -257,7 +258,17 @@ const watchForLoss = (every: Duration.Duration) =>
         rebuildFailureSaid = true
         return Effect.logWarning(`sync-outbox: rebuilding the sink failed, retrying: ${error.message}`)
       }),
-      Effect.tap(() => Effect.sync(() => (rebuildFailureSaid &&= incident)))
+      Effect.tap(() => Effect.sync(() => (rebuildFailureSaid &&= incident))),
+      Effect.tap(() => Effect.sync(() => (diedInARow = 0))),
+      // A defect (a bug in the reconciler: a throw, a die) ended this loop for good, said at
+      // debug level only, while the sink went unwatched. Said at error level, with its stack,
+      // once per streak (the check runs twice a second), and the next check runs as scheduled.
+      Effect.catchAllDefect((defect) => {
+        diedInARow++
+        return diedInARow === 1
+          ? Effect.logError("sync-outbox: the loss check died (a bug in the reconciler); checking again on schedule", Cause.die(defect))
+          : Effect.logDebug(`sync-outbox: the loss check died again (${diedInARow} in a row)`)
+      })
     )
     yield* Effect.repeat(check, Schedule.spaced(every))
   })
@@ -271,7 +282,10 @@ const sweep = (every: Duration.Duration, rate: number) =>
           ? Effect.logWarning(`sync-outbox: reconcile repaired drift: ${summary(report.value)}`)
           : Effect.void
       ),
-      Effect.catchAll((error) => Effect.logWarning(`sync-outbox: reconcile failed: ${error.message}`))
+      Effect.catchAll((error) => Effect.logWarning(`sync-outbox: reconcile failed: ${error.message}`)),
+      // A defect in the reconciler: said with its stack, and the next sweep still runs.
+      Effect.catchAllDefect((defect) =>
+        Effect.logError("sync-outbox: reconcile died (a bug in the reconciler); the next sweep runs on schedule", Cause.die(defect)))
     )
     // The first sweep waits up to one interval, at random, so that workers started together spread out.
     const first = yield* Random.nextRange(0.5, 1)

@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, ConfigProvider, Duration, Effect, Fiber, Layer, Metric, Option, Ref, TestClock } from "effect"
+import { Chunk, ConfigProvider, Duration, Effect, Fiber, Layer, Logger, Metric, Option, Ref, TestClock } from "effect"
 import { beforeAll } from "vitest"
 import {
   Convergence,
@@ -101,6 +101,55 @@ describe("Convergence", () => {
       )
       const runs = yield* Convergence.lastRuns
       expect(runs.find((r) => r.reason === "loss")).toMatchObject({ repair: true, error: null })
+    }).pipe(Effect.provide(sqlLayer(url)), Effect.scoped))
+
+  it.live("a reconciler that dies (a bug: it throws) stops neither loop: said once at error level, the sink still healed", () =>
+    Effect.gen(function*() {
+      const toy = yield* toyDomain()
+      const reconciler = yield* Reconciler.pipe(Effect.provide(toy.layer))
+      let lossChecksToDie = 5
+      let sweepsToDie = 2
+      let sweepsAfter = 0
+      const buggy: ReconcilerShape = {
+        detectLoss: Effect.suspend(() => {
+          if (lossChecksToDie > 0) {
+            lossChecksToDie--
+            throw new Error("bug in detectLoss")
+          }
+          return reconciler.detectLoss
+        }),
+        reconcile: (options) =>
+          Effect.suspend(() => {
+            if (!options.repair || options.rate === undefined) return reconciler.reconcile(options)
+            if (sweepsToDie > 0) {
+              sweepsToDie--
+              return Effect.die(new Error("bug in reconcile"))
+            }
+            sweepsAfter++
+            return reconciler.reconcile(options)
+          })
+      }
+      const logs: Array<{ level: string; message: string }> = []
+      const logger = Logger.replace(Logger.defaultLogger, Logger.make(({ logLevel, message }) => {
+        logs.push({ level: logLevel.label, message: Array.isArray(message) ? String(message[0]) : String(message) })
+      }))
+      yield* Effect.gen(function*() {
+        toy.sink.clear()
+        toy.state.marker = false
+        // The loss check died five times; the sixth finds the loss and the sink is rebuilt.
+        yield* eventually(Effect.sync(() => toy.sink.size), (n) => n === 3, { timeout: 10_000 })
+        // The sweep died twice and still runs.
+        yield* eventually(Effect.sync(() => sweepsAfter), (n) => n > 0, { timeout: 10_000 })
+      }).pipe(
+        Effect.provide(Convergence.layer.pipe(
+          Layer.provide(ConvergenceConfig.layer({ interval: Option.some(Duration.millis(50)), lossCheckInterval: Option.some(Duration.millis(20)) })),
+          Layer.provide(Layer.succeed(Reconciler, buggy))
+        )),
+        Effect.provide(logger)
+      )
+      const errors = logs.filter((l) => l.level === "ERROR").map((l) => l.message)
+      expect(errors.filter((m) => m.includes("the loss check died"))).toHaveLength(1)
+      expect(errors.filter((m) => m.includes("reconcile died"))).toHaveLength(2)
     }).pipe(Effect.provide(sqlLayer(url)), Effect.scoped))
 
   it.live("the periodic sweep repairs missing, stale and orphaned entries, and records what it found", () =>
