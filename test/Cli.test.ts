@@ -398,6 +398,44 @@ export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
     }
   }, 300_000)
 
+  it("a handler's error message with newlines and terminal escapes is logged on one escaped line: it cannot forge a log line or colour the terminal", async () => {
+    const url = await freshDatabase("cli_log_escape", ["outbox"])
+    const dir = join(scratch, "log-escape")
+    mkdirSync(dir, { recursive: true })
+    const module = join(dir, "handlers.js")
+    writeFileSync(
+      module,
+      `import { Effect, Schema } from "effect"
+import { handle, Handlers, OutboxEvent } from "sync-outbox"
+export const Touched = OutboxEvent.make({ resourceType: "touched", action: "set", requiresResourceId: true, payload: Schema.Struct({}) })
+export const eventTypes = [Touched]
+export const layer = Handlers.layer(handle(Touched, () =>
+  Effect.fail(new Error("upstream said:\\ntimestamp=2026-01-01T00:00:00.000Z level=INFO message=forged \\u001b[31mred"))))
+`
+    )
+    const env = { DATABASE_URL: url, REDIS_URL: redisUrl(), SYNC_OUTBOX_MAX_RETRIES: "1" }
+    const child = spawn("node", [bin, "worker", "--handlers", module], { env: { ...process.env, ...env }, cwd: root })
+    let out = ""
+    child.stdout.on("data", (d) => (out += String(d)))
+    child.stderr.on("data", (d) => (out += String(d)))
+    try {
+      await query(url, "SELECT sync_outbox_enqueue('touched', 'set', 1, '{}')")
+      const deadline = Date.now() + 60_000
+      while (Date.now() < deadline && child.exitCode === null && !/is dead after 1 attempt/.test(out)) {
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      const line = out.split("\n").find((l) => l.includes("is dead after 1 attempt"))
+      expect(line, out).toBeDefined()
+      expect(line).toContain("upstream said:\\ntimestamp=2026-01-01T00:00:00.000Z level=INFO message=forged \\u001b[31mred")
+      expect(out.split("\n").filter((l) => l.startsWith("timestamp=2026-01-01"))).toEqual([])
+      expect(out).not.toContain("\u001b")
+    } finally {
+      child.kill("SIGTERM")
+      const code = child.exitCode ?? await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)))
+      expect(code, out).toBe(0)
+    }
+  }, 300_000)
+
   it("a handlers module whose layers lack what they promise, need what the worker lacks, or never finish loading: exit 2, 2, 2, 1 with the fix, never an unexpected line or a silent 0", async () => {
     const url = await freshDatabase("cli_bad_layers", ["outbox"])
     const dir = join(scratch, "bad-layers")

@@ -6,6 +6,7 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 
 const usageTags = new Set([
@@ -149,7 +150,10 @@ export const runMain = (program: Effect.Effect<void, unknown>, options: { readon
     if (error.code === "EPIPE") process.exit(0)
     throw error
   })
-  const fiber = Effect.runFork(program)
+  // logfmt, quoted and escaped: a message carries what a handler or a database said, and Effect's
+  // default logger wrote its newlines and terminal escapes raw (a line that forges another, a
+  // colour that sticks to the operator's terminal).
+  const fiber = Effect.runFork(Effect.provide(program, Logger.logFmt))
   let signalled = false
   const onSignal = () => {
     // A second signal means "now": do not wait for the drain.

@@ -1,6 +1,7 @@
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Runtime from "effect/Runtime"
 import { oneLine } from "../../Errors.js"
 import * as Migrations from "../../Migrations.js"
 import { OutboxConfig } from "../../OutboxConfig.js"
@@ -53,9 +54,10 @@ export const run = ({ options }: Input) =>
  * worker owns this process: such a rejection is logged as the error it is, and the worker goes on.
  */
 const survivingStrayRejections = Effect.acquireRelease(
-  Effect.sync(() => {
+  Effect.map(Effect.runtime<never>(), (runtime) => {
     const onRejection = (reason: unknown) => {
-      Effect.runFork(Effect.logError(
+      // In the command's runtime: its logger.
+      Runtime.runFork(runtime)(Effect.logError(
         `sync-outbox: a promise rejected with nothing to handle it (a call not awaited in a handler?); the worker carries on: ${oneLine(reason)}`
       ))
     }
