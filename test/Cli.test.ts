@@ -89,8 +89,10 @@ describe("sync-outbox CLI", () => {
     const later = await cli(["migrate", "--dir", dir], { DATABASE_URL: url })
     expect(later).toMatchObject({ code: 0, stdout: "applied control-plane/0002_later.sql\n" })
     const missing = await cli(["migrate", "--dir", join(dir, "nope")], { DATABASE_URL: url })
-    expect(missing.code).toBe(1)
-    expect(missing.stderr).toMatch(/migrations folder .*nope.* not found/)
+    // The operator's mistake, in the operator's terms: the flag, exit 2 (it was exit 1 and named
+    // the library's `directory` option).
+    expect(missing.code).toBe(2)
+    expect(missing.stderr).toMatch(/--dir .*nope is not a migrations folder: it has no outbox\/ or control-plane\/ inside/)
   }, 300_000)
 
   it("a database that was never migrated: status, dead list and worker say to run migrate", async () => {
