@@ -9,7 +9,9 @@ import { join } from "node:path"
 import { Redis } from "ioredis"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { SqlError } from "@effect/sql"
 import { createDatabase, freePort } from "../scripts/services.js"
+import { describe as describeFailure } from "../src/cli/run.js"
 import { freshDatabase, postgresUrl, prefix, redisUrl } from "./support/harness.js"
 
 const root = new URL("..", import.meta.url).pathname
@@ -233,6 +235,16 @@ describe("sync-outbox CLI", () => {
     expect((await cli(["dead", "purge", "--resource-type", "key"], env)).stdout.trim()).toBe("purged 2")
     expect((await cli(["dead", "list"], env)).stdout.trim()).toBe("no dead letters")
   }, 300_000)
+
+  it("a statement Postgres cancelled for its time names SYNC_OUTBOX_DB_STATEMENT_TIMEOUT, not the URL", () => {
+    // What SYNC_OUTBOX_DB_STATEMENT_TIMEOUT=1ms makes of the pool's first SELECT 1 (not reproducible
+    // on demand against a real server: a SELECT 1 often finishes within a millisecond).
+    const cause = Object.assign(new Error("canceling statement due to statement timeout"), { code: "57014" })
+    const report = describeFailure(new SqlError.SqlError({ cause, message: "cannot connect to Postgres: canceling statement due to statement timeout" }))
+    expect(report.code).toBe(1)
+    expect(report.message).toContain("SYNC_OUTBOX_DB_STATEMENT_TIMEOUT")
+    expect(report.message).not.toContain("check DATABASE_URL")
+  })
 
   it("configuration mistakes exit with one clear line: unreachable, not a URL, not set", async () => {
     const down = await cli(["status"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" })

@@ -79,6 +79,10 @@ export const describe = (error: unknown): Report => {
       return { code: 1, message: `${text}: ${fix}` }
     }
     if (state === "3D000") return { code: 1, message: `${text}: create it, or fix DATABASE_URL` }
+    // Postgres answered and cancelled the statement for its time: the URL is right, the bound is not.
+    if (state === "57014") {
+      return { code: 1, message: `${text} (the bound is SYNC_OUTBOX_DB_STATEMENT_TIMEOUT: raise it, or see what holds the database up)` }
+    }
     if (/ECONNREFUSED|ENOTFOUND|EAI_AGAIN|timeout|password authentication/i.test(text)) {
       return { code: 1, message: `${text} (check DATABASE_URL)` }
     }
