@@ -408,6 +408,14 @@ describe("Revocation reaches the data plane", () => {
           quota_limit: "9223372036854775807",
           quota_used: "9007199254740993"
         })
+        // The same amounts through the control plane's own API, as bigints.
+        const t = secret()
+        const other = yield* ControlPlane.createKey({ masterId: master, secret: t, quotaLimit: 9223372036854775807n, quotaUsed: 9007199254740993n })
+        yield* sync.syncKey(other)
+        expect(yield* hgetall(`${p}auth:token:${Contract.hashToken(t)}`)).toMatchObject({
+          quota_limit: "9223372036854775807",
+          quota_used: "9007199254740993"
+        })
       }).pipe(Effect.provide(direct_(p, db)))
     }))
 

@@ -413,8 +413,9 @@ export interface KeyInput {
   readonly allowIps?: ReadonlyArray<string>
   readonly denyIps?: ReadonlyArray<string>
   readonly expiresAt?: Date | null
-  readonly quotaLimit?: number | null
-  readonly quotaUsed?: number
+  /** `bigint` for amounts past 2^53 (the column is a bigint; a number cannot hold 9223372036854775807). */
+  readonly quotaLimit?: number | bigint | null
+  readonly quotaUsed?: number | bigint
   readonly quotaResetAt?: Date | null
   /** Default: the master's epoch when the key is created. */
   readonly issuedAtEpoch?: number
