@@ -86,6 +86,25 @@ export class HandlerTimeout extends Data.TaggedError("HandlerTimeout")<{
   readonly message: string
 }> {}
 
+const leaseExpiredText = "held this event until its lease ran out without recording an outcome (it stopped, crashed or lost Postgres while applying it)"
+
+/**
+ * A worker's lease on an event ran out with no outcome recorded: the worker was killed, crashed
+ * (a handler that calls `process.exit`, say) or lost Postgres while applying it. The next claim
+ * counts that run as the event's failed attempt, so an event that ends every worker taking it
+ * becomes a dead letter after MAX_RETRIES instead of a crash loop.
+ */
+export class LeaseExpired extends Data.TaggedError("LeaseExpired")<{
+  /** The worker that held the lease. */
+  readonly owner: string
+}> {
+  override get message() {
+    return `worker ${this.owner} ${leaseExpiredText}`
+  }
+  /** The same message built in SQL from an owner expression (the claim records it). */
+  static readonly sqlMessage = (owner: string): string => `'worker ' || ${owner} || ' ${leaseExpiredText}'`
+}
+
 /** A configuration value that cannot be used; raised at startup, never later. */
 export class InvalidConfig extends Data.TaggedError("InvalidConfig")<{
   readonly message: string

@@ -20,6 +20,17 @@ import * as Statements from "./Statements.js"
 /** A claimed event, and whether another pending event of its key waits behind it. */
 export interface Claimed extends OutboxEvent.ClaimedEvent {
   readonly successor: boolean
+  /**
+   * The worker whose lease on this event ran out before it recorded an outcome (it stopped,
+   * crashed or lost Postgres while applying it), else null. The claim counted that run as a
+   * failed attempt (`LeaseExpired`, in `retryCount` and the failure history).
+   */
+  readonly abandonedBy: string | null
+  /**
+   * Its last recorded attempt ended that way (`LeaseExpired`), now or before: it may be what ended
+   * that worker, so the worker runs it alone, after the rest of its batch is written down.
+   */
+  readonly lastAttemptLost: boolean
 }
 
 /** One failed attempt to record. `dead: true` parks the row; otherwise it is retried at `nextRetryAt`. */
@@ -109,9 +120,16 @@ export interface LeasesOptions {
 
 interface ClaimRow extends Statements.EventRow {
   readonly successor: boolean
+  readonly abandoned_by: string | null
+  readonly last_attempt_lost: boolean
 }
 
-const toClaimed = (row: ClaimRow): Claimed => ({ ...Statements.toClaimedEvent(row), successor: row.successor === true })
+const toClaimed = (row: ClaimRow): Claimed => ({
+  ...Statements.toClaimedEvent(row),
+  successor: row.successor === true,
+  abandonedBy: row.abandoned_by ?? null,
+  lastAttemptLost: row.last_attempt_lost === true
+})
 
 // RETURNING has no order; callers get events oldest first (ids are bigints as text).
 const byId = (a: { readonly id: string }, b: { readonly id: string }) =>

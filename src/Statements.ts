@@ -7,6 +7,7 @@
  * that every client counts rows the same way.
  */
 
+import { LeaseExpired } from "./Errors.js"
 import type { ClaimedEvent, StoredEvent } from "./OutboxEvent.js"
 
 /** A statement the worker runs often: prepared once per connection under `name` when it can be. */
@@ -43,6 +44,12 @@ RETURNING id::text AS id`
  */
 const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coalesce($${n}::text, current_setting('synchronous_commit')), true))`
 
+/** The owner of a lease on `row` that ran out with no outcome recorded, else NULL (see `claim`). */
+const abandonedBy = (row: string) =>
+  `CASE WHEN ${row}.lease_owner IS NOT NULL AND ${row}.lease_expires_at <= $2 AND ${row}.next_retry_at < ${row}.lease_expires_at THEN ${row}.lease_owner END`
+
+const abandonedMessage = LeaseExpired.sqlMessage
+
 /**
  * The claim, in one statement. `picked`: due, unleased rows in id order, skipping keys with a live
  * lease (and, for non-coalescing types, keys with an older pending row), locked with SKIP LOCKED.
@@ -55,13 +62,22 @@ const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coal
  * pending row of its key waits behind this one (and is not covered by it), so the worker claims
  * that one as soon as this one is done rather than on the next poll.
  *
+ * A lease that ran out with no outcome recorded was an attempt all the same: its worker stopped,
+ * crashed or lost Postgres while applying the event (a handler that ends the process does this
+ * to every worker that takes it). The claim counts it (`retry_count`, `last_error`, a history row
+ * tagged `LeaseExpired`) and returns the lost owner as `abandoned_by`, so such an event ends as a
+ * dead letter instead of a crash loop; `last_attempt_lost` says the last recorded attempt was
+ * one of those (the worker runs such events alone: see `Loop`). A lease kept after a recorded timeout is not one: its
+ * retry is due no earlier than its end (`fail`), while a claimed row was due before its lease
+ * began.
+ *
  * $1 owner, $2 now, $3 lease end, $4 batch size.
  */
 export const claim: Statement = {
   name: "sync_outbox_claim",
   text: `
 WITH picked AS MATERIALIZED (
-  SELECT c.id, c.ordering_key, c.coalesce
+  SELECT c.id, c.ordering_key, c.coalesce, ${abandonedBy("c")} AS abandoned_by
   FROM sync_outbox c
   WHERE c.status = 'pending'
     AND c.next_retry_at <= $2
@@ -82,7 +98,7 @@ WITH picked AS MATERIALIZED (
   SELECT keys AS ordering_keys, cardinality(keys) = (SELECT cardinality(ordering_keys) FROM candidates) AS all_keys
   FROM sync_outbox_claim_keys((SELECT ordering_keys FROM candidates), $2) AS keys
 ), chosen AS MATERIALIZED (
-  SELECT p.id, p.ordering_key, p.coalesce FROM picked p
+  SELECT p.id, p.ordering_key, p.coalesce, p.abandoned_by FROM picked p
   WHERE (SELECT all_keys FROM claimable) OR p.ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
 ), targets AS MATERIALIZED (
   -- By id rather than by key: a join on the key alone made the generic plan scan the table.
@@ -91,10 +107,10 @@ WITH picked AS MATERIALIZED (
   -- but none behind a pending non-coalescing event of the key (that one comes first).
   -- Siblings another claim holds locked (it picked them, then lost the key to us) are skipped,
   -- not waited for: two claims waiting on each other's rows would deadlock.
-  SELECT id, ordering_key, coalesce FROM chosen
+  SELECT id, ordering_key, coalesce, abandoned_by FROM chosen
   UNION
-  SELECT id, ordering_key, coalesce FROM (
-    SELECT o.id, o.ordering_key, o.coalesce FROM sync_outbox o
+  SELECT id, ordering_key, coalesce, abandoned_by FROM (
+    SELECT o.id, o.ordering_key, o.coalesce, ${abandonedBy("o")} AS abandoned_by FROM sync_outbox o
     WHERE o.ordering_key = ANY (ARRAY(SELECT DISTINCT ordering_key FROM chosen WHERE coalesce))
       AND o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
       AND NOT EXISTS (
@@ -117,19 +133,36 @@ WITH picked AS MATERIALIZED (
         AND (s.lease_expires_at IS NULL OR s.lease_expires_at <= $2)
     ) > k.older
   ) AS ordering_keys
+), abandoned AS MATERIALIZED (
+  -- Usually empty. Parallel arrays: RETURNING sees the new row, and looks its old owner up here.
+  SELECT ARRAY(SELECT id FROM targets WHERE abandoned_by IS NOT NULL) AS ids,
+    ARRAY(SELECT abandoned_by FROM targets WHERE abandoned_by IS NOT NULL) AS owners
+), claimed AS (
+  UPDATE sync_outbox o
+  SET lease_owner = $1, lease_expires_at = $3,
+    retry_count = o.retry_count + CASE WHEN ${abandonedBy("o")} IS NULL THEN 0 ELSE 1 END,
+    last_error = CASE WHEN ${abandonedBy("o")} IS NULL THEN o.last_error ELSE 'LeaseExpired: ' || ${abandonedMessage("o.lease_owner")} END
+  -- An array of ids, not a join: probed in the primary key whatever the plan's estimates.
+  WHERE o.id = ANY (ARRAY(SELECT id FROM targets WHERE NOT (ordering_key = ANY ((SELECT ordering_keys FROM skipped)::text[]))))
+    AND o.status = 'pending'
+    AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
+  RETURNING o.id, o.resource_type, o.action, o.resource_id, o.ordering_key,
+    o.payload, o.coalesce, o.retry_count, o.created_at, o.attempts_before, o.last_error,
+    (SELECT a.owners[array_position(a.ids, o.id)] FROM abandoned a) AS abandoned_by,
+    EXISTS (
+      SELECT 1 FROM sync_outbox n
+      WHERE n.ordering_key = o.ordering_key AND n.status = 'pending' AND n.id > o.id
+        AND NOT (o.coalesce AND n.coalesce)) AS successor
+), lost AS (
+  INSERT INTO sync_outbox_failures (outbox_id, attempt, error_tag, message, failed_at)
+  SELECT id, attempts_before + retry_count, 'LeaseExpired', ${abandonedMessage("abandoned_by")}, $2
+  FROM claimed WHERE abandoned_by IS NOT NULL
+  ON CONFLICT (outbox_id, attempt) DO NOTHING
 )
-UPDATE sync_outbox o
-SET lease_owner = $1, lease_expires_at = $3
--- An array of ids, not a join: probed in the primary key whatever the plan's estimates.
-WHERE o.id = ANY (ARRAY(SELECT id FROM targets WHERE NOT (ordering_key = ANY ((SELECT ordering_keys FROM skipped)::text[]))))
-  AND o.status = 'pending'
-  AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
-RETURNING o.id::text AS id, o.resource_type, o.action, o.resource_id::float8 AS resource_id, o.ordering_key,
-  o.payload, o.coalesce, o.retry_count, o.created_at,
-  EXISTS (
-    SELECT 1 FROM sync_outbox n
-    WHERE n.ordering_key = o.ordering_key AND n.status = 'pending' AND n.id > o.id
-      AND NOT (o.coalesce AND n.coalesce)) AS successor`
+SELECT id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key,
+  payload, coalesce, retry_count, created_at, abandoned_by, successor,
+  coalesce(starts_with(last_error, 'LeaseExpired: '), false) AS last_attempt_lost
+FROM claimed`
 }
 
 /** Delete completed rows, fenced on the lease owner. $1 owner, $2 ids, $3 commit mode. */

@@ -412,6 +412,85 @@ export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
     }
   }, 300_000)
 
+  it("a handler that ends the process, restarted by a supervisor: its event is a dead letter after MAX_RETRIES lost leases, every other event of its batch is applied, each having lost one attempt at most", async () => {
+    const url = await freshDatabase("cli_poison", ["outbox"])
+    const p = prefix()
+    const dir = join(scratch, "poison")
+    mkdirSync(dir, { recursive: true })
+    const module = join(dir, "handlers.js")
+    writeFileSync(
+      module,
+      `import { Effect, Schema } from "effect"
+import { handle, Handlers, OutboxEvent, RedisSink } from "sync-outbox"
+export const Touched = OutboxEvent.make({ resourceType: "touched", action: "set", requiresResourceId: true, payload: Schema.Struct({}) })
+export const eventTypes = [Touched]
+export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
+  resourceId === 3
+    ? Effect.sync(() => process.exit(1))
+    : Effect.flatMap(RedisSink, (redis) => redis.use((c) => c.set(${JSON.stringify(p)} + ":touched:" + resourceId, "1")))))
+`
+    )
+    const env = {
+      DATABASE_URL: url,
+      REDIS_URL: redisUrl(),
+      SYNC_OUTBOX_MAX_RETRIES: "3",
+      SYNC_OUTBOX_LEASE: "2s",
+      SYNC_OUTBOX_CALL_TIMEOUT: "1s",
+      SYNC_OUTBOX_INTERVAL: "200ms"
+    }
+    // One batch: all six are pending before the first worker starts.
+    for (const id of [1, 2, 3, 4, 5, 6]) await query(url, "SELECT sync_outbox_enqueue('touched', 'set', $1, '{}')", [id])
+    const [poison] = await query<{ id: string }>(url, "SELECT id::text AS id FROM sync_outbox WHERE resource_id = 3")
+    const redis = new Redis(redisUrl())
+    const keys = [1, 2, 4, 5, 6].map((id) => `${p}:touched:${id}`)
+    const crashes: Array<number | null> = []
+    let out = ""
+    try {
+      // A supervisor: each worker that exits is replaced at once, ten times at most.
+      for (let run = 0; run < 10; run++) {
+        const child = spawn("node", [bin, "worker", "--handlers", module], { env: { ...process.env, ...env }, cwd: root })
+        child.stdout.on("data", (d) => (out += String(d)))
+        child.stderr.on("data", (d) => (out += String(d)))
+        const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
+        const deadline = Date.now() + 60_000
+        let settled = false
+        while (Date.now() < deadline && child.exitCode === null) {
+          const [row] = await query<{ status: string }>(url, "SELECT status FROM sync_outbox WHERE id = $1::bigint", [poison!.id])
+          const [{ pending }] = await query<{ pending: number }>(url, "SELECT count(*)::int AS pending FROM sync_outbox WHERE status = 'pending'") as [{ pending: number }]
+          if (row?.status === "dead" && pending === 0 && /is dead after 3 attempt/.test(out)) {
+            settled = true
+            break
+          }
+          await new Promise((r) => setTimeout(r, 100))
+        }
+        if (settled) {
+          child.kill("SIGTERM")
+          expect(await exited, out).toBe(0)
+          break
+        }
+        crashes.push(await exited)
+      }
+      expect(crashes, out).toEqual([1, 1, 1])
+      expect(await redis.mget(keys)).toEqual(["1", "1", "1", "1", "1"])
+      const history = await query<{ outbox_id: string; error_tag: string }>(
+        url,
+        "SELECT outbox_id::text, error_tag FROM sync_outbox_failures ORDER BY outbox_id, attempt"
+      )
+      // Only the poison event's history is left (the applied ones' went with their rows): three lost leases.
+      expect(history).toEqual([1, 2, 3].map(() => ({ outbox_id: poison!.id, error_tag: "LeaseExpired" })))
+      const [dead] = await query<{ retry_count: number; last_error: string }>(url, "SELECT retry_count, last_error FROM sync_outbox WHERE id = $1::bigint", [poison!.id])
+      expect(dead!.retry_count).toBe(3)
+      expect(dead!.last_error).toMatch(/^LeaseExpired: worker \S+ held this event until its lease ran out/)
+      // The others lost one attempt at most (the first crash took the whole batch down), in the journal.
+      const journal = await query<{ attempts: number }>(url, "SELECT attempts FROM sync_outbox_journal ORDER BY id")
+      expect(journal).toHaveLength(5)
+      for (const row of journal) expect(row.attempts).toBeLessThanOrEqual(2)
+    } finally {
+      await redis.del(...keys)
+      redis.disconnect()
+    }
+  }, 300_000)
+
   it("a handler's error message with newlines and terminal escapes is logged on one escaped line: it cannot forge a log line or colour the terminal", async () => {
     const url = await freshDatabase("cli_log_escape", ["outbox"])
     const dir = join(scratch, "log-escape")

@@ -8,9 +8,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Context, Data, Duration, Effect, Layer, Redacted, Ref, Schema } from "effect"
+import { Clock, Context, Data, Duration, Effect, Layer, Redacted, Ref, Schema, TestClock } from "effect"
 import { beforeAll } from "vitest"
-import { enqueue, enqueueMany, event, handle, Handlers, OutboxEvent, RedisSink, Store, type OutboxConfigShape } from "../src/index.js"
+import { enqueue, enqueueMany, event, handle, Handlers, LeaseExpired, OutboxEvent, RedisSink, Store, type OutboxConfigShape } from "../src/index.js"
 import { layer as testKit, layerMemory, layerWith, OutboxTest, SinkControl } from "../src/testing/index.js"
 import { eventually, freshDatabase, prefix, redisUrl, sqlLayer } from "./support/harness.js"
 import { startProxy } from "./support/proxy.js"
@@ -249,6 +249,65 @@ describe.each([
       expect(yield* get(`${p}kv`)).toBe("v")
     }).pipe(Effect.provide(layer({
       handlers: Handlers.layer(handle(KvSet, ({ payload }) => Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(`${p}kv`, payload)))))
+    })))
+  })
+
+  it.effect("leases: each worker that dies holding an event costs it an attempt (LeaseExpired, naming the worker); out of attempts it is a dead letter, its handler never run again", () => {
+    const Poison = OutboxEvent.make({ resourceType: "poison", action: "apply", payload: Schema.String })
+    let runs = 0
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const store = yield* Store
+      const id = yield* enqueue(Poison, { payload: "ends the process" })
+      // Two workers take it in turn and die with it, as a handler that calls process.exit makes them.
+      const first = yield* store.claim("dies-first", 1_000, 10)
+      expect(first.map((e) => [e.id, e.retryCount, e.abandonedBy])).toEqual([[id, 0, null]])
+      yield* TestClock.adjust("1 second")
+      const second = yield* store.claim("dies-second", 1_000, 10)
+      expect(second.map((e) => [e.id, e.retryCount, e.abandonedBy])).toEqual([[id, 1, "dies-first"]])
+      yield* TestClock.adjust("1 second")
+      // The worker finds the second lease run out too: that was the last of its two attempts.
+      const report = yield* outbox.drain
+      expect(report.dead.map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[id, 2, "LeaseExpired"]])
+      expect(runs).toBe(0)
+      const { event: row, failures } = yield* outbox.show(id)
+      expect(row.status).toBe("dead")
+      expect(row.lastError).toBe(`LeaseExpired: ${new LeaseExpired({ owner: "dies-second" }).message}`)
+      expect(failures.map((f) => [f.attempt, f.errorTag, f.message])).toEqual([
+        [1, "LeaseExpired", "worker dies-first held this event until its lease ran out without recording an outcome (it stopped, crashed or lost Postgres while applying it)"],
+        [2, "LeaseExpired", new LeaseExpired({ owner: "dies-second" }).message]
+      ])
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Poison, () => Effect.sync(() => void runs++))),
+      // No poll while the test's own "workers" hold it: only the drain makes the worker look.
+      config: { maxRetries: 2, interval: Duration.hours(1) }
+    })))
+  })
+
+  it.effect("leases: a lease that ran out after the timeout it held for was recorded is not counted again", () => {
+    const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const store = yield* Store
+      const id = yield* enqueue(Hangs, { payload: "x" })
+      const [claimed] = yield* store.claim("timed-out", 1_000, 10)
+      // What a worker records for a call that timed out while still running: the row stays leased to it.
+      yield* store.fail("timed-out", [{
+        id,
+        attempt: claimed!.retryCount + 1,
+        tag: "HandlerTimeout",
+        message: "still running",
+        nextRetryAt: new Date((yield* Clock.currentTimeMillis) + 100),
+        dead: false,
+        keepLease: true
+      }])
+      yield* TestClock.adjust("1 second")
+      const retaken = yield* store.claim("next", 1_000, 10)
+      expect(retaken.map((e) => [e.id, e.retryCount, e.abandonedBy])).toEqual([[id, 1, null]])
+      expect((yield* outbox.show(id)).failures.map((f) => f.errorTag)).toEqual(["HandlerTimeout"])
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Hangs, () => Effect.void)),
+      config: { interval: Duration.hours(1) }
     })))
   })
 

@@ -19,7 +19,7 @@ import type { SqlConnection } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Clock, Context, Effect, Stream } from "effect"
 import type { AdminShape, DeadSelector, LiveWorker, Stats } from "../Admin.js"
-import { EventNotFound, FailureRecord } from "../Errors.js"
+import { EventNotFound, FailureRecord, LeaseExpired } from "../Errors.js"
 import type { Claimed, Failure, LeasesShape, WorkerRow } from "../Leases.js"
 import * as Statements from "../Statements.js"
 
@@ -351,13 +351,33 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
             newest.set(row.orderingKey, row.id)
             if (!row.coalesce) newestPlain.set(row.orderingKey, row.id)
           }
+          // A lease that ran out with no outcome recorded counts as a failed attempt
+          // (`LeaseExpired`); one kept after a recorded timeout does not (its retry is due no
+          // earlier than its end).
+          const abandonedBy = new Map<Row, string>()
           for (const row of leased) {
+            if (row.leaseOwner !== null && row.leaseExpiresAt !== null && row.nextRetryAt < row.leaseExpiresAt) {
+              abandonedBy.set(row, row.leaseOwner)
+              const message = new LeaseExpired({ owner: row.leaseOwner }).message
+              row.retryCount++
+              row.lastError = `LeaseExpired: ${message}`
+              const key = String(row.id)
+              const history = failures.get(key) ?? []
+              const attempt = row.attemptsBefore + row.retryCount
+              if (!history.some((h) => h.attempt === attempt)) {
+                history.push({ attempt, tag: "LeaseExpired", message, failedAt: at })
+                history.sort((a, b) => a.attempt - b.attempt)
+                failures.set(key, history)
+              }
+            }
             row.leaseOwner = owner
             row.leaseExpiresAt = leaseEnd
           }
           return leased.map((row) => ({
             ...Statements.toClaimedEvent(eventRow(row)),
-            successor: ((row.coalesce ? newestPlain : newest).get(row.orderingKey) ?? -1n) > row.id
+            successor: ((row.coalesce ? newestPlain : newest).get(row.orderingKey) ?? -1n) > row.id,
+            abandonedBy: abandonedBy.get(row) ?? null,
+            lastAttemptLost: row.lastError?.startsWith("LeaseExpired: ") === true
           }))
         },
         catch: (error) => (error instanceof SqlError.SqlError ? error : sqlError("sync-outbox claim failed", error))

@@ -16,7 +16,7 @@ import type { OutboxConfigShape } from "../OutboxConfig.js"
 import type { Breaker } from "./Breaker.js"
 import { causeLine } from "./Causes.js"
 import type { DueTimer } from "./DueTimer.js"
-import { fromApply, groupByKey, type Outcome } from "./Outcome.js"
+import { fromApply, type Group, groupByKey, isolateSuspects, type Outcome, partitionAbandoned } from "./Outcome.js"
 import type { Recorder } from "./Recorder.js"
 
 /**
@@ -87,16 +87,9 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       return outcomes
     })
 
-  /** Apply a claimed batch; returns whether an event done now has another of its key waiting. */
-  const processBatch = (events: ReadonlyArray<Claimed>, leaseEndsAt: number) =>
+  /** Apply groups of a batch: keys with one event (or coalesced) together, sequences beside them. */
+  const applyGroups = (groups: ReadonlyArray<Group<Claimed>>, leaseEndsAt: number) =>
     Effect.gen(function*() {
-      // What has not begun when we stop or the sink is known down goes back without an attempt.
-      if ((yield* isStopping) || (yield* breaker.isOpen)) {
-        yield* recorder.flush
-        yield* recorder.record([{ _tag: "Released", ids: events.map((e) => e.id), unavailable: false }])
-        return false
-      }
-      const groups = groupByKey(events)
       const single = groups.filter((g) => g.sequence.length === 0)
       const sequences = groups.filter((g) => g.sequence.length > 0)
       const applySingles = handlers.applyAll(single.map((g) => g.target), { concurrency: config.concurrency, timeout: config.callTimeout, admit })
@@ -107,12 +100,39 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
           applySingles,
           Effect.forEach(sequences, (g) => runSequence(g.sequence, leaseEndsAt), { concurrency: config.concurrency })
         ], { concurrency: 2 })
-      const outcomes = [...single.map((g, i) => fromApply(g.target, g.superseded, results[i]!, leaseEndsAt)), ...sequenced.flat()]
-      if (outcomes.some((o) => o._tag === "Released" && o.unavailable)) yield* breaker.open("a command failed")
-      yield* recorder.submit(outcomes)
-      // An event that is done (applied, or dead) unblocks the next one of its key.
-      return outcomes.some((o) =>
-        (o._tag === "Applied" || (o._tag === "Failed" && recorder.isDead(o.event, o.permanent))) && o.event.successor
+      return [...single.map((g, i) => fromApply(g.target, g.superseded, results[i]!, leaseEndsAt)), ...sequenced.flat()]
+    })
+
+  /** Apply a claimed batch; returns whether an event done now has another of its key waiting. */
+  const processBatch = (events: ReadonlyArray<Claimed>, leaseEndsAt: number) =>
+    Effect.gen(function*() {
+      // Out of attempts, the last one lost with its worker: parked whatever else happens (handed
+      // back, it would be claimed as an ordinary event and run once more).
+      const { abandoned, live } = partitionAbandoned(events, config.maxRetries)
+      // What has not begun when we stop or the sink is known down goes back without an attempt.
+      if ((yield* isStopping) || (yield* breaker.isOpen)) {
+        yield* recorder.flush
+        yield* recorder.record([...abandoned, { _tag: "Released", ids: live.map((e) => e.id), unavailable: false }])
+        return false
+      }
+      const { alone, back, plain } = isolateSuspects(groupByKey(live), live)
+      const first: ReadonlyArray<Outcome> = [...abandoned, ...(plain.length === 0 ? [] : yield* applyGroups(plain, leaseEndsAt))]
+      if (first.some((o) => o._tag === "Released" && o.unavailable)) yield* breaker.open("a command failed")
+      let last: ReadonlyArray<Outcome> = []
+      if (alone !== undefined) {
+        // Written down before the suspect runs: if it ends this process, nothing else is lost with it.
+        yield* recorder.flush
+        yield* recorder.record([...first, { _tag: "Released", ids: back, unavailable: false }])
+        // Not begun if the rest of the batch opened the breaker, or we are stopping (admit).
+        last = yield* applyGroups([alone], leaseEndsAt)
+        if (last.some((o) => o._tag === "Released" && o.unavailable)) yield* breaker.open("a command failed")
+      }
+      yield* recorder.submit(alone === undefined ? first : last)
+      // An event that is done (applied, or dead) unblocks the next one of its key; suspects handed
+      // back are claimable at once.
+      return back.length > 0 || [...first, ...last].some((o) =>
+        (o._tag === "Applied" || o._tag === "Abandoned" || (o._tag === "Failed" && recorder.isDead(o.event, o.permanent))) &&
+        o.event.successor
       )
     }).pipe(Effect.withSpan("sync-outbox.batch", { attributes: { size: events.length }, captureStackTrace: false }))
 

@@ -27,6 +27,12 @@ export type Outcome =
     readonly leaseEndsAt: number
   }
   | { readonly _tag: "Released"; readonly ids: ReadonlyArray<string>; readonly unavailable: boolean }
+  | {
+    // Its last attempt was a lease that ran out in another worker's hands (counted by the claim),
+    // and it has no attempts left: parked as a dead letter without running its handler again.
+    readonly _tag: "Abandoned"
+    readonly event: Claimed & { readonly abandonedBy: string }
+  }
 
 export type Held = Extract<Outcome, { readonly _tag: "Held" }>
 
@@ -51,6 +57,26 @@ export const fromApply = (
     case "Unavailable":
       return { _tag: "Released", ids: [event.id, ...superseded], unavailable: true }
   }
+}
+
+/**
+ * Split off the events whose last attempt was a lease that ran out (the claim counted it) and
+ * that have no attempts left: a handler that ends the process would otherwise end every worker
+ * that takes its event, forever.
+ */
+export const partitionAbandoned = (
+  events: ReadonlyArray<Claimed>,
+  maxRetries: number
+): { readonly live: ReadonlyArray<Claimed>; readonly abandoned: ReadonlyArray<Extract<Outcome, { readonly _tag: "Abandoned" }>> } => {
+  let abandoned: Array<Extract<Outcome, { readonly _tag: "Abandoned" }>> | undefined
+  for (const event of events) {
+    if (event.abandonedBy !== null && event.retryCount >= maxRetries) {
+      ;(abandoned ??= []).push({ _tag: "Abandoned", event: { ...event, abandonedBy: event.abandonedBy } })
+    }
+  }
+  if (abandoned === undefined) return { live: events, abandoned: [] }
+  const parked = new Set(abandoned.map((o) => o.event.id))
+  return { live: events.filter((e) => !parked.has(e.id)), abandoned }
 }
 
 /** Events of one ordering key in one claim: coalescing ones collapse into the newest; any other mix goes one at a time, in order. */
@@ -84,4 +110,29 @@ export const groupByKey = <E extends ClaimedEvent>(events: ReadonlyArray<E>): Re
     }
   }
   return groups
+}
+
+/**
+ * A worker that died with a batch in hand leaves every event of it with a lost attempt, though
+ * one of them at most was the cause (a handler that ends the process). Groups holding an event
+ * whose last attempt was lost that way are suspects: one runs alone, once the rest of the batch is
+ * written down, the others go back unattempted for the next claim. If it ends this worker too,
+ * only it is counted again; the fewest lost attempts first, so that the cause, counted each time,
+ * sinks behind the events it took down with it until it is a dead letter.
+ */
+export const isolateSuspects = <E extends Claimed>(
+  groups: ReadonlyArray<Group<E>>,
+  events: ReadonlyArray<E>
+): { readonly plain: ReadonlyArray<Group<E>>; readonly alone: Group<E> | undefined; readonly back: ReadonlyArray<string> } => {
+  let suspects: Set<string> | undefined
+  for (const event of events) if (event.lastAttemptLost) (suspects ??= new Set()).add(event.id)
+  if (suspects === undefined) return { plain: groups, alone: undefined, back: [] }
+  const ids = (g: Group<E>) => g.sequence.length > 0 ? g.sequence.map((e) => e.id) : [g.target.id, ...g.superseded]
+  const plain: Array<Group<E>> = []
+  const suspect: Array<Group<E>> = []
+  for (const group of groups) (ids(group).some((id) => suspects.has(id)) ? suspect : plain).push(group)
+  const first = (g: Group<E>) => (g.sequence.length > 0 ? g.sequence[0]! : g.target)
+  suspect.sort((a, b) => first(a).retryCount - first(b).retryCount || (BigInt(first(a).id) < BigInt(first(b).id) ? -1 : 1))
+  const [alone, ...rest] = suspect
+  return { plain, alone, back: rest.flatMap(ids) }
 }

@@ -8,7 +8,7 @@
  * are held until their call can no longer be running (see `hold`).
  */
 import { Clock, Duration, Effect, Fiber, FiberRef, FiberSet, Metric, Option, Schedule, type Scope } from "effect"
-import { describeFailure, oneLine } from "../Errors.js"
+import { describeFailure, LeaseExpired, oneLine } from "../Errors.js"
 import type { Claimed, Failure, LeasesShape } from "../Leases.js"
 import * as Metrics from "../Metrics.js"
 import type { OutboxConfigShape } from "../OutboxConfig.js"
@@ -111,6 +111,18 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
               } else {
                 yield* noteRetry(now + wait)
               }
+              break
+            }
+            case "Abandoned": {
+              // The claim counted that attempt already (retry_count, the history row): recorded
+              // as the same attempt, now dead.
+              const { event } = outcome
+              const { message, tag } = describeFailure(new LeaseExpired({ owner: event.abandonedBy }))
+              failures.push({ id: event.id, attempt: event.retryCount, tag, message, nextRetryAt: new Date(now), dead: true })
+              deadCount++
+              yield* Effect.logError(
+                `sync-outbox: event ${event.id} (${event.resourceType}/${event.action}) is dead after ${event.retryCount} attempt(s): ${tag}: ${message}`
+              )
               break
             }
             case "Released": {
