@@ -64,6 +64,8 @@ const make = (options: ListenerOptions) =>
     // A lost connection is said once, when it goes, and once when it is back: a Postgres restart
     // under an idle worker (its pool reconnects as quietly) otherwise left no trace at all.
     let lost = false
+    // The layer is being released: no LISTEN is tried again.
+    let closing = false
     const lose = () => {
       setState("reconnecting")
       if (lost) return
@@ -96,8 +98,48 @@ const make = (options: ListenerOptions) =>
               serialize: (payload: unknown) => String(payload)
             }
           )
+          const listening = () => {
+            setState("listening")
+            publish("connected")
+            if (lost) {
+              lost = false
+              log(Effect.logInfo("sync-outbox listener: reconnected"))
+            }
+          }
+          // pg-listen reconnects by itself, then runs LISTEN again; when that LISTEN fails on the
+          // new connection (a standby answering after a failover, a LISTEN that timed out), it
+          // says so once and leaves the connection up but deaf: its check of the connection
+          // passes, so it never tries again, and no notification ever arrives. LISTEN is tried
+          // again here until it holds (or pg-listen's next reconnect does it), with its backoff.
+          let relistening = false
+          let reconnected = 0
+          const relisten = async () => {
+            if (relistening) return
+            relistening = true
+            const since = reconnected
+            try {
+              for (let attempt = 1; !closing && reconnected === since; attempt++) {
+                await new Promise((resolve) => setTimeout(resolve, reconnectDelay(attempt)))
+                if (closing || reconnected !== since) return
+                try {
+                  // Out of pg-listen's list first: `listenTo` runs LISTEN only for a channel it does not know.
+                  await Promise.resolve(subscriber.unlisten(options.channel)).catch(() => undefined)
+                  await subscriber.listenTo(options.channel)
+                  if (!closing) listening()
+                  return
+                } catch {
+                  // Still refused, or the connection went: pg-listen reconnects it; try again.
+                }
+              }
+            } finally {
+              relistening = false
+            }
+          }
           // Without a listener, an "error" event would throw; errors here are reconnects in progress.
-          subscriber.events.on("error", lose)
+          subscriber.events.on("error", (error: unknown) => {
+            lose()
+            if (error instanceof Error && error.message.startsWith("Re-initializing the PostgreSQL notification client")) void relisten()
+          })
           subscriber.events.on("reconnect", lose)
           try {
             await subscriber.connect()
@@ -108,12 +150,8 @@ const make = (options: ListenerOptions) =>
           }
           subscriber.events.on("notification", () => publish("notification"))
           subscriber.events.on("connected", () => {
-            setState("listening")
-            publish("connected")
-            if (lost) {
-              lost = false
-              log(Effect.logInfo("sync-outbox listener: reconnected"))
-            }
+            reconnected++
+            listening()
           })
           return subscriber
         },
@@ -121,7 +159,12 @@ const make = (options: ListenerOptions) =>
       }),
       // Interruptible inside: a release runs uninterruptibly, where a timeout would wait for its effect.
       (subscriber) =>
-        Effect.interruptible(Effect.promise(() => subscriber.close().catch(() => undefined))).pipe(Effect.timeoutOption(Duration.seconds(2)))
+        Effect.zipRight(
+          Effect.sync(() => {
+            closing = true
+          }),
+          Effect.interruptible(Effect.promise(() => subscriber.close().catch(() => undefined))).pipe(Effect.timeoutOption(Duration.seconds(2)))
+        )
     )
 
     // The first connect is retried for as long as the layer lives: a worker that starts before

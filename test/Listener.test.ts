@@ -1,10 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Fiber, Logger, Redacted, Stream, SubscriptionRef } from "effect"
+import { connect, createServer, type Socket } from "node:net"
 import pg from "pg"
 import { beforeAll } from "vitest"
 import { Listener } from "../src/index.js"
 import { eventually, freshDatabase, realSleep } from "./support/harness.js"
 import { startProxy } from "./support/proxy.js"
+import { freePort } from "../scripts/services.js"
 
 let url: string
 beforeAll(async () => {
@@ -18,6 +20,62 @@ const notify = (target: string, channel = "sync_outbox") =>
     await c.query(`SELECT pg_notify($1, '')`, [channel])
     await c.end()
   })
+
+/**
+ * A proxy in front of Postgres that, while told to refuse, answers every LISTEN itself with the
+ * error a hot standby gives (the connection stays up), as after a failover to a replica.
+ */
+const listenRefusingProxy = async (targetPort: number) => {
+  const port = await freePort()
+  let refusing = false
+  let refused = 0
+  const sockets = new Set<Socket>()
+  const field = (code: string, value: string) => Buffer.from(`${code}${value}\0`)
+  const body = Buffer.concat([
+    field("S", "ERROR"),
+    field("V", "ERROR"),
+    field("C", "25006"),
+    field("M", "cannot execute LISTEN during recovery"),
+    Buffer.from([0])
+  ])
+  const header = Buffer.alloc(5)
+  header.write("E", 0)
+  header.writeInt32BE(body.length + 4, 1)
+  const readyForQuery = Buffer.from([0x5a, 0, 0, 0, 5, 0x49])
+  const server = createServer((client) => {
+    const upstream = connect(targetPort, "127.0.0.1")
+    for (const socket of [client, upstream]) {
+      sockets.add(socket)
+      socket.on("close", () => sockets.delete(socket))
+      socket.on("error", () => socket.destroy())
+    }
+    client.on("close", () => upstream.destroy())
+    upstream.on("close", () => client.destroy())
+    client.on("data", (chunk) => {
+      // A simple query ('Q') that is a LISTEN: answered here, never forwarded.
+      if (refusing && chunk[0] === 0x51 && chunk.includes("LISTEN")) {
+        refused++
+        client.write(Buffer.concat([header, body, readyForQuery]))
+        return
+      }
+      upstream.write(chunk)
+    })
+    upstream.pipe(client)
+  })
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve))
+  return {
+    port,
+    refuse: (on: boolean) => {
+      refusing = on
+    },
+    refused: () => refused,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy()
+        server.close(() => resolve())
+      })
+  }
+}
 
 /** Collect the first `n` wake-ups into a fiber. */
 const collect = (n: number) =>
@@ -126,6 +184,41 @@ describe("Listener", () => {
         yield* notify(url)
         expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
       }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(viaProxy.toString()), channel: "sync_outbox", paranoidChecking: "500 millis" })))
+    }).pipe(Effect.timeout("30 seconds")), 40_000)
+
+  it.scopedLive("a LISTEN refused on the new connection after a reconnect (a standby answering after a failover) is tried again until it holds: not deaf for the connection's life", () =>
+    Effect.gen(function*() {
+      const target = new URL(url)
+      const proxy = yield* Effect.acquireRelease(
+        Effect.promise(() => listenRefusingProxy(Number(target.port || 5432))),
+        (p) => Effect.promise(p.close)
+      )
+      const viaProxy = new URL(url)
+      viaProxy.host = `127.0.0.1:${proxy.port}`
+      yield* Effect.gen(function*() {
+        const listener = yield* Listener
+        yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
+        proxy.refuse(true)
+        const fiber = yield* collect(1)
+        yield* Effect.promise(async () => {
+          const c = new pg.Client({ connectionString: url })
+          await c.connect()
+          await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE application_name = 'sync-outbox-listener' AND datname = current_database()`)
+          await c.end()
+        })
+        // Reconnected, but its LISTEN refused (more than once: it is tried again), and so not listening.
+        yield* eventually(Effect.sync(() => proxy.refused()), (n) => n >= 2, { timeout: 10_000 })
+        expect(yield* SubscriptionRef.get(listener.state)).toBe("reconnecting")
+        expect(fiber.unsafePoll()).toBeNull()
+        proxy.refuse(false)
+        expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
+        yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
+        const next = yield* collect(1)
+        yield* realSleep(50)
+        yield* notify(url)
+        expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+      }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(viaProxy.toString()), channel: "sync_outbox", paranoidChecking: "200 millis" })))
     }).pipe(Effect.timeout("30 seconds")), 40_000)
 
   it.scopedLive("Listener.off (poll-only) never wakes anyone and says so", () =>
