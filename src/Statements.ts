@@ -48,8 +48,6 @@ const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coal
 const abandonedBy = (row: string) =>
   `CASE WHEN ${row}.lease_owner IS NOT NULL AND ${row}.lease_expires_at <= $2 AND ${row}.next_retry_at < ${row}.lease_expires_at THEN ${row}.lease_owner END`
 
-const abandonedMessage = LeaseExpired.sqlMessage
-
 /**
  * The claim, in one statement. `picked`: due, unleased rows in id order, skipping keys with a live
  * lease (and, for non-coalescing types, keys with an older pending row), locked with SKIP LOCKED.
@@ -67,9 +65,9 @@ const abandonedMessage = LeaseExpired.sqlMessage
  * to every worker that takes it). The claim counts it (`retry_count`, `last_error`, a history row
  * tagged `LeaseExpired`) and returns the lost owner as `abandoned_by`, so such an event ends as a
  * dead letter instead of a crash loop; `last_attempt_lost` says the last recorded attempt was
- * one of those (the worker runs such events alone: see `Loop`). A lease kept after a recorded timeout is not one: its
- * retry is due no earlier than its end (`fail`), while a claimed row was due before its lease
- * began.
+ * one of those (the worker runs such events alone: see `isolateSuspects`). A lease kept after a
+ * recorded timeout is not one: its retry is due no earlier than its end (`fail`), while a claimed
+ * row was due before its lease began.
  *
  * $1 owner, $2 now, $3 lease end, $4 batch size.
  */
@@ -141,7 +139,7 @@ WITH picked AS MATERIALIZED (
   UPDATE sync_outbox o
   SET lease_owner = $1, lease_expires_at = $3,
     retry_count = o.retry_count + CASE WHEN ${abandonedBy("o")} IS NULL THEN 0 ELSE 1 END,
-    last_error = CASE WHEN ${abandonedBy("o")} IS NULL THEN o.last_error ELSE 'LeaseExpired: ' || ${abandonedMessage("o.lease_owner")} END
+    last_error = CASE WHEN ${abandonedBy("o")} IS NULL THEN o.last_error ELSE 'LeaseExpired: ' || ${LeaseExpired.sqlMessage("o.lease_owner")} END
   -- An array of ids, not a join: probed in the primary key whatever the plan's estimates.
   WHERE o.id = ANY (ARRAY(SELECT id FROM targets WHERE NOT (ordering_key = ANY ((SELECT ordering_keys FROM skipped)::text[]))))
     AND o.status = 'pending'
@@ -155,7 +153,7 @@ WITH picked AS MATERIALIZED (
         AND NOT (o.coalesce AND n.coalesce)) AS successor
 ), lost AS (
   INSERT INTO sync_outbox_failures (outbox_id, attempt, error_tag, message, failed_at)
-  SELECT id, attempts_before + retry_count, 'LeaseExpired', ${abandonedMessage("abandoned_by")}, $2
+  SELECT id, attempts_before + retry_count, 'LeaseExpired', ${LeaseExpired.sqlMessage("abandoned_by")}, $2
   FROM claimed WHERE abandoned_by IS NOT NULL
   ON CONFLICT (outbox_id, attempt) DO NOTHING
 )
