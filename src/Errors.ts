@@ -86,8 +86,6 @@ export class HandlerTimeout extends Data.TaggedError("HandlerTimeout")<{
   readonly message: string
 }> {}
 
-const leaseExpiredText = "held this event until its lease ran out without recording an outcome (it stopped, crashed or lost Postgres while applying it)"
-
 /**
  * A worker's lease on an event ran out with no outcome recorded: the worker was killed, crashed
  * (a handler that calls `process.exit`, say) or lost Postgres while applying it. The next claim
@@ -99,10 +97,8 @@ export class LeaseExpired extends Data.TaggedError("LeaseExpired")<{
   readonly owner: string
 }> {
   override get message() {
-    return `worker ${this.owner} ${leaseExpiredText}`
+    return `worker ${this.owner} held this event until its lease ran out without recording an outcome (it stopped, crashed or lost Postgres while applying it)`
   }
-  /** The same message built in SQL from an owner expression (the claim records it). */
-  static readonly sqlMessage = (owner: string): string => `'worker ' || ${owner} || ' ${leaseExpiredText}'`
 }
 
 /** A configuration value that cannot be used; raised at startup, never later. */

@@ -44,6 +44,12 @@ RETURNING id::text AS id`
  */
 const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coalesce($${n}::text, current_setting('synchronous_commit')), true))`
 
+/** `LeaseExpired`'s message, built in SQL around an owner expression (the claim records it). */
+const leaseExpiredMessage = (owner: string) => {
+  const [before, after] = new LeaseExpired({ owner: "\u0000" }).message.split("\u0000")
+  return `'${before}' || ${owner} || '${after}'`
+}
+
 /** The owner of a lease on `row` that ran out with no outcome recorded, else NULL (see `claim`). */
 const abandonedBy = (row: string) =>
   `CASE WHEN ${row}.lease_owner IS NOT NULL AND ${row}.lease_expires_at <= $2 AND ${row}.next_retry_at < ${row}.lease_expires_at THEN ${row}.lease_owner END`
@@ -139,7 +145,7 @@ WITH picked AS MATERIALIZED (
   UPDATE sync_outbox o
   SET lease_owner = $1, lease_expires_at = $3,
     retry_count = o.retry_count + CASE WHEN ${abandonedBy("o")} IS NULL THEN 0 ELSE 1 END,
-    last_error = CASE WHEN ${abandonedBy("o")} IS NULL THEN o.last_error ELSE 'LeaseExpired: ' || ${LeaseExpired.sqlMessage("o.lease_owner")} END
+    last_error = CASE WHEN ${abandonedBy("o")} IS NULL THEN o.last_error ELSE 'LeaseExpired: ' || ${leaseExpiredMessage("o.lease_owner")} END
   -- An array of ids, not a join: probed in the primary key whatever the plan's estimates.
   WHERE o.id = ANY (ARRAY(SELECT id FROM targets WHERE NOT (ordering_key = ANY ((SELECT ordering_keys FROM skipped)::text[]))))
     AND o.status = 'pending'
@@ -153,7 +159,7 @@ WITH picked AS MATERIALIZED (
         AND NOT (o.coalesce AND n.coalesce)) AS successor
 ), lost AS (
   INSERT INTO sync_outbox_failures (outbox_id, attempt, error_tag, message, failed_at)
-  SELECT id, attempts_before + retry_count, 'LeaseExpired', ${LeaseExpired.sqlMessage("abandoned_by")}, $2
+  SELECT id, attempts_before + retry_count, 'LeaseExpired', ${leaseExpiredMessage("abandoned_by")}, $2
   FROM claimed WHERE abandoned_by IS NOT NULL
   ON CONFLICT (outbox_id, attempt) DO NOTHING
 )
