@@ -284,6 +284,46 @@ describe.each([
     })))
   })
 
+  it.effect("leases: an event whose last attempt was lost runs while its worker holds no other event, not even a claim made ahead: if it ends the process, it alone loses an attempt", () => {
+    const Touch = OutboxEvent.make({
+      resourceType: "touch",
+      action: "apply",
+      payload: Schema.String,
+      orderingKey: ({ payload }) => `touch:${payload}`
+    })
+    // What each handler run sees leased (live leases only: the dead worker's ran out).
+    const heldWhileRunning: Array<ReadonlyArray<string>> = []
+    let leased: Effect.Effect<ReadonlyArray<string>> = Effect.succeed([])
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const store = yield* Store
+      const ids = yield* enqueueMany(["a", "b", "c", "d"].map((key) => event(Touch, { payload: key })))
+      // A worker died holding all four: each is a suspect now.
+      yield* store.claim("dies", 1_000, 10)
+      yield* TestClock.adjust("1 second")
+      leased = Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const rows = yield* Effect.forEach(ids, (id) => Effect.option(outbox.show(id)))
+        return rows.flatMap((row) =>
+          row._tag === "Some" && row.value.event.leaseExpiresAt !== null && row.value.event.leaseExpiresAt.getTime() > now
+            ? [row.value.event.id]
+            : []
+        )
+      }).pipe(Effect.orDie)
+      const report = yield* outbox.drain
+      expect(report.applied.map((e) => e.id).sort()).toEqual([...ids].sort())
+      expect(heldWhileRunning).toEqual(ids.map((id) => [id]))
+    }).pipe(Effect.provide(layer({
+      // Full batches of two, so the worker would claim the next batch ahead (its lease leaves room).
+      handlers: Handlers.layer(handle(Touch, () =>
+        Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20))).pipe(
+          Effect.zipRight(leased),
+          Effect.map((held) => void heldWhileRunning.push(held))
+        ))),
+      config: { batchSize: 2, interval: Duration.hours(1) }
+    })))
+  })
+
   it.effect("leases: a lease that ran out after the timeout it held for was recorded is not counted again", () => {
     const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
     return Effect.gen(function*() {

@@ -269,8 +269,11 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         yield* giveBack(current)
         continue
       }
-      if (events.length === config.batchSize) {
-        if (prefetching) next = yield* Effect.fork(claimNow)
+      // Not while the batch holds an event whose last attempt was lost: it runs alone, and if it
+      // ends this process a claim made ahead would lose an attempt with it (again and again, as it
+      // comes back).
+      if (events.length === config.batchSize && prefetching && !events.some((e) => e.lastAttemptLost)) {
+        next = yield* Effect.fork(claimNow)
       }
       const unblocked = yield* processBatch(events, leaseEndsAt)
       // The next event of a key just done is claimable once that is written down: claim it now,
