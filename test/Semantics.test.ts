@@ -8,9 +8,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Context, Data, Duration, Effect, Layer, Redacted, Ref, Schema, TestClock } from "effect"
+import { Clock, Context, Data, Duration, Effect, Layer, Metric, Redacted, Ref, Schema, TestClock } from "effect"
 import { beforeAll } from "vitest"
-import { enqueue, enqueueMany, event, handle, Handlers, LeaseExpired, OutboxEvent, RedisSink, Store, type OutboxConfigShape } from "../src/index.js"
+import { enqueue, enqueueMany, event, handle, Handlers, LeaseExpired, Metrics, OutboxEvent, RedisSink, Store, type OutboxConfigShape } from "../src/index.js"
 import { layer as testKit, layerMemory, layerWith, OutboxTest, SinkControl } from "../src/testing/index.js"
 import { eventually, freshDatabase, prefix, redisUrl, sqlLayer } from "./support/harness.js"
 import { startProxy } from "./support/proxy.js"
@@ -321,6 +321,35 @@ describe.each([
           Effect.map((held) => void heldWhileRunning.push(held))
         ))),
       config: { batchSize: 2, interval: Duration.hours(1) }
+    })))
+  })
+
+  it.effect("leases: a whole batch left by a worker that died runs one event at a time, each handed back once at most, not claimed and handed back again for every event before it", () => {
+    const Touch = OutboxEvent.make({
+      resourceType: "touch",
+      action: "apply",
+      payload: Schema.String,
+      orderingKey: ({ payload }) => `touch:${payload}`
+    })
+    const released = Effect.map(Metric.value(Metrics.released), (v) => v.count)
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const store = yield* Store
+      const keys = ["a", "b", "c", "d", "e", "f", "g", "h"]
+      const ids = yield* enqueueMany(keys.map((key) => event(Touch, { payload: key })))
+      yield* store.claim("dies", 1_000, 10)
+      yield* TestClock.adjust("1 second")
+      const before = yield* released
+      const report = yield* outbox.drain
+      expect(report.applied.map((e) => e.id).sort()).toEqual([...ids].sort())
+      // The first claim takes all eight: one runs, seven go back; then one claim each. (Claimed
+      // whole again each time, the batch was handed back 7 + 6 + ... + 1 = 28 times: a thousand
+      // such events cost half a million row updates, and stalled the outbox behind them.)
+      expect((yield* released) - before).toBe(keys.length - 1)
+      for (const id of ids) expect((yield* outbox.show(id).pipe(Effect.option))._tag).toBe("None")
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Touch, () => Effect.void)),
+      config: { batchSize: 8, interval: Duration.hours(1) }
     })))
   })
 

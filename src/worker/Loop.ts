@@ -202,8 +202,10 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     readonly events: ReadonlyArray<Claimed>
     readonly leaseEndsAt: number
     readonly tookMs: number
+    /** How many events it asked for. */
+    readonly size: number
   }
-  const claimNow = Effect.gen(function*() {
+  const claimNow = (size: number) => Effect.gen(function*() {
     // The wake-ups asked for so far are answered by this claim (it begins after them); one asked
     // for while it runs stays queued and costs another claim. A claim made ahead answers only
     // those before it.
@@ -213,8 +215,8 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     const startedAt = yield* Clock.currentTimeMillis
     const leaseEndsAt = startedAt + leaseMs
     recorder.claiming()
-    const events = yield* leases.claim(owner, leaseMs, config.batchSize)
-    return { events, leaseEndsAt, tookMs: (yield* Clock.currentTimeMillis) - startedAt } satisfies Claim
+    const events = yield* leases.claim(owner, leaseMs, size)
+    return { events, leaseEndsAt, tookMs: (yield* Clock.currentTimeMillis) - startedAt, size } satisfies Claim
   })
   /** Hand back a claim that will not be applied (stopping, the sink down, too little lease left). */
   const giveBack = (claim: Claim) =>
@@ -235,6 +237,11 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
   const drain = Effect.gen(function*() {
     let claimed = false
     let lookedAtBacklog = false
+    // Events whose last attempt was lost run one at a time, each claimed alone: the rest of a
+    // batch is handed back before one runs, and claimed whole again for each of them, a batch of
+    // a thousand such events (a worker killed in a backlog) would cost half a million row updates
+    // and hold the outbox up behind them. One at a time while the last claim held such an event.
+    let oneAtATime = false
     yield* checkOutgrown(false)
     for (;;) {
       if (yield* isStopping) {
@@ -252,7 +259,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         yield* Effect.raceFirst(breaker.awaitSink, Deferred.await(stopping))
         continue
       }
-      const current = yield* Effect.flatMap(takeNext, (ahead) => (ahead === undefined ? claimNow : Effect.succeed(ahead))).pipe(
+      const current = yield* Effect.flatMap(takeNext, (ahead) => (ahead === undefined ? claimNow(oneAtATime ? 1 : config.batchSize) : Effect.succeed(ahead))).pipe(
         Effect.tapError((error) => (isTimeout(error) ? checkStatistics(true) : Effect.void))
       )
       const { events, leaseEndsAt } = current
@@ -273,8 +280,9 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       // ends this process a claim made ahead would lose an attempt with it (again and again, as it
       // comes back).
       if (events.length === config.batchSize && prefetching && !events.some((e) => e.lastAttemptLost)) {
-        next = yield* Effect.fork(claimNow)
+        next = yield* Effect.fork(claimNow(config.batchSize))
       }
+      oneAtATime = events.some((e) => e.lastAttemptLost)
       const unblocked = yield* processBatch(events, leaseEndsAt)
       // The next event of a key just done is claimable once that is written down: claim it now,
       // not on the next poll.
@@ -285,7 +293,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       // A short batch took everything there was. Anything committed since has notified, and
       // the sliding wake-up queue kept that: idle will return at once instead of costing a claim.
       // (Unless that batch opened the breaker: then the probe loop above must run.)
-      if (events.length < config.batchSize && !(yield* breaker.isOpen)) return claimed
+      if (events.length < current.size && !(yield* breaker.isOpen)) return claimed
     }
   }).pipe(
     // The loop failed (it restarts) or was interrupted (shutdown): what was claimed ahead goes
