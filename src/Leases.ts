@@ -27,6 +27,13 @@ export interface Claimed extends OutboxEvent.ClaimedEvent {
    */
   readonly abandonedBy: string | null
   /**
+   * That lost attempt followed another lost the same way. An event whose last attempt was lost
+   * runs alone (with no other event held by its worker), so this one ended that worker itself:
+   * out of attempts, it is parked. After one lost lease it may have been an innocent event of the
+   * dead worker's batch: it gets a run of its own first, even out of attempts.
+   */
+  readonly abandonedAgain: boolean
+  /**
    * Its last recorded attempt ended that way (`LeaseExpired`), now or before: it may be what ended
    * that worker, so the worker runs it alone, after the rest of its batch is written down.
    */
@@ -121,6 +128,7 @@ export interface LeasesOptions {
 interface ClaimRow extends Statements.EventRow {
   readonly successor: boolean
   readonly abandoned_by: string | null
+  readonly abandoned_again: boolean
   readonly last_attempt_lost: boolean
 }
 
@@ -128,6 +136,7 @@ const toClaimed = (row: ClaimRow): Claimed => ({
   ...Statements.toClaimedEvent(row),
   successor: row.successor === true,
   abandonedBy: row.abandoned_by ?? null,
+  abandonedAgain: row.abandoned_again === true,
   lastAttemptLost: row.last_attempt_lost === true
 })
 

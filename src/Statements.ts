@@ -44,6 +44,12 @@ RETURNING id::text AS id`
  */
 const commitMode = (n: number) => `(SELECT set_config('synchronous_commit', coalesce($${n}::text, current_setting('synchronous_commit')), true))`
 
+/**
+ * A lease that ran out with no outcome recorded (see `abandonedBy`) on a row whose attempt before
+ * was lost the same way: it ran alone then (see `isolateSuspects`), so it is what ended that worker.
+ */
+const abandonedAgain = (row: string) => `(${abandonedBy(row)} IS NOT NULL AND coalesce(starts_with(${row}.last_error, 'LeaseExpired: '), false))`
+
 /** `LeaseExpired`'s message, built in SQL around an owner expression (the claim records it). */
 const leaseExpiredMessage = (owner: string) => {
   const [before, after] = new LeaseExpired({ owner: "\u0000" }).message.split("\u0000")
@@ -69,8 +75,8 @@ const abandonedBy = (row: string) =>
  * A lease that ran out with no outcome recorded was an attempt all the same: its worker stopped,
  * crashed or lost Postgres while applying the event (a handler that ends the process does this
  * to every worker that takes it). The claim counts it (`retry_count`, `last_error`, a history row
- * tagged `LeaseExpired`) and returns the lost owner as `abandoned_by`, so such an event ends as a
- * dead letter instead of a crash loop; `last_attempt_lost` says the last recorded attempt was
+ * tagged `LeaseExpired`) and returns the lost owner as `abandoned_by` (and `abandoned_again` when
+ * its attempt before was lost too), so such an event ends as a dead letter instead of a crash loop; `last_attempt_lost` says the last recorded attempt was
  * one of those (the worker runs such events alone: see `isolateSuspects`). A lease kept after a
  * recorded timeout is not one: its retry is due no earlier than its end (`fail`), while a claimed
  * row was due before its lease began.
@@ -81,7 +87,7 @@ export const claim: Statement = {
   name: "sync_outbox_claim",
   text: `
 WITH picked AS MATERIALIZED (
-  SELECT c.id, c.ordering_key, c.coalesce, ${abandonedBy("c")} AS abandoned_by
+  SELECT c.id, c.ordering_key, c.coalesce, ${abandonedBy("c")} AS abandoned_by, ${abandonedAgain("c")} AS abandoned_again
   FROM sync_outbox c
   WHERE c.status = 'pending'
     AND c.next_retry_at <= $2
@@ -102,7 +108,7 @@ WITH picked AS MATERIALIZED (
   SELECT keys AS ordering_keys, cardinality(keys) = (SELECT cardinality(ordering_keys) FROM candidates) AS all_keys
   FROM sync_outbox_claim_keys((SELECT ordering_keys FROM candidates), $2) AS keys
 ), chosen AS MATERIALIZED (
-  SELECT p.id, p.ordering_key, p.coalesce, p.abandoned_by FROM picked p
+  SELECT p.id, p.ordering_key, p.coalesce, p.abandoned_by, p.abandoned_again FROM picked p
   WHERE (SELECT all_keys FROM claimable) OR p.ordering_key = ANY ((SELECT ordering_keys FROM claimable)::text[])
 ), targets AS MATERIALIZED (
   -- By id rather than by key: a join on the key alone made the generic plan scan the table.
@@ -111,10 +117,11 @@ WITH picked AS MATERIALIZED (
   -- but none behind a pending non-coalescing event of the key (that one comes first).
   -- Siblings another claim holds locked (it picked them, then lost the key to us) are skipped,
   -- not waited for: two claims waiting on each other's rows would deadlock.
-  SELECT id, ordering_key, coalesce, abandoned_by FROM chosen
+  SELECT id, ordering_key, coalesce, abandoned_by, abandoned_again FROM chosen
   UNION
-  SELECT id, ordering_key, coalesce, abandoned_by FROM (
-    SELECT o.id, o.ordering_key, o.coalesce, ${abandonedBy("o")} AS abandoned_by FROM sync_outbox o
+  SELECT id, ordering_key, coalesce, abandoned_by, abandoned_again FROM (
+    SELECT o.id, o.ordering_key, o.coalesce, ${abandonedBy("o")} AS abandoned_by, ${abandonedAgain("o")} AS abandoned_again
+    FROM sync_outbox o
     WHERE o.ordering_key = ANY (ARRAY(SELECT DISTINCT ordering_key FROM chosen WHERE coalesce))
       AND o.status = 'pending' AND o.coalesce AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)
       AND NOT EXISTS (
@@ -140,7 +147,8 @@ WITH picked AS MATERIALIZED (
 ), abandoned AS MATERIALIZED (
   -- Usually empty. Parallel arrays: RETURNING sees the new row, and looks its old owner up here.
   SELECT ARRAY(SELECT id FROM targets WHERE abandoned_by IS NOT NULL) AS ids,
-    ARRAY(SELECT abandoned_by FROM targets WHERE abandoned_by IS NOT NULL) AS owners
+    ARRAY(SELECT abandoned_by FROM targets WHERE abandoned_by IS NOT NULL) AS owners,
+    ARRAY(SELECT id FROM targets WHERE abandoned_again) AS again
 ), claimed AS (
   UPDATE sync_outbox o
   SET lease_owner = $1, lease_expires_at = $3,
@@ -153,6 +161,7 @@ WITH picked AS MATERIALIZED (
   RETURNING o.id, o.resource_type, o.action, o.resource_id, o.ordering_key,
     o.payload, o.coalesce, o.retry_count, o.created_at, o.attempts_before, o.last_error,
     (SELECT a.owners[array_position(a.ids, o.id)] FROM abandoned a) AS abandoned_by,
+    o.id = ANY ((SELECT again FROM abandoned)::bigint[]) AS abandoned_again,
     EXISTS (
       SELECT 1 FROM sync_outbox n
       WHERE n.ordering_key = o.ordering_key AND n.status = 'pending' AND n.id > o.id
@@ -164,7 +173,7 @@ WITH picked AS MATERIALIZED (
   ON CONFLICT (outbox_id, attempt) DO NOTHING
 )
 SELECT id::text AS id, resource_type, action, resource_id::float8 AS resource_id, ordering_key,
-  payload, coalesce, retry_count, created_at, abandoned_by, successor,
+  payload, coalesce, retry_count, created_at, abandoned_by, abandoned_again, successor,
   coalesce(starts_with(last_error, 'LeaseExpired: '), false) AS last_attempt_lost
 FROM claimed`
 }

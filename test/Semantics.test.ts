@@ -353,6 +353,30 @@ describe.each([
     })))
   })
 
+  it.effect("leases: at MAX_RETRIES=1 one worker killed with a batch parks none of it: each event runs alone once; one whose lone run was lost too is parked", () => {
+    const Note = OutboxEvent.make({ resourceType: "note", action: "set", payload: Schema.String, orderingKey: ({ payload }) => `note:${payload}` })
+    const ran: Array<string> = []
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const store = yield* Store
+      const ids = yield* enqueueMany(["a", "b", "c"].map((payload) => event(Note, { payload })))
+      // A worker killed holding all three: which of them ended it, nobody knows yet.
+      expect(yield* store.claim("killed-with-a-batch", 1_000, 10)).toHaveLength(3)
+      yield* TestClock.adjust("1 second")
+      // The first of them, taken alone, and that worker killed too: that one did it.
+      const alone = yield* store.claim("killed-alone", 1_000, 1)
+      expect(alone.map((e) => [e.id, e.abandonedBy, e.abandonedAgain])).toEqual([[ids[0], "killed-with-a-batch", false]])
+      yield* TestClock.adjust("1 second")
+      const report = yield* outbox.drain
+      expect(report.dead.map((f) => [f.event.id, f.errorTag])).toEqual([[ids[0], "LeaseExpired"]])
+      expect(report.applied.map((e) => e.id).sort()).toEqual([ids[1], ids[2]].sort())
+      expect(ran.sort()).toEqual(["b", "c"])
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Note, ({ payload }) => Effect.sync(() => void ran.push(payload)))),
+      config: { maxRetries: 1, interval: Duration.hours(1) }
+    })))
+  })
+
   it.effect("leases: a lease that ran out after the timeout it held for was recorded is not counted again", () => {
     const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
     return Effect.gen(function*() {

@@ -355,9 +355,11 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
           // (`LeaseExpired`); one kept after a recorded timeout does not (its retry is due no
           // earlier than its end).
           const abandonedBy = new Map<Row, string>()
+          const abandonedAgain = new Set<Row>()
           for (const row of leased) {
             if (row.leaseOwner !== null && row.leaseExpiresAt !== null && row.nextRetryAt < row.leaseExpiresAt) {
               abandonedBy.set(row, row.leaseOwner)
+              if (row.lastError?.startsWith("LeaseExpired: ") === true) abandonedAgain.add(row)
               const message = new LeaseExpired({ owner: row.leaseOwner }).message
               row.retryCount++
               row.lastError = `LeaseExpired: ${message}`
@@ -377,6 +379,7 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
             ...Statements.toClaimedEvent(eventRow(row)),
             successor: ((row.coalesce ? newestPlain : newest).get(row.orderingKey) ?? -1n) > row.id,
             abandonedBy: abandonedBy.get(row) ?? null,
+            abandonedAgain: abandonedAgain.has(row),
             lastAttemptLost: row.lastError?.startsWith("LeaseExpired: ") === true
           }))
         },

@@ -28,8 +28,8 @@ export type Outcome =
   }
   | { readonly _tag: "Released"; readonly ids: ReadonlyArray<string>; readonly unavailable: boolean }
   | {
-    // Its last attempt was a lease that ran out in another worker's hands (counted by the claim),
-    // and it has no attempts left: parked as a dead letter without running its handler again.
+    // Its last two attempts were leases that ran out in other workers' hands (counted by the
+    // claim), and it has no attempts left: parked as a dead letter without running its handler again.
     readonly _tag: "Abandoned"
     readonly event: Claimed & { readonly abandonedBy: string }
   }
@@ -60,9 +60,11 @@ export const fromApply = (
 }
 
 /**
- * Split off the events whose last attempt was a lease that ran out (the claim counted it) and
- * that have no attempts left: a handler that ends the process would otherwise end every worker
- * that takes its event, forever.
+ * Split off the events whose last attempt was a lease that ran out (the claim counted it), after
+ * one before it lost the same way (so it ran alone: it ended that worker itself), and that have no
+ * attempts left: a handler that ends the process would otherwise end every worker that takes its
+ * event, forever. One lost lease alone parks nothing: at MAX_RETRIES=1 a single kill would make
+ * dead letters of the whole batch the worker held.
  */
 export const partitionAbandoned = (
   events: ReadonlyArray<Claimed>,
@@ -70,7 +72,7 @@ export const partitionAbandoned = (
 ): { readonly live: ReadonlyArray<Claimed>; readonly abandoned: ReadonlyArray<Extract<Outcome, { readonly _tag: "Abandoned" }>> } => {
   let abandoned: Array<Extract<Outcome, { readonly _tag: "Abandoned" }>> | undefined
   for (const event of events) {
-    if (event.abandonedBy !== null && event.retryCount >= maxRetries) {
+    if (event.abandonedBy !== null && event.abandonedAgain && event.retryCount >= maxRetries) {
       ;(abandoned ??= []).push({ _tag: "Abandoned", event: { ...event, abandonedBy: event.abandonedBy } })
     }
   }
