@@ -558,6 +558,38 @@ describe("sync-outbox/testing: reports", () => {
     }))))
 })
 
+describe("sync-outbox/testing: a worker that dies holding events", () => {
+  // The claim that finds its lease run out counts that run as a failed attempt (LeaseExpired);
+  // the worker then applies the event at once, in the same step.
+  const spec = Effect.gen(function*() {
+    const outbox = yield* OutboxTest
+    const applies = yield* enqueue(SetValue, { payload: { key: "a", value: "1" } })
+    const fails = yield* enqueue(SetValue, { payload: { key: "b", value: "refused" } })
+    yield* Effect.flatMap(Store, (s) => s.claim("a-worker-that-dies", 30_000, 10))
+    const report = yield* outbox.advance("30 seconds")
+    const lost = `worker a-worker-that-dies ${"held this event until its lease ran out without recording an outcome (it stopped, crashed or lost Postgres while applying it)"}`
+    expect(report.applied.map((e) => e.id)).toEqual([applies])
+    expect(report.failed.map((f) => [f.event.id, f.attempt, f.errorTag, f.message, f.dead])).toEqual([
+      [applies, 1, "LeaseExpired", lost, false],
+      [fails, 1, "LeaseExpired", lost, false],
+      [fails, 2, "Rejected", "no", false]
+    ])
+    // Each as its history has it.
+    expect((yield* outbox.show(fails)).failures.map((f) => [f.attempt, f.errorTag])).toEqual([[1, "LeaseExpired"], [2, "Rejected"]])
+  })
+  const options = {
+    config: { maxRetries: 5 },
+    handlers: Handlers.layer(handle(SetValue, ({ payload }) =>
+      Effect.gen(function*() {
+        if (payload.value === "refused") return yield* new Rejected({ message: "no" })
+        yield* Effect.flatMap(RedisSink, (r) => r.use((c) => c.set(payload.key, payload.value)))
+      })))
+  }
+  it.effect("the report names the attempt its lost lease cost each event, applied or failed again since; in memory", () =>
+    spec.pipe(Effect.provide(OutboxTest.layerMemory(options))))
+  it.effect("the same on PGlite", () => spec.pipe(Effect.provide(outboxTest(options))))
+})
+
 describe("sync-outbox/testing: bad input", () => {
   it.effect("advance by infinity, a negative amount or NaN is a typed InvalidAdvance, and the clock has not moved", () =>
     Effect.gen(function*() {

@@ -15,7 +15,7 @@
 import { SqlClient, type SqlError } from "@effect/sql"
 import { Chunk, Clock, Context, Data, DateTime, Duration, Effect, Layer, Option, SubscriptionRef } from "effect"
 import type { TestClock } from "effect"
-import type { EventNotFound, FailureRecord, InvalidConfig } from "../Errors.js"
+import { describeFailure, type EventNotFound, type FailureRecord, type InvalidConfig, LeaseExpired } from "../Errors.js"
 import type { Handlers } from "../Handlers.js"
 import * as InFlight from "../InFlight.js"
 import { Leases } from "../Leases.js"
@@ -373,6 +373,28 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
             nextRetryAt: row.status === "dead" || !(row.next_retry_at instanceof Date) ? null : row.next_retry_at
           }
         })
+        // A claim that finds a lease run out counts that run as the event's failed attempt
+        // (LeaseExpired) and the worker runs the event at once: its row then shows only what came
+        // of that run (gone, or the next failure), so the attempt the claim counted is read from
+        // the claim. A row that still shows it (parked dead at once, or handed back) is reported above.
+        const lost = [...tracker.claimed.values()].flatMap((event): Array<FailedAttempt> => {
+          const row = after.get(event.id)
+          if (event.abandonedBy === null || (row !== undefined && row.retry_count <= event.retryCount)) return []
+          const lease = before.get(event.id)!.lease_expires_at
+          const { message, tag } = describeFailure(new LeaseExpired({ owner: event.abandonedBy }))
+          return [{
+            event: summary(before.get(event.id)!),
+            attempt: event.retryCount,
+            errorTag: tag,
+            message,
+            dead: false,
+            // Due again once the lease ran out; the claim that found it ran it.
+            nextRetryAt: lease instanceof Date ? lease : null
+          }]
+        })
+        const attempts = [...lost, ...failed].sort((a, b) =>
+          a.event.id.length - b.event.id.length || (a.event.id < b.event.id ? -1 : a.event.id > b.event.id ? 1 : a.attempt - b.attempt)
+        )
         const gone = [...before.values()].filter((row) => !after.has(row.id))
         // The engine collapses older coalescing events of a key into the newest one it holds:
         // a deleted coalescing event with a newer coalescing event of its key handled in the
@@ -407,7 +429,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
           at: new Date(yield* workerNow),
           applied: gone.filter((r) => !supersededIds.has(r.id)).map(summary),
           superseded: gone.filter((r) => supersededIds.has(r.id)).map(summary),
-          failed,
+          failed: attempts,
           dead: failed.filter((f) => f.dead),
           breaker: yield* SubscriptionRef.get(worker.breaker),
           pending: pending.length,

@@ -1,6 +1,6 @@
 /** The test kit's count of the worker's calls to its store (see `Tracker`). */
 import { Context, Effect } from "effect"
-import type { ClaimedEvent } from "../OutboxEvent.js"
+import type { Claimed } from "../Leases.js"
 
 /**
  * Counts the worker's statements, so that a drain sees from memory when the worker has gone
@@ -14,7 +14,7 @@ export class Tracker {
   claimsDone = 0
   lastClaimSize = 0
   /** What the worker's claims returned since `claimed` was last emptied (at each drain's start). */
-  readonly claimed = new Map<string, ClaimedEvent>()
+  readonly claimed = new Map<string, Claimed>()
   private readonly waiters = new Set<() => void>()
 
   finished() {
@@ -56,7 +56,13 @@ export const trackCalls = <S extends object>(service: S, tracker: Tracker): S =>
             if (name === "claim") {
               tracker.claimsDone++
               tracker.lastClaimSize = Array.isArray(result) ? result.length : 0
-              if (Array.isArray(result)) for (const event of result as Array<ClaimedEvent>) tracker.claimed.set(event.id, event)
+              if (Array.isArray(result)) {
+                for (const event of result as Array<Claimed>) {
+                  // An event whose lease ran out is handed back and claimed again to run alone: the
+                  // first claim is the one that says it counted the lost run.
+                  if (tracker.claimed.get(event.id)?.abandonedBy == null) tracker.claimed.set(event.id, event)
+                }
+              }
             }
           })
         ),
