@@ -95,6 +95,55 @@ describe("MemoryRedis speaks Redis", () => {
     expect(await memory.client.get("e")).toBeNull()
   })
 
+  it("refuses what a real Redis refuses: an expiry that is not positive, clashing SET options, a missing or extra argument, an integer Redis would not read", async () => {
+    const p = prefix()
+    const k = (name: string) => `${p}${name}`
+    const memory = MemoryRedis.make({ now: Date.now })
+    const steps: ReadonlyArray<Step> = [
+      // A TTL computed as 0 is an error in production, not a key nobody sees.
+      ["set", k("a"), "v", "EX", 0],
+      ["set", k("a"), "v", "PX", -5],
+      ["set", k("a"), "v", "EX", 10, "PX", 100],
+      ["set", k("a"), "v", "EX", 10, "KEEPTTL"],
+      ["set", k("a"), "v", "NX", "XX"],
+      ["exists", k("a")],
+      // A spread empty list: no member is no command, not an empty key.
+      ["sadd", k("s")],
+      ["rpush", k("l")],
+      ["lpush", k("l"), []],
+      ["del"],
+      ["mget"],
+      ["exists", k("s"), k("l")],
+      ["get", k("a"), "extra"],
+      ["hget", k("h"), "f", "extra"],
+      ["incr", k("a"), 5],
+      ["ttl", k("a"), 3],
+      // EXPIRE's conditions (Redis 7).
+      ["set", k("e"), "v", "EX", 100],
+      ["expire", k("e"), 10, "NX"],
+      ["expire", k("e"), 1000, "LT"],
+      ["expire", k("e"), 1000, "GT"],
+      ["ttl", k("e")],
+      ["expire", k("e"), 10, "NX", "XX"],
+      ["expire", k("e"), 10, "GT", "LT"],
+      ["expire", k("e"), 10, "SOON"],
+      ["set", k("n"), "v"],
+      ["expire", k("n"), 10, "XX"],
+      ["expire", k("n"), 10, "GT"],
+      ["expire", k("n"), 10, "LT"],
+      ["ttl", k("n")],
+      // Integers as Redis reads them.
+      ["set", k("i"), "+5"],
+      ["incr", k("i")],
+      ["set", k("i"), "007"],
+      ["incr", k("i")],
+      ["incrby", k("j"), "+3"],
+      ["hset", k("h"), "f", "x"],
+      ["hincrby", k("h"), "f", 1]
+    ]
+    expect(await run(memory.client, steps)).toEqual(await run(real, steps))
+  })
+
   it("MULTI and pipelines reply [error, result] per command, as ioredis gives them", async () => {
     const p = prefix()
     const memory = MemoryRedis.make({ now: Date.now })

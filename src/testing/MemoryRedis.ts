@@ -34,6 +34,7 @@ const wrongType = () => new ReplyError("WRONGTYPE Operation against a key holdin
 const notInteger = () => new ReplyError("ERR value is not an integer or out of range")
 const syntax = () => new ReplyError("ERR syntax error")
 const arity = (name: string) => new ReplyError(`ERR wrong number of arguments for '${name}' command`)
+const invalidExpire = (name: string) => new ReplyError(`ERR invalid expire time in '${name}' command`)
 
 /** What ioredis throws for a command while disconnected (`enableOfflineQueue: false`). */
 const closed = () => new Error("Connection is closed.")
@@ -48,7 +49,8 @@ const str = (v: unknown): string => {
 
 const toInt = (v: unknown): number => {
   const s = str(v)
-  if (!/^[+-]?\d+$/.test(s)) throw notInteger()
+  // As Redis reads an integer: no sign but '-', no leading zeros, no spaces ("+5", "007", "-0" are refused).
+  if (!/^(0|-?[1-9]\d*)$/.test(s)) throw notInteger()
   const n = Number(s)
   if (!Number.isSafeInteger(n)) throw notInteger()
   return n
@@ -71,6 +73,29 @@ const globToRegExp = (glob: string) =>
       "$",
     "s"
   )
+
+/** The arguments as ioredis sends them: `hset(key, { field: value })` and `mset({ key: value })` as pairs, arrays spread one level. */
+const expand = (name: string, args: ReadonlyArray<unknown>): Array<unknown> => {
+  const isPairs = (v: unknown) => v instanceof Map || (typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array))
+  if ((name === "hset" || name === "hmset") && args.length === 2 && isPairs(args[1])) return [args[0], ...pairs([args[1]])]
+  if (name === "mset" && args.length === 1 && isPairs(args[0])) return pairs(args)
+  return args.flat()
+}
+
+/** How many arguments each command takes, the key included (Redis's arity, less the command's name). */
+const arities: Record<string, readonly [min: number, max: number]> = {
+  ping: [0, 1], echo: [1, 1],
+  get: [1, 1], set: [2, Infinity], setnx: [2, 2], mget: [1, Infinity], mset: [2, Infinity],
+  incr: [1, 1], decr: [1, 1], incrby: [2, 2], decrby: [2, 2],
+  del: [1, Infinity], unlink: [1, Infinity], exists: [1, Infinity], type: [1, 1], keys: [1, 1],
+  expire: [2, Infinity], pexpire: [2, Infinity], expireat: [2, Infinity], pexpireat: [2, Infinity],
+  persist: [1, 1], pttl: [1, 1], ttl: [1, 1],
+  hset: [3, Infinity], hmset: [3, Infinity], hsetnx: [3, 3], hget: [2, 2], hmget: [2, Infinity], hgetall: [1, 1],
+  hdel: [2, Infinity], hexists: [2, 2], hlen: [1, 1], hkeys: [1, 1], hvals: [1, 1], hincrby: [3, 3],
+  sadd: [2, Infinity], srem: [2, Infinity], smembers: [1, 1], sismember: [2, 2], scard: [1, 1],
+  lpush: [2, Infinity], rpush: [2, Infinity], lpop: [1, 2], rpop: [1, 2], llen: [1, 1], lrange: [3, 3],
+  publish: [2, 2], flushall: [0, 1], flushdb: [0, 1], dbsize: [0, 0]
+}
 
 export interface MemoryRedisOptions {
   /** The current time in epoch ms; the test kit passes its Clock's, so TTLs follow `TestClock`. */
@@ -113,6 +138,24 @@ class Engine {
   private dropIfEmpty(key: string, size: number) {
     if (size === 0) this.keys.delete(key)
   }
+  /** EXPIRE and its kin, with Redis 7's conditions (NX, XX, GT, LT: no TTL counts as forever). */
+  private expire(key: unknown, at: number, options: ReadonlyArray<unknown>) {
+    const given = new Set<string>()
+    for (const option of options.map((o) => str(o).toUpperCase())) {
+      if (option !== "NX" && option !== "XX" && option !== "GT" && option !== "LT") throw new ReplyError(`ERR Unsupported option ${str(option)}`)
+      given.add(option)
+    }
+    if (given.has("NX") && given.size > 1) throw new ReplyError("ERR NX and XX, GT or LT options at the same time are not compatible")
+    if (given.has("GT") && given.has("LT")) throw new ReplyError("ERR GT and LT options at the same time are not compatible")
+    const entry = this.live(str(key))
+    if (entry === undefined) return 0
+    const current = entry.expiresAt ?? Infinity
+    if (
+      (given.has("NX") && entry.expiresAt !== undefined) || (given.has("XX") && entry.expiresAt === undefined) ||
+      (given.has("GT") && !(at > current)) || (given.has("LT") && !(at < current))
+    ) return 0
+    return this.setExpiry(str(key), at)
+  }
   private setExpiry(key: string, at: number | undefined) {
     const entry = this.live(key)
     if (entry === undefined) return 0
@@ -138,18 +181,24 @@ class Engine {
       let keepTtl = false
       let mode: "NX" | "XX" | undefined
       let get = false
+      // Redis refuses a second expiry (EX with PX, or with KEEPTTL), NX with XX, and an expiry that
+      // is not positive: a TTL computed as 0 is an error there, not a key that is never seen.
+      let expiry = false
       for (let i = 0; i < options.length; i++) {
         const option = str(options[i]).toUpperCase()
         const amount = () => {
-          if (i + 1 >= options.length) throw syntax()
-          return toInt(options[++i])
+          if (i + 1 >= options.length || expiry || keepTtl) throw syntax()
+          expiry = true
+          const n = toInt(options[++i])
+          if (n <= 0) throw invalidExpire("set")
+          return n
         }
         if (option === "EX") at = this.now() + amount() * 1000
         else if (option === "PX") at = this.now() + amount()
         else if (option === "EXAT") at = amount() * 1000
         else if (option === "PXAT") at = amount()
-        else if (option === "NX" || option === "XX") mode = option
-        else if (option === "KEEPTTL") keepTtl = true
+        else if ((option === "NX" || option === "XX") && (mode === undefined || mode === option)) mode = option
+        else if (option === "KEEPTTL" && !expiry) keepTtl = true
         else if (option === "GET") get = true
         else throw syntax()
       }
@@ -193,10 +242,10 @@ class Engine {
       const re = globToRegExp(str(pattern))
       return [...this.keys.keys()].filter((k) => re.test(k) && this.live(k) !== undefined)
     },
-    expire: (key: unknown, seconds: unknown) => this.setExpiry(str(key), this.now() + toInt(seconds) * 1000),
-    pexpire: (key: unknown, ms: unknown) => this.setExpiry(str(key), this.now() + toInt(ms)),
-    expireat: (key: unknown, at: unknown) => this.setExpiry(str(key), toInt(at) * 1000),
-    pexpireat: (key: unknown, at: unknown) => this.setExpiry(str(key), toInt(at)),
+    expire: (key: unknown, seconds: unknown, ...options: Array<unknown>) => this.expire(key, this.now() + toInt(seconds) * 1000, options),
+    pexpire: (key: unknown, ms: unknown, ...options: Array<unknown>) => this.expire(key, this.now() + toInt(ms), options),
+    expireat: (key: unknown, at: unknown, ...options: Array<unknown>) => this.expire(key, toInt(at) * 1000, options),
+    pexpireat: (key: unknown, at: unknown, ...options: Array<unknown>) => this.expire(key, toInt(at), options),
     persist: (key: unknown) => {
       const entry = this.live(str(key))
       if (entry === undefined || entry.expiresAt === undefined) return 0
@@ -254,7 +303,16 @@ class Engine {
     hincrby: (key: unknown, field: unknown, by: unknown) => {
       const hash = this.create(str(key), "hash", () => ({ type: "hash", value: new Map() })).value
       const current = hash.get(str(field))
-      const next = (current === undefined ? 0 : toInt(current)) + toInt(by)
+      const increment = toInt(by)
+      let value = 0
+      if (current !== undefined) {
+        try {
+          value = toInt(current)
+        } catch {
+          throw new ReplyError("ERR hash value is not an integer")
+        }
+      }
+      const next = value + increment
       if (!Number.isSafeInteger(next)) throw notInteger()
       hash.set(str(field), String(next))
       return next
@@ -321,11 +379,17 @@ class Engine {
 
   /** Run one command now; a reply error is thrown. */
   run(name: string, args: ReadonlyArray<unknown>): unknown {
-    const command = this.commands[name.toLowerCase()]
+    const lower = name.toLowerCase()
+    const command = this.commands[lower]
     if (command === undefined) {
       throw new ReplyError(`ERR unknown command '${name}' (sync-outbox/testing's in-memory Redis does not implement it)`)
     }
-    return command(...args)
+    const flat = expand(lower, args)
+    // Redis counts the arguments before it runs a command: \`SADD key\` with no member (a spread
+    // empty list) is an error there, not an empty set, and an extra argument is not ignored.
+    const [min, max] = arities[lower] ?? [0, Infinity]
+    if (flat.length < min || flat.length > max) throw arity(lower)
+    return command(...flat)
   }
 
   /** Every live key, with its value, in plain JS (strings, objects, arrays). */
