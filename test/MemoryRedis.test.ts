@@ -144,6 +144,29 @@ describe("MemoryRedis speaks Redis", () => {
     expect(await run(memory.client, steps)).toEqual(await run(real, steps))
   })
 
+  it("lists reply as a real Redis does: LRANGE past either end, LPOP / RPOP with a count", async () => {
+    const p = prefix()
+    const k = (name: string) => `${p}${name}`
+    const memory = MemoryRedis.make({ now: Date.now })
+    const steps: ReadonlyArray<Step> = [
+      ["rpush", k("l"), "a", "b", "c", "d", "e"],
+      ["lrange", k("l"), 0, -6],
+      ["lrange", k("l"), 0, -7],
+      ["lrange", k("l"), -100, 1],
+      ["lrange", k("l"), 2, 100],
+      ["lrange", k("l"), 3, 1],
+      ["lpop", k("l"), 2],
+      ["rpop", k("l"), 1],
+      ["lpop", k("l"), 0],
+      ["lpop", k("l"), -1],
+      ["rpop", k("l"), 5],
+      ["exists", k("l")],
+      ["lpop", k("l"), 2],
+      ["lpop", k("l")]
+    ]
+    expect(await run(memory.client, steps)).toEqual(await run(real, steps))
+  })
+
   it("MULTI and pipelines reply [error, result] per command, as ioredis gives them", async () => {
     const p = prefix()
     const memory = MemoryRedis.make({ now: Date.now })

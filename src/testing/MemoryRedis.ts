@@ -156,6 +156,17 @@ class Engine {
     ) return 0
     return this.setExpiry(str(key), at)
   }
+  /** LPOP / RPOP: one element, or with a count (Redis 6.2) an array of up to that many; none: null. */
+  private pop(key: unknown, count: unknown, take: (list: Array<string>, n: number) => Array<string>) {
+    const n = count === undefined ? undefined : toInt(count)
+    if (n !== undefined && n < 0) throw new ReplyError("ERR value is out of range, must be positive")
+    const k = str(key)
+    const list = this.typed(k, "list")?.value
+    if (list === undefined) return null
+    const taken = take(list, n ?? 1)
+    this.dropIfEmpty(k, list.length)
+    return n === undefined ? taken[0] ?? null : taken
+  }
   private setExpiry(key: string, at: number | undefined) {
     const entry = this.live(key)
     if (entry === undefined) return 0
@@ -344,25 +355,16 @@ class Engine {
       for (const v of values.flat()) list.push(str(v))
       return list.length
     },
-    lpop: (key: unknown) => {
-      const k = str(key)
-      const list = this.typed(k, "list")?.value
-      const v = list?.shift()
-      if (list !== undefined) this.dropIfEmpty(k, list.length)
-      return v ?? null
-    },
-    rpop: (key: unknown) => {
-      const k = str(key)
-      const list = this.typed(k, "list")?.value
-      const v = list?.pop()
-      if (list !== undefined) this.dropIfEmpty(k, list.length)
-      return v ?? null
-    },
+    lpop: (key: unknown, count?: unknown) => this.pop(key, count, (list, n) => list.splice(0, n)),
+    rpop: (key: unknown, count?: unknown) => this.pop(key, count, (list, n) => list.splice(Math.max(0, list.length - n)).reverse()),
     llen: (key: unknown) => this.typed(str(key), "list")?.value.length ?? 0,
     lrange: (key: unknown, start: unknown, stop: unknown) => {
       const list = this.typed(str(key), "list")?.value ?? []
-      const norm = (i: number) => (i < 0 ? list.length + i : i)
-      return list.slice(Math.max(0, norm(toInt(start))), norm(toInt(stop)) + 1)
+      // As Redis does: both ends counted from the tail when negative, the start clamped at 0; a
+      // stop still negative (before the head) is an empty range, where slice would count it from the end.
+      const from = Math.max(0, toInt(start) < 0 ? list.length + toInt(start) : toInt(start))
+      const to = toInt(stop) < 0 ? list.length + toInt(stop) : toInt(stop)
+      return to < from ? [] : list.slice(from, to + 1)
     },
     // Pub/sub: recorded, so a test can see what its handler announced.
     publish: (channel: unknown, message: unknown) => {
