@@ -192,4 +192,23 @@ describe("MemoryRedis speaks Redis", () => {
     await expect(memory.client.zadd("z", 1, "m")).rejects.toThrow(/^ERR unknown command 'zadd'/)
     await expect(memory.client.eval("return 1", 0)).rejects.toThrow(/^ERR unknown command 'eval'/)
   })
+
+  it("a MULTI with a command Redis refuses as it queues it runs nothing: EXEC fails with EXECABORT", async () => {
+    const p = prefix()
+    const memory = MemoryRedis.make({ now: Date.now })
+    const script = (c: Redis) => c.multi().set(`${p}a`, "1").call("get", `${p}a`, "extra").exec()
+    const outcome = async (c: Redis) => {
+      const error = await script(c).then(() => "none", (e: Error) => e.message)
+      return [error, await c.exists(`${p}a`)]
+    }
+    expect(await outcome(memory.client)).toEqual(await outcome(real))
+    expect(await outcome(memory.client)).toEqual(["EXECABORT Transaction discarded because of previous errors.", 0])
+  })
+
+  it("a MULTI or a pipeline holding a command it does not implement fails whole, rather than apply the rest and answer with an error nobody reads", async () => {
+    const memory = MemoryRedis.make({ now: Date.now })
+    await expect(memory.client.multi().set("a", "1").zadd("z", 1, "m").exec()).rejects.toThrow(/^EXECABORT/)
+    await expect(memory.client.pipeline().set("a", "1").zadd("z", 1, "m").exec()).rejects.toThrow(/^ERR unknown command 'zadd'/)
+    expect(memory.dump()).toEqual({})
+  })
 })

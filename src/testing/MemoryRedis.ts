@@ -34,6 +34,7 @@ const wrongType = () => new ReplyError("WRONGTYPE Operation against a key holdin
 const notInteger = () => new ReplyError("ERR value is not an integer or out of range")
 const syntax = () => new ReplyError("ERR syntax error")
 const arity = (name: string) => new ReplyError(`ERR wrong number of arguments for '${name}' command`)
+const unknown = (name: string) => new ReplyError(`ERR unknown command '${name}' (sync-outbox/testing's in-memory Redis does not implement it)`)
 const invalidExpire = (name: string) => new ReplyError(`ERR invalid expire time in '${name}' command`)
 
 /** What ioredis throws for a command while disconnected (`enableOfflineQueue: false`). */
@@ -379,19 +380,30 @@ class Engine {
     dbsize: () => [...this.keys.keys()].filter((k) => this.live(k) !== undefined).length
   }
 
-  /** Run one command now; a reply error is thrown. */
-  run(name: string, args: ReadonlyArray<unknown>): unknown {
+  /**
+   * The command and its arguments as Redis checks them before it runs anything (as it queues a
+   * MULTI's): an unknown command, or the wrong number of arguments, is thrown.
+   */
+  check(name: string, args: ReadonlyArray<unknown>): readonly [Command, Array<unknown>] {
     const lower = name.toLowerCase()
     const command = this.commands[lower]
-    if (command === undefined) {
-      throw new ReplyError(`ERR unknown command '${name}' (sync-outbox/testing's in-memory Redis does not implement it)`)
-    }
+    if (command === undefined) throw unknown(name)
     const flat = expand(lower, args)
     // Redis counts the arguments before it runs a command: \`SADD key\` with no member (a spread
     // empty list) is an error there, not an empty set, and an extra argument is not ignored.
     const [min, max] = arities[lower] ?? [0, Infinity]
     if (flat.length < min || flat.length > max) throw arity(lower)
+    return [command, flat]
+  }
+
+  /** Run one command now; a reply error is thrown. */
+  run(name: string, args: ReadonlyArray<unknown>): unknown {
+    const [command, flat] = this.check(name, args)
     return command(...flat)
+  }
+
+  implements(name: string): boolean {
+    return name.toLowerCase() in this.commands
   }
 
   /** Every live key, with its value, in plain JS (strings, objects, arrays). */
@@ -453,8 +465,11 @@ export const make = (options: MemoryRedisOptions): MemoryRedis => {
 
   // A pipeline or MULTI: commands queued, run in order on exec, each reply [error, result].
   // MULTI runs them all at once with nothing in between, as Redis does (no rollback on a
-  // failing command, also as Redis does).
-  const batch = (initial: ReadonlyArray<ReadonlyArray<unknown>> = []) => {
+  // failing command, also as Redis does), and runs nothing when one was refused as it was
+  // queued (unknown, or the wrong number of arguments): EXEC fails with EXECABORT, as there.
+  // A command this sink does not implement fails the whole pipeline too: Redis would have run
+  // it, so an [error, result] reply a handler never reads would be a silent success here.
+  const batch = (transaction: boolean, initial: ReadonlyArray<ReadonlyArray<unknown>> = []) => {
     const queued: Array<readonly [string, ReadonlyArray<unknown>]> = initial.map(([name, ...args]) => [str(name), args] as const)
     const self: Record<string, unknown> = new Proxy({}, {
       get: (_target, prop) => {
@@ -463,6 +478,22 @@ export const make = (options: MemoryRedisOptions): MemoryRedis => {
         if (prop === "exec") {
           return async (): Promise<Array<[Error | null, unknown]>> => {
             if (!available) throw closed()
+            const missing = queued.find(([name]) => !engine.implements(name))
+            if (transaction) {
+              const previousErrors = queued.flatMap(([name, args]) => {
+                try {
+                  engine.check(name, args)
+                  return []
+                } catch (error) {
+                  return [error as Error]
+                }
+              })
+              if (previousErrors.length > 0) {
+                throw Object.assign(new ReplyError("EXECABORT Transaction discarded because of previous errors."), { previousErrors })
+              }
+            } else if (missing !== undefined) {
+              throw unknown(missing[0])
+            }
             return queued.map(([name, args]) => {
               try {
                 return [null, engine.run(name, args)]
@@ -474,7 +505,8 @@ export const make = (options: MemoryRedisOptions): MemoryRedis => {
         }
         if (prop === "discard") return () => void queued.splice(0)
         return (...args: Array<unknown>) => {
-          queued.push([prop, args])
+          // \`.call(name, ...args)\` queues that command, as ioredis's does.
+          queued.push(prop === "call" ? [str(args[0]), args.slice(1)] : [prop, args])
           return self
         }
       }
@@ -484,8 +516,8 @@ export const make = (options: MemoryRedisOptions): MemoryRedis => {
 
   const own: Record<string, unknown> = {
     status: "ready",
-    pipeline: (commands?: ReadonlyArray<ReadonlyArray<unknown>>) => batch(commands),
-    multi: (commands?: ReadonlyArray<ReadonlyArray<unknown>>) => batch(commands),
+    pipeline: (commands?: ReadonlyArray<ReadonlyArray<unknown>>) => batch(false, commands),
+    multi: (commands?: ReadonlyArray<ReadonlyArray<unknown>>) => batch(true, commands),
     on: () => client,
     once: () => client,
     off: () => client,
