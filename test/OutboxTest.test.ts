@@ -240,6 +240,8 @@ describe("sync-outbox/testing: the user's own tables, hung handlers, the live cl
 const Counted = OutboxEvent.make({ resourceType: "counted", action: "apply", payload: Schema.String })
 const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
 const FlakyType = OutboxEvent.make({ resourceType: "flaky", action: "apply", payload: Schema.String })
+/** One step of a job that enqueues its next step itself: every step on the same key. */
+const Step = OutboxEvent.make({ resourceType: "job", action: "step", payload: Schema.Number, requiresResourceId: true })
 const Synced = OutboxEvent.make({ resourceType: "synced", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
 
 describe("the worker's outcome counters", () => {
@@ -374,6 +376,22 @@ describe("sync-outbox/testing: time", () => {
             handle(FlakyType, () => Effect.asVoid(enqueue(SetValue, { payload: { key: "next", value: "1" } }))),
             setValue
           )
+        }))))
+
+      it.effect("a chain of follow-up events a handler enqueues on its own key (each blocked by the one running) is applied whole by one drain", () =>
+        Effect.gen(function*() {
+          const outbox = yield* OutboxTest
+          yield* enqueue(Step, { resourceId: 1, payload: 1 })
+          const report = yield* outbox.drain
+          expect(report.applied.map((e) => e.payload)).toEqual([1, 2, 3, 4, 5])
+          expect(report.pending).toBe(0)
+          expect(yield* outbox.sink.keys).toEqual({ steps: ["1", "2", "3", "4", "5"] })
+        }).pipe(Effect.provide(kit({
+          handlers: Handlers.layer(handle(Step, ({ payload }) =>
+            Effect.zipRight(
+              Effect.flatMap(RedisSink, (r) => r.use((c) => c.rpush("steps", String(payload)))),
+              payload < 5 ? Effect.asVoid(enqueue(Step, { resourceId: 1, payload: payload + 1 })) : Effect.void
+            )))
         }))))
 
       const hung = {

@@ -298,6 +298,15 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         const seen = tracker.done
         if (tracker.inFlight === 0) {
           if (tracker.claimsDone > mark && tracker.lastClaimSize === 0) {
+            if (tracker.outcomes !== tracker.outcomesBeforeLastClaim) {
+              // An outcome written down since that claim began may have freed a key it passed
+              // over: a follow-up event a handler enqueued on its own key, leased until then. In
+              // production that enqueue's notification makes the worker look again; the kit has no
+              // LISTEN, so it asks for that look itself.
+              mark = tracker.claimsStarted
+              yield* worker.wake
+              continue
+            }
             // An empty claim may have been made ahead while a full batch is still being applied:
             // settled once the loop itself is back to waiting.
             if (yield* quiet(seen)) {

@@ -13,6 +13,10 @@ export class Tracker {
   claimsStarted = 0
   claimsDone = 0
   lastClaimSize = 0
+  /** Outcomes written down (complete, fail, release): each may unblock the next event of a key. */
+  outcomes = 0
+  /** `outcomes` as the claim that finished last began. */
+  outcomesBeforeLastClaim = 0
   /** What the worker's claims returned since `claimed` was last emptied (at each drain's start). */
   readonly claimed = new Map<string, Claimed>()
   private readonly waiters = new Set<() => void>()
@@ -42,6 +46,8 @@ export class Tracker {
   }
 }
 
+const outcomeStatements = new Set(["complete", "fail", "release"])
+
 export class StoreTracker extends Context.Tag("sync-outbox/testing/StoreTracker")<StoreTracker, Tracker>() {}
 
 /** The same service, every call counted (whatever its methods: the worker's use of it may change). */
@@ -50,12 +56,14 @@ export const trackCalls = <S extends object>(service: S, tracker: Tracker): S =>
     Effect.suspend(() => {
       tracker.inFlight++
       if (name === "claim") tracker.claimsStarted++
+      const outcomesBefore = tracker.outcomes
       return effect.pipe(
         Effect.tap((result) =>
           Effect.sync(() => {
             if (name === "claim") {
               tracker.claimsDone++
               tracker.lastClaimSize = Array.isArray(result) ? result.length : 0
+              tracker.outcomesBeforeLastClaim = outcomesBefore
               if (Array.isArray(result)) {
                 for (const event of result as Array<Claimed>) {
                   // An event whose lease ran out is handed back and claimed again to run alone: the
@@ -66,7 +74,10 @@ export const trackCalls = <S extends object>(service: S, tracker: Tracker): S =>
             }
           })
         ),
-        Effect.ensuring(Effect.sync(() => tracker.finished()))
+        Effect.ensuring(Effect.sync(() => {
+          if (outcomeStatements.has(name)) tracker.outcomes++
+          tracker.finished()
+        }))
       )
     })
   const wrapped: Record<string, unknown> = {}
