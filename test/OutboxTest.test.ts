@@ -576,6 +576,32 @@ describe("sync-outbox/testing: reports", () => {
     }))))
 })
 
+describe("sync-outbox/testing: superseded is what the worker collapsed", () => {
+  // Each sync of a resource enqueues the next one (a poll until ready): every one is applied by
+  // its own handler, none collapsed, though each is an older coalescing event of the key.
+  const Resync = OutboxEvent.make({ resourceType: "resync", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+  const spec = Effect.gen(function*() {
+    const outbox = yield* OutboxTest
+    const before = (yield* Metric.value(Metrics.superseded)).count
+    yield* enqueue(Resync, { resourceId: 1, payload: 1 })
+    const report = yield* outbox.drain
+    expect(yield* outbox.sink.keys).toEqual({ synced: ["1", "2", "3"] })
+    expect(report.applied.map((e) => e.payload)).toEqual([1, 2, 3])
+    expect(report.superseded).toEqual([])
+    expect((yield* Metric.value(Metrics.superseded)).count - before).toBe(0)
+  })
+  const options = {
+    handlers: Handlers.layer(handle(Resync, ({ payload }) =>
+      Effect.zipRight(
+        Effect.flatMap(RedisSink, (r) => r.use((c) => c.rpush("synced", String(payload)))),
+        payload < 3 ? Effect.asVoid(enqueue(Resync, { resourceId: 1, payload: payload + 1 })) : Effect.void
+      )))
+  }
+  it.effect("a coalescing event whose handler enqueues the next one of its key is reported applied, not superseded; in memory", () =>
+    spec.pipe(Effect.provide(OutboxTest.layerMemory(options))))
+  it.effect("the same on PGlite", () => spec.pipe(Effect.provide(outboxTest(options))))
+})
+
 describe("sync-outbox/testing: a worker that dies holding events", () => {
   // The claim that finds its lease run out counts that run as a failed attempt (LeaseExpired);
   // the worker then applies the event at once, in the same step.

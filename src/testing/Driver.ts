@@ -431,7 +431,27 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
           const walls = barriers.get(row.ordering_key) ?? []
           return (byKey.get(row.ordering_key) ?? []).some((newer) => newer > id && !walls.some((wall) => wall > id && wall < newer))
         }
-        const supersededIds = new Set(gone.filter((row) => row.coalesce && coveredBy(row)).map((r) => r.id))
+        // Where the worker's claims of this drain are known, they say it: within one claim, the
+        // coalescing events of a key that holds nothing else collapse into the newest (as the
+        // worker groups them). An older event of the key claimed on its own was applied itself,
+        // even if a newer one (a follow-up its handler enqueued) was handled in the same drain.
+        const inClaims = new Set<string>()
+        const collapsed = new Set<string>()
+        for (const claim of tracker.claims) {
+          const keys = new Map<string, Array<string>>()
+          for (const event of claim) {
+            inClaims.add(event.id)
+            keys.set(event.orderingKey, [...(keys.get(event.orderingKey) ?? []), event.id])
+          }
+          for (const ids of keys.values()) {
+            if (ids.length < 2 || !ids.every((id) => claim.find((e) => e.id === id)!.coalesce)) continue
+            const newest = ids.reduce((a, b) => (BigInt(a) > BigInt(b) ? a : b))
+            for (const id of ids) if (id !== newest) collapsed.add(id)
+          }
+        }
+        const supersededIds = new Set(
+          gone.filter((row) => inClaims.has(row.id) ? collapsed.has(row.id) : row.coalesce && coveredBy(row)).map((r) => r.id)
+        )
         const pending = [...after.values()].filter((r) => r.status === "pending")
         const scheduled = pending.map((r) => r.next_retry_at).filter((at): at is Date => at instanceof Date)
         const result: DrainReport = {
@@ -452,6 +472,7 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
     const drainFrom = (before: Map<string, SnapshotRow>, withinAdvance: boolean) =>
       Effect.gen(function*() {
         tracker.claimed.clear()
+        tracker.claims.length = 0
         timers?.fireDue()
         yield* settle(withinAdvance)
         const [result, after] = yield* report(before)

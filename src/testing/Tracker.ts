@@ -19,6 +19,8 @@ export class Tracker {
   outcomesBeforeLastClaim = 0
   /** What the worker's claims returned since `claimed` was last emptied (at each drain's start). */
   readonly claimed = new Map<string, Claimed>()
+  /** Those claims, each as it came back: the worker collapses coalescing events of a key within one. */
+  readonly claims: Array<ReadonlyArray<Claimed>> = []
   private readonly waiters = new Set<() => void>()
 
   finished() {
@@ -65,6 +67,7 @@ export const trackCalls = <S extends object>(service: S, tracker: Tracker): S =>
               tracker.lastClaimSize = Array.isArray(result) ? result.length : 0
               tracker.outcomesBeforeLastClaim = outcomesBefore
               if (Array.isArray(result)) {
+                if (result.length > 0) tracker.claims.push(result as Array<Claimed>)
                 for (const event of result as Array<Claimed>) {
                   // An event whose lease ran out is handed back and claimed again to run alone: the
                   // first claim is the one that says it counted the lost run.
