@@ -114,6 +114,21 @@ describe.each([
     })))
   })
 
+  it.effect("a failure whose message holds a NUL byte (Postgres stores none in text) is recorded with it escaped, not lost to a lease expiry", () => {
+    const Quotes = OutboxEvent.make({ resourceType: "quotes", action: "apply", payload: Schema.String })
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const id = yield* enqueue(Quotes, { payload: "x" })
+      const report = yield* outbox.drain
+      expect(report.failed.map((f) => [f.event.id, f.attempt, f.errorTag, f.message])).toEqual([[id, 1, "Refused", "bad byte \\u0000 in reply"]])
+      const { event: row, failures } = yield* outbox.show(id)
+      expect(row.lastError).toBe("Refused: bad byte \\u0000 in reply")
+      expect(failures.map((f) => [f.attempt, f.errorTag, f.message])).toEqual([[1, "Refused", "bad byte \\u0000 in reply"]])
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Quotes, () => Effect.fail(new Refused({ message: "bad byte \u0000 in reply" }))))
+    })))
+  })
+
   it.effect("coalescing: ten pending edits of one resource are one apply of the newest, nine superseded", () => {
     const p = prefix()
     const Sync = OutboxEvent.make({ resourceType: "profile", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })

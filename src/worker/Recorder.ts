@@ -16,6 +16,16 @@ import * as Retry from "../Retry.js"
 import { causeLine } from "./Causes.js"
 import type { Held, Outcome } from "./Outcome.js"
 
+/**
+ * A failure as Postgres can store it: text holds no NUL, and a handler's error that quotes binary
+ * data (a reply, a payload) would fail the statement that records it; the attempt was then lost
+ * to a lease expiry, its cause with it. The NUL is written as the escape JSON gives it.
+ */
+const storable = (failure: { readonly tag: string; readonly message: string }) => ({
+  tag: failure.tag.replaceAll("\u0000", "\\u0000"),
+  message: failure.message.replaceAll("\u0000", "\\u0000")
+})
+
 export interface Recorder {
   /** Record now, on this fiber; whether a release said the sink is unavailable. */
   readonly record: (outcomes: ReadonlyArray<Outcome>) => Effect.Effect<{ readonly unavailable: boolean }, unknown>
@@ -101,7 +111,7 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
               const attempt = outcome.event.retryCount + 1
               const dead = isDead(outcome.event, outcome.permanent)
               const wait = Duration.toMillis(yield* Retry.delay(policy, attempt))
-              const { message, tag } = describeFailure(outcome.error)
+              const { message, tag } = storable(describeFailure(outcome.error))
               failures.push({ id: outcome.event.id, attempt, tag, message, nextRetryAt: new Date(now + wait), dead, keepLease: outcome.keepLease })
               if (dead) {
                 deadCount++
