@@ -197,6 +197,21 @@ describe("sync-outbox/testing: the user's own tables, hung handlers, the live cl
       }).pipe(Effect.provide(planKit)))
   }
 
+  // The same for tables in a schema of the application's own, not `public`.
+  const appKit = outboxTest({
+    handlers: Handlers.layer(planHandler),
+    schema: "CREATE SCHEMA app; CREATE TABLE app.accounts (id bigserial PRIMARY KEY, name text NOT NULL)"
+  })
+  for (const round of [1, 2]) {
+    it.effect(`tables in a schema of the application's own are emptied before each test too (round ${round})`, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        expect(yield* sql`SELECT * FROM app.accounts`).toEqual([])
+        const [account] = yield* sql<{ id: string }>`INSERT INTO app.accounts (name) VALUES ('acme') RETURNING id`
+        expect(account!.id).toBe("1")
+      }).pipe(Effect.provide(appKit)))
+  }
+
   it.effect("a handler that never finishes: drain says so in real time; past callTimeout it is the item's HandlerTimeout", () =>
     Effect.gen(function*() {
       const outbox = yield* OutboxTest

@@ -75,17 +75,21 @@ const withClient = <A, E>(db: PgliteClient.PgliteDatabase, effect: Effect.Effect
 
 // DELETE rather than TRUNCATE: on tables this small it is far cheaper (TRUNCATE makes new files
 // for every table and index). Foreign keys are not checked meanwhile: every table is emptied.
+// Every schema but the system's: the test's own tables may live in a schema of the application's.
 const resetSql = `
 DO $$
 DECLARE t record;
 BEGIN
   PERFORM set_config('session_replication_role', 'replica', true);
   FOR t IN SELECT schemaname, tablename FROM pg_tables
-    WHERE schemaname = 'public' AND tablename <> 'sync_outbox_migrations'
+    WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname NOT LIKE 'pg\\_%'
+      AND NOT (schemaname = 'public' AND tablename = 'sync_outbox_migrations')
   LOOP
     EXECUTE format('DELETE FROM %I.%I', t.schemaname, t.tablename);
   END LOOP;
-  FOR t IN SELECT schemaname, sequencename FROM pg_sequences WHERE schemaname = 'public' LOOP
+  FOR t IN SELECT schemaname, sequencename FROM pg_sequences
+    WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname NOT LIKE 'pg\\_%'
+  LOOP
     PERFORM setval(format('%I.%I', t.schemaname, t.sequencename), 1, false);
   END LOOP;
 END $$;
