@@ -191,6 +191,8 @@ describe("MemoryRedis speaks Redis", () => {
     const memory = MemoryRedis.make({ now: Date.now })
     await expect(memory.client.zadd("z", 1, "m")).rejects.toThrow(/^ERR unknown command 'zadd'/)
     await expect(memory.client.eval("return 1", 0)).rejects.toThrow(/^ERR unknown command 'eval'/)
+    // And what to do about it: the same driver runs over a real Redis.
+    await expect(memory.client.zadd("z", 1, "m")).rejects.toThrow(/a real Redis.*OutboxTest\.layerWith/)
   })
 
   it("a MULTI with a command Redis refuses as it queues it runs nothing: EXEC fails with EXECABORT", async () => {

@@ -34,7 +34,11 @@ const wrongType = () => new ReplyError("WRONGTYPE Operation against a key holdin
 const notInteger = () => new ReplyError("ERR value is not an integer or out of range")
 const syntax = () => new ReplyError("ERR syntax error")
 const arity = (name: string) => new ReplyError(`ERR wrong number of arguments for '${name}' command`)
-const unknown = (name: string) => new ReplyError(`ERR unknown command '${name}' (sync-outbox/testing's in-memory Redis does not implement it)`)
+const unknown = (name: string) =>
+  new ReplyError(
+    `ERR unknown command '${name}' (sync-outbox/testing's in-memory Redis does not implement it; ` +
+      `test this handler against a real Redis: OutboxTest.layerWith takes a RedisSink of your own)`
+  )
 const invalidExpire = (name: string) => new ReplyError(`ERR invalid expire time in '${name}' command`)
 
 /** What ioredis throws for a command while disconnected (`enableOfflineQueue: false`). */
