@@ -56,9 +56,14 @@ const leaseExpiredMessage = (owner: string) => {
   return `'${before}' || ${owner} || '${after}'`
 }
 
-/** The owner of a lease on `row` that ran out with no outcome recorded, else NULL (see `claim`). */
+/**
+ * The owner of a lease on `row` that ran out with no outcome recorded, else NULL (see `claim`).
+ * Not the claiming worker's own: it is alive, and only failed to write that outcome (Postgres was
+ * away for half a lease), which may well have been "applied".
+ */
 const abandonedBy = (row: string) =>
-  `CASE WHEN ${row}.lease_owner IS NOT NULL AND ${row}.lease_expires_at <= $2 AND ${row}.next_retry_at < ${row}.lease_expires_at THEN ${row}.lease_owner END`
+  `CASE WHEN ${row}.lease_owner IS NOT NULL AND ${row}.lease_owner <> $1 AND ${row}.lease_expires_at <= $2
+    AND ${row}.next_retry_at < ${row}.lease_expires_at THEN ${row}.lease_owner END`
 
 /**
  * The claim, in one statement. `picked`: due, unleased rows in id order, skipping keys with a live

@@ -392,6 +392,22 @@ describe.each([
     })))
   })
 
+  it.effect("leases: a lease its own worker takes back when it ran out is not counted: that worker is alive, only its outcome was not written", () => {
+    const Note = OutboxEvent.make({ resourceType: "note", action: "set", payload: Schema.String })
+    return Effect.gen(function*() {
+      const store = yield* Store
+      const id = yield* enqueue(Note, { payload: "x" })
+      expect(yield* store.claim("alive", 1_000, 10)).toHaveLength(1)
+      yield* TestClock.adjust("1 second")
+      const again = yield* store.claim("alive", 1_000, 10)
+      expect(again.map((e) => [e.id, e.retryCount, e.abandonedBy, e.lastAttemptLost])).toEqual([[id, 0, null, false]])
+      expect((yield* store.show(id)).failures).toEqual([])
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Note, () => Effect.void)),
+      config: { interval: Duration.hours(1) }
+    })))
+  })
+
   it.effect("leases: a lease that ran out after the timeout it held for was recorded is not counted again", () => {
     const Hangs = OutboxEvent.make({ resourceType: "hangs", action: "apply", payload: Schema.String })
     return Effect.gen(function*() {

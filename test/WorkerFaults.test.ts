@@ -250,6 +250,8 @@ describe("Worker faults", () => {
         // Its lease (2 s) ends; the worker claims it again at once, two minutes before its next poll.
         yield* eventually(countRows(), (n) => n === 0, { timeout: 8_000 })
         expect(applies).toBe(2)
+        // Taken back by the worker that held it, alive all along: its lost outcome is no failed attempt.
+        expect(yield* sql<{ attempts: number }>`SELECT attempts FROM sync_outbox_journal WHERE resource_type = 'blocked_late'`).toEqual([{ attempts: 1 }])
       }).pipe(
         Effect.provide(worker),
         Effect.provide(logger),

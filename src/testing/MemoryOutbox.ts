@@ -352,12 +352,12 @@ export const make: Effect.Effect<MemoryOutboxShape> = Effect.sync(() => {
             if (!row.coalesce) newestPlain.set(row.orderingKey, row.id)
           }
           // A lease that ran out with no outcome recorded counts as a failed attempt
-          // (`LeaseExpired`); one kept after a recorded timeout does not (its retry is due no
-          // earlier than its end).
+          // (`LeaseExpired`), unless the claiming worker held it (it is alive); one kept after a
+          // recorded timeout does not (its retry is due no earlier than its end).
           const abandonedBy = new Map<Row, string>()
           const abandonedAgain = new Set<Row>()
           for (const row of leased) {
-            if (row.leaseOwner !== null && row.leaseExpiresAt !== null && row.nextRetryAt < row.leaseExpiresAt) {
+            if (row.leaseOwner !== null && row.leaseOwner !== owner && row.leaseExpiresAt !== null && row.nextRetryAt < row.leaseExpiresAt) {
               abandonedBy.set(row, row.leaseOwner)
               if (row.lastError?.startsWith("LeaseExpired: ") === true) abandonedAgain.add(row)
               const message = new LeaseExpired({ owner: row.leaseOwner }).message
