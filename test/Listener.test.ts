@@ -77,9 +77,26 @@ const listenRefusingProxy = async (targetPort: number) => {
   }
 }
 
+/** Terminate the listener's backend, as an operator's `pg_terminate_backend` or a failover would. */
+const killListenerBackend = Effect.promise(async () => {
+  const c = new pg.Client({ connectionString: url })
+  await c.connect()
+  await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE application_name = 'sync-outbox-listener' AND datname = current_database()`)
+  await c.end()
+})
+
 /** Collect the first `n` wake-ups into a fiber. */
 const collect = (n: number) =>
   Effect.flatMap(Listener, (l) => Effect.fork(Stream.runCollect(Stream.take(l.wakeups, n))))
+
+/** A notification sent now reaches the listener as a wake-up: it is listening. */
+const hearsANotification = Effect.gen(function*() {
+  const next = yield* collect(1)
+  yield* realSleep(50)
+  yield* notify(url)
+  expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+})
 
 describe("Listener", () => {
   it.scopedLive("turns every notification on its channel into a wake-up, and ignores other channels", () =>
@@ -110,10 +127,7 @@ describe("Listener", () => {
         // The connect announces itself: that is the worker's cue for a catch-up claim.
         expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
         yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening", { timeout: 5_000 })
-        const next = yield* collect(1)
-        yield* realSleep(50)
-        yield* notify(url)
-        expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+        yield* hearsANotification
       }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(viaProxy.toString()), channel: "sync_outbox" })))
     }), 30_000)
 
@@ -123,18 +137,9 @@ describe("Listener", () => {
       yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
       const fiber = yield* collect(1)
       yield* realSleep(50)
-      yield* Effect.promise(async () => {
-        const c = new pg.Client({ connectionString: url })
-        await c.connect()
-        await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE application_name = 'sync-outbox-listener' AND datname = current_database()`)
-        await c.end()
-      })
+      yield* killListenerBackend
       expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
-      const next = yield* collect(1)
-      yield* realSleep(50)
-      yield* notify(url)
-      expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+      yield* hearsANotification
     }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }))), 30_000)
 
   it.live("a killed backend is one warning when the connection goes and one line when it is back, not silence", () =>
@@ -148,13 +153,7 @@ describe("Listener", () => {
         yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
         const fiber = yield* collect(1)
         yield* realSleep(50)
-        yield* Effect.promise(async () => {
-          const c = new pg.Client({ connectionString: url })
-          await c.connect()
-          await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-            WHERE application_name = 'sync-outbox-listener' AND datname = current_database()`)
-          await c.end()
-        })
+        yield* killListenerBackend
         expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
         yield* eventually(Effect.sync(() => lines.filter((l) => l.includes("sync-outbox listener"))), (l) => l.length >= 2, { timeout: 5_000 })
         expect(lines.filter((l) => l.includes("sync-outbox listener"))).toEqual([
@@ -179,10 +178,7 @@ describe("Listener", () => {
         // The next check waits out its bound (5 s at least), then a new connection listens.
         expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
         yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
-        const next = yield* collect(1)
-        yield* realSleep(50)
-        yield* notify(url)
-        expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+        yield* hearsANotification
       }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(viaProxy.toString()), channel: "sync_outbox", paranoidChecking: "500 millis" })))
     }).pipe(Effect.timeout("30 seconds")), 40_000)
 
@@ -200,13 +196,7 @@ describe("Listener", () => {
         yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
         proxy.refuse(true)
         const fiber = yield* collect(1)
-        yield* Effect.promise(async () => {
-          const c = new pg.Client({ connectionString: url })
-          await c.connect()
-          await c.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-            WHERE application_name = 'sync-outbox-listener' AND datname = current_database()`)
-          await c.end()
-        })
+        yield* killListenerBackend
         // Reconnected, but its LISTEN refused (more than once: it is tried again), and so not listening.
         yield* eventually(Effect.sync(() => proxy.refused()), (n) => n >= 2, { timeout: 10_000 })
         expect(yield* SubscriptionRef.get(listener.state)).toBe("reconnecting")
@@ -214,10 +204,7 @@ describe("Listener", () => {
         proxy.refuse(false)
         expect(Chunk.toReadonlyArray(yield* Fiber.join(fiber))).toEqual(["connected"])
         yield* eventually(SubscriptionRef.get(listener.state), (s) => s === "listening")
-        const next = yield* collect(1)
-        yield* realSleep(50)
-        yield* notify(url)
-        expect(Chunk.toReadonlyArray(yield* Fiber.join(next))).toEqual(["notification"])
+        yield* hearsANotification
       }).pipe(Effect.provide(Listener.layer({ url: Redacted.make(viaProxy.toString()), channel: "sync_outbox", paranoidChecking: "200 millis" })))
     }).pipe(Effect.timeout("30 seconds")), 40_000)
 
