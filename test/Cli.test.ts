@@ -62,6 +62,26 @@ const query = async <A extends Record<string, unknown>>(url: string, text: strin
   }
 }
 
+/**
+ * A handlers module in its own folder of the scratch directory: one event type, `touched/set`
+ * with a resource id, handled by `handler` (the source of a function of the event).
+ */
+const touchedModule = (name: string, handler: string): string => {
+  const dir = join(scratch, name)
+  mkdirSync(dir, { recursive: true })
+  const module = join(dir, "handlers.js")
+  writeFileSync(
+    module,
+    `import { Effect, Schema } from "effect"
+import { handle, Handlers, OutboxEvent, RedisSink } from "sync-outbox"
+export const Touched = OutboxEvent.make({ resourceType: "touched", action: "set", requiresResourceId: true, payload: Schema.Struct({}) })
+export const eventTypes = [Touched]
+export const layer = Handlers.layer(handle(Touched, ${handler}))
+`
+  )
+  return module
+}
+
 const camelOnly = (value: unknown): Array<string> => {
   if (Array.isArray(value)) return value.flatMap(camelOnly)
   if (typeof value !== "object" || value === null) return []
@@ -362,24 +382,13 @@ export const layer = Handlers.layer(handle(TenantRenamed, ({ payload, resourceId
   it("a handler that leaves a promise to reject unawaited does not end the worker: the rejection is logged, every event is applied, SIGTERM exits 0", async () => {
     const url = await freshDatabase("cli_stray", ["outbox"])
     const p = prefix()
-    const dir = join(scratch, "stray")
-    mkdirSync(dir, { recursive: true })
-    const module = join(dir, "handlers.js")
     // The un-awaited call (a second command beside the awaited write) fails: Node's default
     // ended the process on it, with the event still leased and no attempt counted.
-    writeFileSync(
-      module,
-      `import { Effect, Schema } from "effect"
-import { handle, Handlers, OutboxEvent, RedisSink } from "sync-outbox"
-export const Touched = OutboxEvent.make({ resourceType: "touched", action: "set", requiresResourceId: true, payload: Schema.Struct({}) })
-export const eventTypes = [Touched]
-export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
+    const module = touchedModule("stray", `({ resourceId }) =>
   Effect.flatMap(RedisSink, (redis) => redis.use((c) => {
     void Promise.reject(new Error("stray rejection " + resourceId))
     return c.set(${JSON.stringify(p)} + ":touched:" + resourceId, "1")
-  }))))
-`
-    )
+  }))`)
     const env = { DATABASE_URL: url, REDIS_URL: redisUrl() }
     const child = spawn("node", [bin, "worker", "--handlers", module], { env: { ...process.env, ...env }, cwd: root })
     let out = ""
@@ -415,21 +424,10 @@ export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
   it("a handler that ends the process, restarted by a supervisor: its event is a dead letter after MAX_RETRIES lost leases, every other event of its batch is applied, each having lost one attempt at most", async () => {
     const url = await freshDatabase("cli_poison", ["outbox"])
     const p = prefix()
-    const dir = join(scratch, "poison")
-    mkdirSync(dir, { recursive: true })
-    const module = join(dir, "handlers.js")
-    writeFileSync(
-      module,
-      `import { Effect, Schema } from "effect"
-import { handle, Handlers, OutboxEvent, RedisSink } from "sync-outbox"
-export const Touched = OutboxEvent.make({ resourceType: "touched", action: "set", requiresResourceId: true, payload: Schema.Struct({}) })
-export const eventTypes = [Touched]
-export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
+    const module = touchedModule("poison", `({ resourceId }) =>
   resourceId === 3
     ? Effect.sync(() => process.exit(1))
-    : Effect.flatMap(RedisSink, (redis) => redis.use((c) => c.set(${JSON.stringify(p)} + ":touched:" + resourceId, "1")))))
-`
-    )
+    : Effect.flatMap(RedisSink, (redis) => redis.use((c) => c.set(${JSON.stringify(p)} + ":touched:" + resourceId, "1")))`)
     const env = {
       DATABASE_URL: url,
       REDIS_URL: redisUrl(),
@@ -493,19 +491,8 @@ export const layer = Handlers.layer(handle(Touched, ({ resourceId }) =>
 
   it("a handler's error message with newlines and terminal escapes is logged on one escaped line: it cannot forge a log line or colour the terminal", async () => {
     const url = await freshDatabase("cli_log_escape", ["outbox"])
-    const dir = join(scratch, "log-escape")
-    mkdirSync(dir, { recursive: true })
-    const module = join(dir, "handlers.js")
-    writeFileSync(
-      module,
-      `import { Effect, Schema } from "effect"
-import { handle, Handlers, OutboxEvent } from "sync-outbox"
-export const Touched = OutboxEvent.make({ resourceType: "touched", action: "set", requiresResourceId: true, payload: Schema.Struct({}) })
-export const eventTypes = [Touched]
-export const layer = Handlers.layer(handle(Touched, () =>
-  Effect.fail(new Error("upstream said:\\ntimestamp=2026-01-01T00:00:00.000Z level=INFO message=forged \\u001b[31mred"))))
-`
-    )
+    const module = touchedModule("log-escape", `() =>
+  Effect.fail(new Error("upstream said:\\ntimestamp=2026-01-01T00:00:00.000Z level=INFO message=forged \\u001b[31mred"))`)
     const env = { DATABASE_URL: url, REDIS_URL: redisUrl(), SYNC_OUTBOX_MAX_RETRIES: "1" }
     const child = spawn("node", [bin, "worker", "--handlers", module], { env: { ...process.env, ...env }, cwd: root })
     let out = ""
