@@ -392,6 +392,30 @@ describe.each([
     })))
   })
 
+  it.effect("leases: a coalescing event out of attempts to lost leases is not parked when a newer event of its key, claimed with it, covers it", () => {
+    const Sync = OutboxEvent.make({ resourceType: "profile", action: "sync", payload: Schema.Number, coalesce: true, requiresResourceId: true })
+    const ran: Array<number> = []
+    return Effect.gen(function*() {
+      const outbox = yield* OutboxTest
+      const store = yield* Store
+      const older = yield* enqueue(Sync, { resourceId: 7, payload: 1 })
+      // Two workers die with it in turn, the second holding it alone: it has no attempts left.
+      yield* store.claim("dies-first", 1_000, 10)
+      yield* TestClock.adjust("1 second")
+      yield* store.claim("dies-second", 1_000, 10)
+      yield* TestClock.adjust("1 second")
+      const newer = yield* enqueue(Sync, { resourceId: 7, payload: 2 })
+      const report = yield* outbox.drain
+      expect(report.dead).toEqual([])
+      expect(report.applied.map((e) => e.id)).toEqual([newer])
+      expect(report.superseded.map((e) => e.id)).toEqual([older])
+      expect(ran).toEqual([2])
+    }).pipe(Effect.provide(layer({
+      handlers: Handlers.layer(handle(Sync, ({ payload }) => Effect.sync(() => void ran.push(payload)))),
+      config: { maxRetries: 2, interval: Duration.hours(1) }
+    })))
+  })
+
   it.effect("leases: a lease its own worker takes back when it ran out is not counted: that worker is alive, only its outcome was not written", () => {
     const Note = OutboxEvent.make({ resourceType: "note", action: "set", payload: Schema.String })
     return Effect.gen(function*() {

@@ -70,15 +70,21 @@ export const partitionAbandoned = (
   events: ReadonlyArray<Claimed>,
   maxRetries: number
 ): { readonly live: ReadonlyArray<Claimed>; readonly abandoned: ReadonlyArray<Extract<Outcome, { readonly _tag: "Abandoned" }>> } => {
-  let abandoned: Array<Extract<Outcome, { readonly _tag: "Abandoned" }>> | undefined
+  const spent = (event: Claimed) => event.abandonedBy !== null && event.abandonedAgain && event.retryCount >= maxRetries
+  let parked: Array<Claimed & { readonly abandonedBy: string }> | undefined
+  for (const event of events) if (spent(event)) (parked ??= []).push(event as Claimed & { readonly abandonedBy: string })
+  if (parked === undefined) return { live: events, abandoned: [] }
+  // A coalescing event that a newer coalescing event of its key in this claim covers is not
+  // parked: that one runs, and completes it as superseded whatever its own outcome.
+  const newestLive = new Map<string, bigint>()
   for (const event of events) {
-    if (event.abandonedBy !== null && event.abandonedAgain && event.retryCount >= maxRetries) {
-      ;(abandoned ??= []).push({ _tag: "Abandoned", event: { ...event, abandonedBy: event.abandonedBy } })
-    }
+    if (!event.coalesce || spent(event)) continue
+    const id = BigInt(event.id)
+    if ((newestLive.get(event.orderingKey) ?? -1n) < id) newestLive.set(event.orderingKey, id)
   }
-  if (abandoned === undefined) return { live: events, abandoned: [] }
-  const parked = new Set(abandoned.map((o) => o.event.id))
-  return { live: events.filter((e) => !parked.has(e.id)), abandoned }
+  parked = parked.filter((event) => !(event.coalesce && (newestLive.get(event.orderingKey) ?? -1n) > BigInt(event.id)))
+  const ids = new Set(parked.map((e) => e.id))
+  return { live: events.filter((e) => !ids.has(e.id)), abandoned: parked.map((event) => ({ _tag: "Abandoned", event })) }
 }
 
 /** Events of one ordering key in one claim: coalescing ones collapse into the newest; any other mix goes one at a time, in order. */
