@@ -344,6 +344,35 @@ describe("Worker faults", () => {
       yield* eventually(analyzed, (n) => n > analyzedBefore)
     }).pipe(Effect.scoped, Effect.provide(sqlLayer(url))), 60_000)
 
+  it.live("a claim that fills Postgres's lock table (a large batch of distinct keys, several workers) is one warning that names the two settings to change", () =>
+    Effect.gen(function*() {
+      yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox CASCADE`)
+      const p = prefix()
+      const { lines, logger } = captureLogs()
+      yield* enqueue(Note, { payload: "one" })
+      let claims = 0
+      const full = new SqlError.SqlError({
+        cause: Object.assign(new Error("out of shared memory"), { code: "53200", hint: "You might need to increase max_locks_per_transaction." }),
+        message: "sync-outbox claim failed"
+      })
+      const failing = Layer.effect(Leases, Effect.map(Leases, (leases) => ({
+        ...leases,
+        claim: (owner: string, leaseMs: number, limit: number) =>
+          Effect.suspend(() => (claims++ === 0 ? Effect.fail(full) : leases.claim(owner, leaseMs, limit)))
+      }))).pipe(Layer.provide(Store.layer))
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* Layer.build(Worker.layer.pipe(
+          Layer.provide(Layer.mergeAll(failing, Listener.layer({ url: Redacted.make(url), channel: "sync_outbox" }), Handlers.layer(noteHandler(p)))),
+          Layer.provide(Layer.mergeAll(OutboxConfig.layer({}), sqlLayer(url), redisLayer()))
+        ))
+        yield* eventually(countRows(), (n) => n === 0, { timeout: 20_000 })
+      })).pipe(Effect.provide(logger))
+      const warnings = lines.filter((l) => l.includes("worker loop failed"))
+      expect(warnings).toHaveLength(1)
+      expect(warnings[0]).toContain("out of shared memory")
+      expect(warnings[0]).toContain("lower SYNC_OUTBOX_BATCH_SIZE, or raise Postgres's max_locks_per_transaction")
+    }).pipe(Effect.provide(sqlLayer(url))), 30_000)
+
   it.live("a claim cut short by the statement timeout has the statistics looked at before the loop claims again; one that could not reach Postgres does not", () =>
     Effect.gen(function*() {
       yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`TRUNCATE sync_outbox CASCADE`)

@@ -59,6 +59,19 @@ const isTimeout = (error: SqlError.SqlError): boolean => {
   return cause?.code === "57014" || cause?.message === "Query read timeout" || / timed out$/.test(error.message)
 }
 
+/**
+ * Postgres's lock table is full (53200, "out of shared memory"): a claim takes an advisory lock
+ * per distinct ordering key of its batch, held to its end, and the table is shared by every
+ * session (`max_locks_per_transaction` times the connections, some thousands by default).
+ */
+const lockTableFull = (cause: Cause.Cause<unknown>): boolean =>
+  Option.exists(Cause.failureOption(cause), (error) => {
+    const inner = typeof error === "object" && error !== null && "cause" in error ? error.cause : undefined
+    return typeof inner === "object" && inner !== null && "code" in inner && inner.code === "53200"
+  })
+const lockTableHint =
+  " (a claim takes one lock per distinct ordering key of its batch: lower SYNC_OUTBOX_BATCH_SIZE, or raise Postgres's max_locks_per_transaction)"
+
 /** The supervised loop; it returns only once `stopping` is done. */
 export const run = (options: LoopOptions): Effect.Effect<void> => {
   const { breaker, config, dueTimer, handlers, leases, owner, recorder, stopping, wakeups } = options
@@ -351,7 +364,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
     Effect.sandbox,
     Effect.tapError((cause) =>
       Cause.isInterruptedOnly(cause) ? Effect.void : Effect.gen(function*() {
-        const line = causeLine(cause)
+        const line = `${causeLine(cause)}${lockTableFull(cause) ? lockTableHint : ""}`
         yield* Metric.increment(Metrics.loopErrors)
         yield* setState("restarting", line)
         failedInARow++
