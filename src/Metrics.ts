@@ -28,6 +28,10 @@ export const released = Metric.counter("sync_outbox_released_total", {
   description: "Claimed events handed back without an attempt (sink unavailable, shutdown)",
   incremental: true
 })
+export const leasesLost = Metric.counter("sync_outbox_leases_lost_total", {
+  description: "Leases this worker's claims found run out with no outcome recorded (a worker killed, crashed or cut off from Postgres), each counted as a failed attempt",
+  incremental: true
+})
 export const breakerTransitions = Metric.counter("sync_outbox_breaker_transitions_total", {
   description: "Breaker openings and closings",
   incremental: true

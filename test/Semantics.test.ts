@@ -282,7 +282,10 @@ describe.each([
       expect(second.map((e) => [e.id, e.retryCount, e.abandonedBy])).toEqual([[id, 1, "dies-first"]])
       yield* TestClock.adjust("1 second")
       // The worker finds the second lease run out too: that was the last of its two attempts.
+      const lost = Effect.map(Metric.value(Metrics.leasesLost), (v) => v.count)
+      const lostBefore = yield* lost
       const report = yield* outbox.drain
+      expect((yield* lost) - lostBefore).toBe(1)
       expect(report.dead.map((f) => [f.event.id, f.attempt, f.errorTag])).toEqual([[id, 2, "LeaseExpired"]])
       expect(runs).toBe(0)
       const { event: row, failures } = yield* outbox.show(id)

@@ -238,6 +238,25 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
       recorder.record([{ _tag: "Released", ids: claim.events.map((e) => e.id), unavailable: false }])
     )
 
+  /** Say so when a claim found leases that ran out in other workers' hands: workers are dying. */
+  const noteLostLeases = (events: ReadonlyArray<Claimed>) =>
+    Effect.suspend(() => {
+      let owners: Map<string, number> | undefined
+      for (const event of events) {
+        if (event.abandonedBy !== null) (owners ??= new Map()).set(event.abandonedBy, (owners.get(event.abandonedBy) ?? 0) + 1)
+      }
+      if (owners === undefined) return Effect.void
+      const lost = [...owners.values()].reduce((a, b) => a + b, 0)
+      const held = [...owners].map(([owner, n]) => `${n} by ${owner}`).join(", ")
+      return Effect.zipRight(
+        Effect.zipRight(Metric.incrementBy(Metrics.leasesLost, lost), Metric.incrementBy(Metrics.failed, lost)),
+        Effect.logWarning(
+          `sync-outbox: ${lost} event(s) came back with leases that ran out and no outcome recorded (held ${held}: ` +
+            `stopped, crashed or cut off from Postgres); each counted as a failed attempt (LeaseExpired) and run alone`
+        )
+      )
+    })
+
   // The claim made ahead, if any: one drain runs at a time.
   let next: Fiber.Fiber<Claim, SqlError.SqlError> | undefined
   const takeNext = Effect.suspend(() => {
@@ -276,6 +295,7 @@ export const run = (options: LoopOptions): Effect.Effect<void> => {
         Effect.tapError((error) => (isTimeout(error) ? checkStatistics(true) : Effect.void))
       )
       const { events, leaseEndsAt } = current
+      yield* noteLostLeases(events)
       const slow = current.tookMs >= slowClaimMs
       if (events.length === config.batchSize && !lookedAtBacklog) lookedAtBacklog = yield* checkOutgrown(true)
       if (events.length === config.batchSize || slow) yield* checkStatistics(slow)

@@ -81,6 +81,7 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
         const coveredUnapplied = new Set<string>()
         let appliedCount = 0
         let deadCount = 0
+        let abandonedCount = 0
         let unavailable = false
         const ages: Array<number> = []
         const covered = (outcome: Extract<Outcome, { readonly superseded: ReadonlyArray<string> }>) => {
@@ -130,6 +131,7 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
               const { message, tag } = describeFailure(new LeaseExpired({ owner: event.abandonedBy }))
               failures.push({ id: event.id, attempt: event.retryCount, tag, message, nextRetryAt: new Date(now), dead: true })
               deadCount++
+              abandonedCount++
               yield* Effect.logError(
                 `sync-outbox: event ${event.id} (${event.resourceType}/${event.action}) is dead after ${event.retryCount} attempt(s): ${tag}: ${message}`
               )
@@ -159,7 +161,8 @@ export const make = (options: RecorderOptions): Effect.Effect<Recorder, never, S
           for (const [counter, n] of [
             [Metrics.applied, appliedCount],
             [Metrics.superseded, supersededBy.size],
-            [Metrics.failed, failures.length],
+            // A parked lost lease was counted as failed when the claim found it (Loop).
+            [Metrics.failed, failures.length - abandonedCount],
             [Metrics.dead, deadCount],
             [Metrics.released, released.length]
           ] as const) {
