@@ -8,6 +8,7 @@
 import type { Effect } from "effect/Effect"
 import { readFileSync } from "node:fs"
 import { type CommandSpec, commands, environment, groups, type Input, type OptionSpec } from "./spec.js"
+import { exitIfStuck } from "./stuck.js"
 
 export type { Input } from "./spec.js"
 
@@ -265,18 +266,14 @@ const main = async (argv: ReadonlyArray<string>) => {
     case "Help": {
       // `enqueue --help` loads the handlers module: one whose top-level await never settles
       // would leave node nothing to wait on, and it would end with 0 and no help (see runMain).
-      const stuck = () => {
-        process.stderr.write("sync-outbox: --help cannot finish: loading the handlers module waits on a promise that never settles\n")
-        process.exit(1)
-      }
-      process.once("beforeExit", stuck)
+      const settled = exitIfStuck("--help cannot finish: loading the handlers module waits on a promise that never settles")
       try {
         process.stdout.write(await parsed.text())
       } catch (error) {
         process.stderr.write(`sync-outbox: ${error instanceof Error ? error.message : String(error)}\n`)
         process.exitCode = 2
       } finally {
-        process.off("beforeExit", stuck)
+        settled()
       }
       return
     }

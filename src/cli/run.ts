@@ -8,6 +8,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
+import { exitIfStuck } from "./stuck.js"
 
 const usageTags = new Set([
   "UsageError",
@@ -165,23 +166,15 @@ export const runMain = (program: Effect.Effect<void, unknown>, options: { readon
     signalled = true
     Effect.runFork(Fiber.interrupt(fiber))
   }
-  // Node ends a process whose event loop has nothing left to wait on, with code 0, even if the
-  // command has not finished: a promise that never settles and holds no handle (a handlers
-  // module whose top-level await never resolves) would end `worker` silently "successfully".
-  // The loop emptying while the command still runs means it can never finish: say so, exit 1.
-  const onEmptyLoop = () => {
-    process.stderr.write(
-      "sync-outbox: the command cannot finish: it waits on a promise that never settles, with nothing left running (e.g. a handlers module whose top-level await never resolves)\n"
-    )
-    process.exit(1)
-  }
   process.on("SIGINT", onSignal)
   process.on("SIGTERM", onSignal)
-  process.once("beforeExit", onEmptyLoop)
+  const finished = exitIfStuck(
+    "the command cannot finish: it waits on a promise that never settles, with nothing left running (e.g. a handlers module whose top-level await never resolves)"
+  )
   fiber.addObserver((exit) => {
     process.off("SIGINT", onSignal)
     process.off("SIGTERM", onSignal)
-    process.off("beforeExit", onEmptyLoop)
+    finished()
     const code = Exit.isSuccess(exit) ? 0 : report(exit.cause, options.stopIsSuccess)
     process.exitCode = code
     // Everything the command opened is closed by now; a library's stray handle must not keep the
