@@ -25,6 +25,7 @@ import type { ClaimedEvent, StoredEvent } from "../OutboxEvent.js"
 import { classify, RedisSink, type RedisSinkShape } from "../RedisSink.js"
 import { Store } from "../Store.js"
 import { type BreakerState, Worker } from "../Worker.js"
+import { groupByKey } from "../worker/Outcome.js"
 import * as MemoryRedis from "./MemoryRedis.js"
 import type { OutboxRows, SnapshotRow } from "./MemoryOutbox.js"
 import { StoreTracker, trackCalls, Tracker } from "./Tracker.js"
@@ -438,16 +439,8 @@ export const makeDriver = (drainTimeout: Duration.Duration) =>
         const inClaims = new Set<string>()
         const collapsed = new Set<string>()
         for (const claim of tracker.claims) {
-          const keys = new Map<string, Array<string>>()
-          for (const event of claim) {
-            inClaims.add(event.id)
-            keys.set(event.orderingKey, [...(keys.get(event.orderingKey) ?? []), event.id])
-          }
-          for (const ids of keys.values()) {
-            if (ids.length < 2 || !ids.every((id) => claim.find((e) => e.id === id)!.coalesce)) continue
-            const newest = ids.reduce((a, b) => (BigInt(a) > BigInt(b) ? a : b))
-            for (const id of ids) if (id !== newest) collapsed.add(id)
-          }
+          for (const event of claim) inClaims.add(event.id)
+          for (const group of groupByKey(claim)) for (const id of group.superseded) collapsed.add(id)
         }
         const supersededIds = new Set(
           gone.filter((row) => inClaims.has(row.id) ? collapsed.has(row.id) : row.coalesce && coveredBy(row)).map((r) => r.id)
